@@ -1,0 +1,318 @@
+//! Pipelined connections to Redis nodes, shared by all client sessions.
+//!
+//! Each connection is one task owning the socket. Commands arrive on a bounded queue; the task
+//! writes everything that is queued in one `write` (coalescing many clients' commands into one
+//! syscall for us and one read for Redis), and matches replies to commands in FIFO order.
+//! Commands that were written when a connection breaks are failed, never re-sent: Redis may
+//! already have executed them (undermoon weak point 36). Commands still queued go to the next
+//! connection. While a node cannot be reached, its commands fail at once and other nodes are
+//! unaffected; reconnects back off from 100 ms to 2 s.
+
+use crate::resp::{ReplyScanner, Request};
+use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum BackendError {
+    #[error("ERR_BACKEND_CONNECTION: {0}")]
+    Unreachable(String),
+    #[error("ERR backend connection to {0} broke before the reply arrived; the command may or may not have been executed")]
+    Broken(String),
+    #[error("ERR backend {0} did not answer within the backend timeout; the command may or may not have been executed")]
+    Timeout(String),
+    #[error("ERR backend queue for {0} is closed")]
+    Closed(String),
+}
+
+pub type ReplyResult = Result<Bytes, BackendError>;
+
+pub struct BackendCommand {
+    pub raw: Bytes,
+    pub reply: oneshot::Sender<ReplyResult>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendSettings {
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub queue_len: usize,
+    pub max_bulk_len: usize,
+}
+
+impl Default for BackendSettings {
+    fn default() -> Self {
+        BackendSettings {
+            timeout: Duration::from_millis(3000),
+            connect_timeout: Duration::from_millis(1000),
+            queue_len: 4096,
+            max_bulk_len: crate::resp::DEFAULT_MAX_BULK_LEN,
+        }
+    }
+}
+
+struct Conn {
+    tx: mpsc::Sender<BackendCommand>,
+    failed: Arc<AtomicBool>,
+}
+
+/// The connections to one node for one protocol version.
+pub struct NodePool {
+    address: String,
+    conns: Vec<Conn>,
+    next: AtomicUsize,
+}
+
+impl NodePool {
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Queues a command on the next connection (round robin) and returns where its reply
+    /// will arrive. Waits only if that connection's queue is full (back-pressure).
+    pub async fn send(&self, raw: Bytes) -> oneshot::Receiver<ReplyResult> {
+        let (reply, rx) = oneshot::channel();
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        let conn = &self.conns[i];
+        if conn.failed.load(Ordering::Relaxed) {
+            let _ = reply.send(Err(BackendError::Unreachable(self.address.clone())));
+            return rx;
+        }
+        if let Err(e) = conn.tx.send(BackendCommand { raw, reply }).await {
+            let _ = e.0.reply.send(Err(BackendError::Closed(self.address.clone())));
+        }
+        rx
+    }
+
+    /// Sends a command and waits for its reply.
+    pub async fn call(&self, req: &Request) -> ReplyResult {
+        self.send(req.raw.clone()).await.await.unwrap_or_else(|_| Err(BackendError::Broken(self.address.clone())))
+    }
+}
+
+/// Pools are shared between routing snapshots by (address, protocol) and freed when no
+/// snapshot uses them any more (undermoon never cleaned them up, weak point 34).
+pub struct BackendRegistry {
+    settings: BackendSettings,
+    conns_per_node: usize,
+    pools: Mutex<HashMap<(String, u8), Weak<NodePool>>>,
+}
+
+impl BackendRegistry {
+    pub fn new(settings: BackendSettings, conns_per_node: usize) -> Self {
+        BackendRegistry { settings, conns_per_node: conns_per_node.max(1), pools: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn settings(&self) -> &BackendSettings {
+        &self.settings
+    }
+
+    pub fn pool(&self, address: &str, proto: u8) -> Arc<NodePool> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (address.to_owned(), proto);
+        if let Some(p) = pools.get(&key).and_then(Weak::upgrade) {
+            return p;
+        }
+        pools.retain(|_, w| w.strong_count() > 0);
+        let conns = (0..self.conns_per_node)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(self.settings.queue_len);
+                let failed = Arc::new(AtomicBool::new(false));
+                tokio::spawn(run_connection(address.to_owned(), proto, rx, failed.clone(), self.settings.clone()));
+                Conn { tx, failed }
+            })
+            .collect();
+        let pool = Arc::new(NodePool { address: address.to_owned(), conns, next: AtomicUsize::new(0) });
+        pools.insert(key, Arc::downgrade(&pool));
+        pool
+    }
+}
+
+/// Connects to a node, switching to RESP3 first when `proto` is 3.
+pub async fn connect(address: &str, proto: u8, timeout: Duration, max_bulk_len: usize) -> std::io::Result<TcpStream> {
+    let mut stream = tokio::time::timeout(timeout, TcpStream::connect(address))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    if proto >= 3 {
+        let hello = Request::from_strs(&["HELLO", "3"]);
+        stream.write_all(&hello.raw).await?;
+        let reply = tokio::time::timeout(timeout, read_reply(&mut stream, &mut BytesMut::new(), max_bulk_len))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "HELLO timed out"))??;
+        if reply.first() == Some(&b'-') {
+            return Err(std::io::Error::other(format!(
+                "node refused RESP3: {}",
+                String::from_utf8_lossy(&reply).trim_end()
+            )));
+        }
+    }
+    Ok(stream)
+}
+
+/// Reads exactly one reply from `stream`, using `buf` for any bytes already read.
+pub async fn read_reply(stream: &mut TcpStream, buf: &mut BytesMut, max_bulk_len: usize) -> std::io::Result<Bytes> {
+    let mut scanner = ReplyScanner::new(max_bulk_len);
+    loop {
+        if let Some(n) = scanner.scan(buf).map_err(std::io::Error::other)? {
+            return Ok(buf.split_to(n).freeze());
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+        }
+    }
+}
+
+enum Ended {
+    /// Every sender is gone: the pool was dropped.
+    QueueClosed,
+    Failed(BackendError, String),
+}
+
+async fn run_connection(
+    address: String,
+    proto: u8,
+    mut rx: mpsc::Receiver<BackendCommand>,
+    failed: Arc<AtomicBool>,
+    settings: BackendSettings,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match connect(&address, proto, settings.connect_timeout, settings.max_bulk_len).await {
+            Ok(stream) => {
+                failed.store(false, Ordering::Relaxed);
+                backoff = Duration::from_millis(100);
+                debug!(node = %address, proto, "backend connected");
+                match serve(stream, &mut rx, &address, &settings).await {
+                    Ended::QueueClosed => return,
+                    Ended::Failed(_, why) => warn!(node = %address, "backend connection lost: {why}"),
+                }
+            }
+            Err(e) => {
+                failed.store(true, Ordering::Relaxed);
+                warn!(node = %address, "cannot connect to backend: {e}; retrying in {backoff:?}");
+                // Fail what is queued (and what arrives) until the next attempt.
+                let deadline = tokio::time::Instant::now() + backoff;
+                loop {
+                    tokio::select! {
+                        cmd = rx.recv() => match cmd {
+                            None => return,
+                            Some(c) => { let _ = c.reply.send(Err(BackendError::Unreachable(address.clone()))); }
+                        },
+                        _ = tokio::time::sleep_until(deadline) => break,
+                    }
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+async fn serve(
+    stream: TcpStream,
+    rx: &mut mpsc::Receiver<BackendCommand>,
+    address: &str,
+    settings: &BackendSettings,
+) -> Ended {
+    let (mut rd, mut wr) = stream.into_split();
+    let (inflight_tx, mut inflight_rx) = mpsc::unbounded_channel::<oneshot::Sender<ReplyResult>>();
+    let pending = AtomicUsize::new(0);
+
+    let writer = async {
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        loop {
+            let Some(first) = rx.recv().await else { return Ended::QueueClosed };
+            let mut batch = Some(first);
+            while let Some(cmd) = batch.take() {
+                pending.fetch_add(1, Ordering::AcqRel);
+                if cmd.raw.len() > 64 * 1024 {
+                    // Large commands are written directly, without copying.
+                    if !buf.is_empty() {
+                        if let Err(e) = wr.write_all(&buf).await {
+                            return Ended::Failed(BackendError::Broken(address.into()), e.to_string());
+                        }
+                        buf.clear();
+                    }
+                    let _ = inflight_tx.send(cmd.reply);
+                    if let Err(e) = wr.write_all(&cmd.raw).await {
+                        return Ended::Failed(BackendError::Broken(address.into()), e.to_string());
+                    }
+                } else {
+                    buf.extend_from_slice(&cmd.raw);
+                    let _ = inflight_tx.send(cmd.reply);
+                }
+                if buf.len() < 256 * 1024 {
+                    batch = rx.try_recv().ok();
+                }
+            }
+            if !buf.is_empty() {
+                if let Err(e) = wr.write_all(&buf).await {
+                    return Ended::Failed(BackendError::Broken(address.into()), e.to_string());
+                }
+                buf.clear();
+                if buf.capacity() > 1024 * 1024 {
+                    buf = BytesMut::with_capacity(16 * 1024);
+                }
+            }
+        }
+    };
+
+    let reader = async {
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        let mut scanner = ReplyScanner::new(settings.max_bulk_len);
+        loop {
+            loop {
+                match scanner.scan(&buf) {
+                    Ok(Some(n)) => {
+                        let reply = buf.split_to(n).freeze();
+                        match inflight_rx.try_recv() {
+                            Ok(sender) => {
+                                pending.fetch_sub(1, Ordering::AcqRel);
+                                let _ = sender.send(Ok(reply));
+                            }
+                            Err(_) => {
+                                return Ended::Failed(BackendError::Broken(address.into()), "reply without a command".into())
+                            }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Ended::Failed(BackendError::Broken(address.into()), e.to_string()),
+                }
+            }
+            if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(32 * 1024);
+            }
+            match tokio::time::timeout(settings.timeout, rd.read_buf(&mut buf)).await {
+                Ok(Ok(0)) => return Ended::Failed(BackendError::Broken(address.into()), "closed by the node".into()),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Ended::Failed(BackendError::Broken(address.into()), e.to_string()),
+                Err(_) => {
+                    if pending.load(Ordering::Acquire) > 0 {
+                        return Ended::Failed(BackendError::Timeout(address.into()), "reply timed out".into());
+                    }
+                }
+            }
+        }
+    };
+
+    let ended = tokio::select! {
+        e = writer => e,
+        e = reader => e,
+    };
+    // In-flight commands: fail them explicitly (dropping the senders would do the same).
+    if let Ended::Failed(err, _) = &ended {
+        while let Ok(s) = inflight_rx.try_recv() {
+            let _ = s.send(Err(err.clone()));
+        }
+    }
+    ended
+}

@@ -1,0 +1,228 @@
+//! Proxy configuration (`proxy.md` §1). Values are set by key from strings so the binary can
+//! layer a TOML file, `MOONRAFT_<KEY>` variables and `--<key-with-dashes>` flags over the
+//! defaults; an invalid value is reported with its key.
+
+use std::net::ToSocketAddrs;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyConfig {
+    pub address: String,
+    pub announce_address: String,
+    pub slowlog_len: usize,
+    pub slowlog_log_slower_than: i64,
+    pub slowlog_sample_rate: u64,
+    pub thread_number: usize,
+    pub backend_conn_num: usize,
+    /// Accepted for compatibility; backend writes are always coalesced (see `backend.rs`).
+    pub backend_batch_strategy: String,
+    pub backend_flush_size: usize,
+    pub backend_low_flush_interval: u64,
+    pub backend_high_flush_interval: u64,
+    /// Milliseconds; 0 disables the idle timeout.
+    pub session_timeout: u64,
+    /// Milliseconds.
+    pub backend_timeout: u64,
+    pub password: Option<String>,
+    pub active_redirection: bool,
+    pub max_redirections: u64,
+    pub default_redirection_address: String,
+    pub cluster_nodes_version: String,
+    /// Largest bulk string accepted from a client or a node.
+    pub proto_max_bulk_len: usize,
+    /// Largest whole request accepted from a client.
+    pub client_query_buffer_limit: usize,
+    /// Re-assert replication roles (REPLICAOF) this often, milliseconds.
+    pub replication_interval: u64,
+    /// Log filter (tracing `EnvFilter` syntax).
+    pub log: String,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            address: "127.0.0.1:5299".into(),
+            announce_address: String::new(),
+            slowlog_len: 1024,
+            slowlog_log_slower_than: 50000,
+            slowlog_sample_rate: 1000,
+            thread_number: 2,
+            backend_conn_num: 2,
+            backend_batch_strategy: "disabled".into(),
+            backend_flush_size: 1024,
+            backend_low_flush_interval: 200_000,
+            backend_high_flush_interval: 600_000,
+            session_timeout: 0,
+            backend_timeout: 3000,
+            password: None,
+            active_redirection: false,
+            max_redirections: 0,
+            default_redirection_address: String::new(),
+            cluster_nodes_version: "v2".into(),
+            proto_max_bulk_len: crate::resp::DEFAULT_MAX_BULK_LEN,
+            client_query_buffer_limit: 1024 * 1024 * 1024,
+            replication_interval: 5000,
+            log: "info".into(),
+        }
+    }
+}
+
+/// Every key the proxy accepts, in documentation order.
+pub const PROXY_KEYS: &[&str] = &[
+    "address",
+    "announce_address",
+    "slowlog_len",
+    "slowlog_log_slower_than",
+    "slowlog_sample_rate",
+    "thread_number",
+    "backend_conn_num",
+    "backend_batch_strategy",
+    "backend_flush_size",
+    "backend_low_flush_interval",
+    "backend_high_flush_interval",
+    "session_timeout",
+    "backend_timeout",
+    "password",
+    "active_redirection",
+    "max_redirections",
+    "default_redirection_address",
+    "cluster_nodes_version",
+    "proto_max_bulk_len",
+    "client_query_buffer_limit",
+    "replication_interval",
+    "log",
+];
+
+fn positive<T: std::str::FromStr + PartialOrd + Default>(v: &str) -> Result<T, String> {
+    match v.trim().parse::<T>() {
+        Ok(x) if x > T::default() => Ok(x),
+        _ => Err(format!("expected a positive integer, got {v:?}")),
+    }
+}
+
+fn number<T: std::str::FromStr>(v: &str) -> Result<T, String> {
+    v.trim().parse::<T>().map_err(|_| format!("expected an integer, got {v:?}"))
+}
+
+fn boolean(v: &str) -> Result<bool, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("expected true or false, got {v:?}")),
+    }
+}
+
+/// `host:port` with exactly one colon and a valid port (IPv6 literals are not supported, as in
+/// undermoon).
+pub fn check_address(v: &str) -> Result<(), String> {
+    let (host, port) = v.split_once(':').ok_or_else(|| format!("expected host:port, got {v:?}"))?;
+    if host.is_empty() || port.contains(':') || port.parse::<u16>().is_err() {
+        return Err(format!("expected host:port, got {v:?}"));
+    }
+    Ok(())
+}
+
+impl ProxyConfig {
+    /// Sets one key from its string form. Errors describe the expected value.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        match key {
+            "address" => {
+                check_address(value)?;
+                self.address = value.to_owned();
+            }
+            "announce_address" => {
+                if !value.is_empty() {
+                    check_address(value)?;
+                }
+                self.announce_address = value.to_owned();
+            }
+            "slowlog_len" => self.slowlog_len = positive(value)?,
+            "slowlog_log_slower_than" => self.slowlog_log_slower_than = number(value)?,
+            "slowlog_sample_rate" => self.slowlog_sample_rate = number(value)?,
+            "thread_number" => self.thread_number = positive(value)?,
+            "backend_conn_num" => self.backend_conn_num = positive(value)?,
+            "backend_batch_strategy" => match value {
+                "disabled" | "fixed" | "dynamic" => self.backend_batch_strategy = value.to_owned(),
+                _ => return Err(format!("expected disabled, fixed or dynamic, got {value:?}")),
+            },
+            "backend_flush_size" => self.backend_flush_size = positive(value)?,
+            "backend_low_flush_interval" => self.backend_low_flush_interval = positive(value)?,
+            "backend_high_flush_interval" => self.backend_high_flush_interval = positive(value)?,
+            "session_timeout" => self.session_timeout = number(value)?,
+            "backend_timeout" => self.backend_timeout = positive(value)?,
+            "password" => self.password = if value.is_empty() { None } else { Some(value.to_owned()) },
+            "active_redirection" => {
+                if boolean(value)? {
+                    return Err("active redirection is not supported yet; clients follow MOVED".into());
+                }
+                self.active_redirection = false;
+            }
+            "max_redirections" => self.max_redirections = number(value)?,
+            "default_redirection_address" => {
+                if !value.is_empty() {
+                    check_address(value)?;
+                }
+                self.default_redirection_address = value.to_owned();
+            }
+            "cluster_nodes_version" => match value {
+                "v1" | "v2" => self.cluster_nodes_version = value.to_owned(),
+                _ => return Err(format!("expected v1 or v2, got {value:?}")),
+            },
+            "proto_max_bulk_len" => self.proto_max_bulk_len = positive(value)?,
+            "client_query_buffer_limit" => self.client_query_buffer_limit = positive(value)?,
+            "replication_interval" => self.replication_interval = positive(value)?,
+            "log" => self.log = value.to_owned(),
+            _ => return Err(format!("unknown key {key:?}")),
+        }
+        Ok(())
+    }
+
+    /// The announce address (defaults to the listen address).
+    pub fn announce(&self) -> &str {
+        if self.announce_address.is_empty() {
+            &self.address
+        } else {
+            &self.announce_address
+        }
+    }
+
+    /// Checks that do not belong to a single key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.address.to_socket_addrs().map(|mut a| a.next().is_none()).unwrap_or(true) {
+            return Err(format!("address: cannot resolve {:?}", self.address));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_parse_and_reject() {
+        let mut c = ProxyConfig::default();
+        for key in PROXY_KEYS {
+            // every documented key is known to `set`
+            assert!(!c.set(key, "").unwrap_err_or_ok().contains("unknown key"), "{key}");
+        }
+        let mut c = ProxyConfig::default();
+        c.set("address", "127.0.0.1:6001").unwrap();
+        assert_eq!(c.announce(), "127.0.0.1:6001");
+        assert!(c.set("address", "nope").is_err());
+        assert!(c.set("address", "::1:80").is_err());
+        assert!(c.set("thread_number", "0").is_err());
+        assert!(c.set("backend_timeout", "-5").is_err());
+        assert!(c.set("cluster_nodes_version", "v3").is_err());
+        c.set("password", "secret").unwrap();
+        assert_eq!(c.password.as_deref(), Some("secret"));
+    }
+
+    trait ErrOrOk {
+        fn unwrap_err_or_ok(self) -> String;
+    }
+    impl ErrOrOk for Result<(), String> {
+        fn unwrap_err_or_ok(self) -> String {
+            self.err().unwrap_or_default()
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! moonraft's server proxy: the Redis Cluster data plane in front of plain Redis nodes.
+
+pub mod backend;
+pub mod cluster;
+pub mod command;
+pub mod config;
+pub mod replication;
+pub mod resp;
+pub mod server;
+mod session;
+pub mod slot;
+pub mod slowlog;
+pub mod state;
+pub mod umctl;
+
+pub use config::ProxyConfig;

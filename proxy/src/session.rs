@@ -1,0 +1,612 @@
+//! One client connection.
+//!
+//! A reader parses requests and dispatches each one at once (to a backend queue, or answered
+//! locally), handing the writer a *pending reply* per request in request order. The writer
+//! resolves them in order and writes every reply that is already available in one write, so
+//! pipelined clients get coalesced replies. Blocking commands run on a connection dedicated to
+//! this client, so they really block in Redis (no polling) without stalling shared
+//! connections; the connection is closed (which unblocks Redis) when the client goes away.
+
+use crate::backend::{connect, read_reply, BackendError, ReplyResult};
+use crate::cluster::{cluster_info, cluster_nodes, cluster_shards, cluster_slots, Route};
+use crate::command::{self, CommandSpec};
+use crate::resp::{self, Frame, Request, RequestParser};
+use crate::slot::{key_slot, node_id};
+use crate::slowlog::{describe_command, Sample};
+use crate::state::ProxyState;
+use crate::umctl;
+use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::debug;
+
+/// Requests dispatched but not yet answered, per client; the reader waits beyond this.
+const MAX_PENDING_REPLIES: usize = 1024;
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+type ReplyFuture = Pin<Box<dyn Future<Output = Bytes> + Send>>;
+
+enum Pending {
+    Ready(Bytes),
+    Backend { rx: oneshot::Receiver<ReplyResult>, sample: Option<Sample> },
+    Task(ReplyFuture),
+    /// Write this reply, then close the connection.
+    Close(Bytes),
+}
+
+fn err(msg: &str) -> Pending {
+    Pending::Ready(resp::error(msg))
+}
+
+fn ok() -> Pending {
+    Pending::Ready(Bytes::from_static(resp::OK))
+}
+
+type DedicatedConn = Arc<tokio::sync::Mutex<Option<TcpStream>>>;
+
+struct Session {
+    state: Arc<ProxyState>,
+    id: u64,
+    proto: u8,
+    authenticated: bool,
+    asking: bool,
+    name: Option<Bytes>,
+    /// Connections for blocking commands, per node address.
+    dedicated: HashMap<String, DedicatedConn>,
+}
+
+struct ClientGuard(Arc<ProxyState>);
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.0.connected_clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub async fn serve_client(state: Arc<ProxyState>, stream: TcpStream) {
+    state.connected_clients.fetch_add(1, Ordering::Relaxed);
+    state.total_connections.fetch_add(1, Ordering::Relaxed);
+    let _guard = ClientGuard(state.clone());
+    let _ = stream.set_nodelay(true);
+    let id = state.next_session_id.fetch_add(1, Ordering::Relaxed);
+    let (rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel(MAX_PENDING_REPLIES);
+    let (closing_tx, closing_rx) = watch::channel(false);
+    let writer = tokio::spawn(write_loop(wr, rx, closing_rx, state.clone()));
+    let mut session = Session {
+        authenticated: state.config.password.is_none(),
+        state,
+        id,
+        proto: 2,
+        asking: false,
+        name: None,
+        dedicated: HashMap::new(),
+    };
+    session.read_loop(rd, tx).await;
+    let _ = closing_tx.send(true);
+    let _ = writer.await;
+    debug!(session = id, "client disconnected");
+}
+
+impl Session {
+    async fn read_loop(&mut self, mut rd: OwnedReadHalf, tx: mpsc::Sender<Pending>) {
+        let cfg = &self.state.config;
+        let mut parser = RequestParser::new(cfg.proto_max_bulk_len, cfg.client_query_buffer_limit);
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        let idle = (cfg.session_timeout > 0).then(|| Duration::from_millis(cfg.session_timeout));
+        loop {
+            loop {
+                match parser.next(&mut buf) {
+                    Ok(Some(req)) => {
+                        let pending = self.handle(req).await;
+                        let close = matches!(pending, Pending::Close(_));
+                        if tx.send(pending).await.is_err() || close {
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = tx.send(Pending::Close(resp::error(&format!("ERR {e}")))).await;
+                        return;
+                    }
+                }
+            }
+            if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(16 * 1024);
+            }
+            let read = match idle {
+                None => rd.read_buf(&mut buf).await,
+                Some(t) => match tokio::time::timeout(t, rd.read_buf(&mut buf)).await {
+                    Ok(r) => r,
+                    Err(_) if tx.capacity() == MAX_PENDING_REPLIES => return,
+                    Err(_) => continue,
+                },
+            };
+            match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    async fn handle(&mut self, req: Request) -> Pending {
+        self.state.total_commands.fetch_add(1, Ordering::Relaxed);
+        let asking = std::mem::take(&mut self.asking);
+        if let Some(spec) = command::lookup(req.name()) {
+            return self.data_command(spec, req, asking).await;
+        }
+        let name = String::from_utf8_lossy(req.name()).to_ascii_lowercase();
+        let args = &req.args;
+        match name.as_str() {
+            "ping" => match args.len() {
+                1 => Pending::Ready(resp::simple("PONG")),
+                2 => Pending::Ready(resp::bulk(&args[1])),
+                _ => err("ERR wrong number of arguments for 'ping' command"),
+            },
+            "echo" => match args.len() {
+                2 => Pending::Ready(resp::bulk(&args[1])),
+                _ => err("ERR wrong number of arguments for 'echo' command"),
+            },
+            "quit" => Pending::Close(Bytes::from_static(resp::OK)),
+            "auth" => self.auth(args),
+            "hello" => self.hello(args),
+            "select" => match args.len() {
+                2 if &args[1][..] == b"0" => ok(),
+                2 => err("ERR SELECT is not allowed in cluster mode"),
+                _ => err("ERR wrong number of arguments for 'select' command"),
+            },
+            "asking" => {
+                self.asking = true;
+                ok()
+            }
+            "readonly" | "readwrite" => ok(),
+            "cluster" => self.cluster(args),
+            "config" => self.config(args),
+            "command" => self.command(req),
+            "info" => Pending::Ready(resp::bulk(self.info().as_bytes())),
+            "client" => self.client(args),
+            "umctl" => Pending::Ready(umctl::handle(&self.state, &args[1..], self.proto)),
+            _ => err(&format!(
+                "ERR_COMMAND_NOT_SUPPORTED: '{}' is not supported by the moonraft proxy (it cannot be routed to one slot or changes connection state)",
+                name.chars().take(64).collect::<String>()
+            )),
+        }
+    }
+
+    async fn data_command(&mut self, spec: &'static CommandSpec, req: Request, asking: bool) -> Pending {
+        if !self.authenticated {
+            return err("NOAUTH Password not given by AUTH command");
+        }
+        let args = &req.args;
+        if !spec.check_arity(args.len()) {
+            return err(&spec.arity_error());
+        }
+        let keys = match spec.key_indices(args) {
+            Ok(k) => k,
+            Err(e) => return err(&e),
+        };
+        let Some(&first) = keys.first() else {
+            return err(&format!("ERR missing key: '{}' needs at least one key to be routed to a slot", spec.name));
+        };
+        let slot = key_slot(&args[first]);
+        if keys[1..].iter().any(|&k| key_slot(&args[k]) != slot) {
+            return err("CROSSSLOT Keys in request don't hash to the same slot");
+        }
+        let (pool, node) = {
+            let installed = self.state.installed.load();
+            match installed.table.route(slot, asking) {
+                Route::Local(node) => {
+                    let addr = installed.table.nodes[node].clone();
+                    if spec.is_blocking(args) {
+                        (None, addr)
+                    } else {
+                        (installed.pool(node, self.proto, &self.state.registry), addr)
+                    }
+                }
+                Route::Moved(addr) => return err(&format!("MOVED {slot} {addr}")),
+                Route::Ask(addr) => return err(&format!("ASK {slot} {addr}")),
+                Route::TryAgain => return err(&format!("TRYAGAIN slot {slot} is being switched to another node")),
+                Route::NotCovered => return err(&format!("CLUSTERDOWN Hash slot not served: slot not covered {slot}")),
+                Route::NoCluster => {
+                    let default = &self.state.config.default_redirection_address;
+                    if default.is_empty() {
+                        return err("ERR_CLUSTER_NOT_FOUND");
+                    }
+                    return err(&format!("MOVED {slot} {default}"));
+                }
+            }
+        };
+        match pool {
+            Some(pool) => {
+                let sample = self.state.slowlog.should_sample().then(|| Sample {
+                    session_id: self.id,
+                    created_wall: SystemTime::now(),
+                    created: Instant::now(),
+                    sent_to_backend: None,
+                    command: describe_command(args),
+                });
+                let rx = pool.send(req.raw).await;
+                let sample = sample.map(|mut s| {
+                    s.sent_to_backend = Some(Instant::now());
+                    s
+                });
+                Pending::Backend { rx, sample }
+            }
+            None => self.blocking(node, req),
+        }
+    }
+
+    /// Runs a blocking command on this client's dedicated connection to `node`.
+    fn blocking(&mut self, node: String, req: Request) -> Pending {
+        let conn = self.dedicated.entry(node.clone()).or_default().clone();
+        let proto = self.proto;
+        let settings = self.state.registry.settings().clone();
+        Pending::Task(Box::pin(async move {
+            let mut slot = conn.lock().await;
+            // Taken out while in use: if this future is dropped mid-command the socket is
+            // closed rather than reused with a reply still in flight.
+            let mut stream = match slot.take() {
+                Some(s) => s,
+                None => match connect(&node, proto, settings.connect_timeout, settings.max_bulk_len).await {
+                    Ok(s) => s,
+                    Err(_) => return resp::error(&BackendError::Unreachable(node).to_string()),
+                },
+            };
+            let result = async {
+                stream.write_all(&req.raw).await?;
+                read_reply(&mut stream, &mut BytesMut::new(), settings.max_bulk_len).await
+            }
+            .await;
+            match result {
+                Ok(reply) => {
+                    *slot = Some(stream);
+                    reply
+                }
+                Err(_) => resp::error(&BackendError::Broken(node).to_string()),
+            }
+        }))
+    }
+
+    fn auth(&mut self, args: &[Bytes]) -> Pending {
+        let password = match args.len() {
+            2 => &args[1],
+            3 if args[1].eq_ignore_ascii_case(b"default") => &args[2],
+            3 => return err("WRONGPASS invalid username-password pair or user is disabled."),
+            1 => return err("Missing password"),
+            _ => return err("ERR wrong number of arguments for 'auth' command"),
+        };
+        match &self.state.config.password {
+            None => err("ERR AUTH called without any password configured for the proxy (no password configured)"),
+            Some(p) if p.as_bytes() == &password[..] => {
+                self.authenticated = true;
+                ok()
+            }
+            Some(_) => err("WRONGPASS invalid password"),
+        }
+    }
+
+    fn hello(&mut self, args: &[Bytes]) -> Pending {
+        let mut proto = self.proto;
+        let mut i = 1;
+        if let Some(v) = args.get(1) {
+            match resp::parse_int(v) {
+                Some(2) => proto = 2,
+                Some(3) => proto = 3,
+                Some(_) => return err("NOPROTO unsupported protocol version"),
+                None => return err("ERR Protocol version is not an integer or out of range"),
+            }
+            i = 2;
+        }
+        let mut authenticated = self.authenticated;
+        let mut name = None;
+        while i < args.len() {
+            if args[i].eq_ignore_ascii_case(b"auth") && i + 2 < args.len() {
+                let (user, pass) = (&args[i + 1], &args[i + 2]);
+                match &self.state.config.password {
+                    Some(p) if user.eq_ignore_ascii_case(b"default") && p.as_bytes() == &pass[..] => authenticated = true,
+                    Some(_) => return err("WRONGPASS invalid username-password pair or user is disabled."),
+                    None => {}
+                }
+                i += 3;
+            } else if args[i].eq_ignore_ascii_case(b"setname") && i + 1 < args.len() {
+                name = Some(args[i + 1].clone());
+                i += 2;
+            } else {
+                return err(&format!("ERR Syntax error in HELLO option '{}'", String::from_utf8_lossy(&args[i])));
+            }
+        }
+        if !authenticated {
+            return err("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+        }
+        self.authenticated = true;
+        self.proto = proto;
+        if name.is_some() {
+            self.name = name;
+        }
+        let reply = Frame::Map(vec![
+            (Frame::bulk_str("server"), Frame::bulk_str("redis")),
+            (Frame::bulk_str("version"), Frame::bulk_str("7.0.0")),
+            (Frame::bulk_str("proto"), Frame::Integer(proto as i64)),
+            (Frame::bulk_str("id"), Frame::Integer(self.id as i64)),
+            (Frame::bulk_str("mode"), Frame::bulk_str("cluster")),
+            (Frame::bulk_str("role"), Frame::bulk_str("master")),
+            (Frame::bulk_str("modules"), Frame::Array(vec![])),
+        ]);
+        Pending::Ready(reply.to_bytes(proto))
+    }
+
+    fn client(&mut self, args: &[Bytes]) -> Pending {
+        let Some(sub) = args.get(1) else { return err("ERR wrong number of arguments for 'client' command") };
+        match sub.to_ascii_lowercase().as_slice() {
+            b"setname" if args.len() == 3 => {
+                if args[2].iter().any(|b| *b <= b' ') {
+                    return err("ERR Client names cannot contain spaces, newlines or special characters.");
+                }
+                self.name = if args[2].is_empty() { None } else { Some(args[2].clone()) };
+                ok()
+            }
+            b"getname" if args.len() == 2 => Pending::Ready(match &self.name {
+                Some(n) => resp::bulk(n),
+                None => Frame::Null.to_bytes(self.proto),
+            }),
+            b"id" if args.len() == 2 => Pending::Ready(resp::integer(self.id as i64)),
+            // Client library metadata (redis-py sends it on every connection): kept nowhere.
+            b"setinfo" if args.len() == 4 => ok(),
+            b"info" if args.len() == 2 => {
+                let name = self.name.as_ref().map(|n| String::from_utf8_lossy(n).into_owned()).unwrap_or_default();
+                Pending::Ready(resp::bulk(format!("id={} name={} resp={}\n", self.id, name, self.proto).as_bytes()))
+            }
+            _ => err(&format!(
+                "ERR_COMMAND_NOT_SUPPORTED: 'client {}' is not supported by the moonraft proxy",
+                String::from_utf8_lossy(sub).to_ascii_lowercase()
+            )),
+        }
+    }
+
+    fn cluster(&self, args: &[Bytes]) -> Pending {
+        let Some(sub) = args.get(1) else { return err("Missing sub command") };
+        let installed = self.state.installed.load();
+        let table = &installed.table;
+        let announce = &self.state.announce;
+        let text = |s: String| {
+            if self.proto >= 3 {
+                Frame::Verbatim("txt".into(), Bytes::from(s)).to_bytes(3)
+            } else {
+                resp::bulk(s.as_bytes())
+            }
+        };
+        match sub.to_ascii_lowercase().as_slice() {
+            b"nodes" => Pending::Ready(text(cluster_nodes(table, announce, self.state.config.cluster_nodes_version == "v2"))),
+            b"slots" => match cluster_slots(table, announce) {
+                Ok(f) => Pending::Ready(f.to_bytes(self.proto)),
+                Err(e) => err(&e),
+            },
+            b"shards" => match cluster_shards(table, announce) {
+                Ok(f) => Pending::Ready(f.to_bytes(self.proto)),
+                Err(e) => err(&e),
+            },
+            b"info" => Pending::Ready(text(cluster_info(table))),
+            b"myid" => Pending::Ready(resp::bulk(node_id(&table.meta.name, announce).as_bytes())),
+            b"keyslot" => match args.get(2) {
+                Some(k) if args.len() == 3 => Pending::Ready(resp::integer(key_slot(k) as i64)),
+                _ => err("Missing key"),
+            },
+            _ => err(&format!(
+                "Unsupported sub command: CLUSTER {}",
+                String::from_utf8_lossy(sub).chars().take(64).collect::<String>()
+            )),
+        }
+    }
+
+    fn config(&self, args: &[Bytes]) -> Pending {
+        let Some(sub) = args.get(1) else { return err("Missing sub command") };
+        let cfg = &self.state.config;
+        let field = args.get(2).map(|f| String::from_utf8_lossy(f).to_ascii_lowercase());
+        match sub.to_ascii_lowercase().as_slice() {
+            b"get" => {
+                let Some(field) = field else { return err("Missing sub command") };
+                let value = match field.as_str() {
+                    "address" => cfg.address.clone(),
+                    "announce_address" => self.state.announce.clone(),
+                    "announce_host" => self.state.announce.rsplit_once(':').map(|(h, _)| h.to_owned()).unwrap_or_default(),
+                    "slowlog_len" => cfg.slowlog_len.to_string(),
+                    "thread_number" => cfg.thread_number.to_string(),
+                    "backend_conn_num" => cfg.backend_conn_num.to_string(),
+                    "slowlog_log_slower_than" => self.state.slowlog.log_slower_than_us.load(Ordering::Relaxed).to_string(),
+                    "slowlog_sample_rate" => self.state.slowlog.sample_rate.load(Ordering::Relaxed).to_string(),
+                    "active_redirection" => cfg.active_redirection.to_string(),
+                    "max_redirections" => match cfg.max_redirections {
+                        0 => "none".into(),
+                        n => n.min(4).to_string(),
+                    },
+                    _ => return err(&format!("config field {field} not found")),
+                };
+                Pending::Ready(resp::bulk(value.as_bytes()))
+            }
+            b"set" => {
+                let (Some(field), Some(value)) = (field, args.get(3)) else { return err("Missing sub command") };
+                let value = String::from_utf8_lossy(value);
+                match field.as_str() {
+                    "slowlog_log_slower_than" => match value.parse::<i64>() {
+                        Ok(v) => {
+                            self.state.slowlog.log_slower_than_us.store(v, Ordering::Relaxed);
+                            ok()
+                        }
+                        Err(_) => err("InvalidValue"),
+                    },
+                    "slowlog_sample_rate" => match value.parse::<u64>() {
+                        Ok(v) => {
+                            self.state.slowlog.sample_rate.store(v, Ordering::Relaxed);
+                            ok()
+                        }
+                        Err(_) => err("InvalidValue"),
+                    },
+                    "address" | "announce_address" | "announce_host" | "slowlog_len" | "thread_number"
+                    | "backend_conn_num" | "active_redirection" | "max_redirections" => err("ReadonlyField"),
+                    _ => err("FieldNotFound"),
+                }
+            }
+            _ => err("invalid config sub-command"),
+        }
+    }
+
+    /// `COMMAND` is answered by a local node; the plain form is filtered to what the proxy
+    /// supports, so client libraries learn the real command set.
+    fn command(&self, req: Request) -> Pending {
+        if !self.authenticated {
+            return err("NOAUTH Password not given by AUTH command");
+        }
+        let pool = {
+            let installed = self.state.installed.load();
+            if !installed.table.has_cluster() || installed.table.nodes.is_empty() {
+                return err("ERR_CLUSTER_NOT_FOUND");
+            }
+            installed.pool(0, self.proto, &self.state.registry)
+        };
+        let Some(pool) = pool else { return err("ERR_CLUSTER_NOT_FOUND") };
+        let proto = self.proto;
+        let filter = req.args.len() == 1;
+        Pending::Task(Box::pin(async move {
+            let reply = match pool.call(&req).await {
+                Ok(r) => r,
+                Err(e) => return resp::error(&e.to_string()),
+            };
+            if !filter {
+                return reply;
+            }
+            match Frame::parse(&reply) {
+                Ok(Some((Frame::Array(items), _))) => {
+                    let kept = items
+                        .into_iter()
+                        .filter(|c| match c {
+                            Frame::Array(fields) => fields
+                                .first()
+                                .and_then(Frame::as_bytes)
+                                .map(|n| command::is_supported_name(&String::from_utf8_lossy(n).to_ascii_lowercase()))
+                                .unwrap_or(false),
+                            _ => false,
+                        })
+                        .collect();
+                    Frame::Array(kept).to_bytes(proto)
+                }
+                _ => resp::error(&format!("invalid command reply: {}", String::from_utf8_lossy(&reply).trim_end())),
+            }
+        }))
+    }
+
+    fn info(&self) -> String {
+        let s = &self.state;
+        let installed = s.installed.load();
+        format!(
+            "version:{VERSION}\r\n\r\n# Stats\r\nflush_size:0\r\nflush_interval:0\r\n\
+             total_connections_received:{}\r\ntotal_commands_processed:{}\r\n\r\n\
+             # Server\r\nredis_version:7.0.0\r\nmoonraft_version:{VERSION}\r\nredis_mode:cluster\r\n\r\n\
+             # Clients\r\nconnected_clients:{}\r\n\r\n\
+             # Cluster\r\ncluster_enabled:1\r\ncluster_name:{}\r\nepoch:{}\r\n",
+            s.total_connections.load(Ordering::Relaxed),
+            s.total_commands.load(Ordering::Relaxed),
+            s.connected_clients.load(Ordering::Relaxed),
+            installed.table.meta.name,
+            installed.table.epoch,
+        )
+    }
+}
+
+async fn flush(wr: &mut OwnedWriteHalf, out: &mut BytesMut) -> std::io::Result<()> {
+    if !out.is_empty() {
+        wr.write_all(out).await?;
+        out.clear();
+        if out.capacity() > 1024 * 1024 {
+            *out = BytesMut::with_capacity(16 * 1024);
+        }
+    }
+    Ok(())
+}
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Pending>,
+    mut closing: watch::Receiver<bool>,
+    state: Arc<ProxyState>,
+) {
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    loop {
+        let item = match rx.try_recv() {
+            Ok(item) => item,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                if flush(&mut wr, &mut out).await.is_err() {
+                    return;
+                }
+                match rx.recv().await {
+                    Some(item) => item,
+                    None => break,
+                }
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+        };
+        let mut close = false;
+        let reply = match item {
+            Pending::Ready(b) => b,
+            Pending::Close(b) => {
+                close = true;
+                b
+            }
+            Pending::Backend { mut rx, sample } => {
+                let result: Option<ReplyResult> = match rx.try_recv() {
+                    Ok(r) => Some(r),
+                    Err(oneshot::error::TryRecvError::Empty) => {
+                        if flush(&mut wr, &mut out).await.is_err() {
+                            return;
+                        }
+                        rx.await.ok()
+                    }
+                    Err(oneshot::error::TryRecvError::Closed) => None,
+                };
+                if let Some(s) = sample {
+                    state.slowlog.finish(s, Instant::now());
+                }
+                match result {
+                    Some(Ok(b)) => b,
+                    Some(Err(e)) => resp::error(&e.to_string()),
+                    None => resp::error(
+                        "ERR backend connection broke before the reply arrived; the command may or may not have been executed",
+                    ),
+                }
+            }
+            Pending::Task(fut) => {
+                if flush(&mut wr, &mut out).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    b = fut => b,
+                    _ = closing.wait_for(|c| *c) => return,
+                }
+            }
+        };
+        if reply.len() >= 32 * 1024 {
+            if flush(&mut wr, &mut out).await.is_err() || wr.write_all(&reply).await.is_err() {
+                return;
+            }
+        } else {
+            out.extend_from_slice(&reply);
+        }
+        if close || out.len() >= 64 * 1024 {
+            if flush(&mut wr, &mut out).await.is_err() {
+                return;
+            }
+            if close {
+                let _ = wr.shutdown().await;
+                return;
+            }
+        }
+    }
+    let _ = flush(&mut wr, &mut out).await;
+    let _ = wr.shutdown().await;
+}

@@ -1,0 +1,133 @@
+//! Shared proxy state: the current routing snapshot with its backend pools, the replication
+//! controller, epochs, counters and the slow log.
+
+use crate::backend::{BackendRegistry, BackendSettings, NodePool};
+use crate::cluster::{ClusterTable, SetCluster};
+use crate::config::ProxyConfig;
+use crate::replication::{Replication, SetRepl};
+use crate::slowlog::SlowLog;
+use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tracing::info;
+
+/// One routing snapshot plus connections to its local nodes. Requests in flight keep the
+/// snapshot they started with; a new SETCLUSTER swaps in a new one atomically.
+pub struct Installed {
+    pub table: ClusterTable,
+    pools_resp2: Vec<Arc<NodePool>>,
+    pools_resp3: OnceLock<Vec<Arc<NodePool>>>,
+}
+
+impl Installed {
+    fn new(table: ClusterTable, registry: &BackendRegistry) -> Installed {
+        let pools_resp2 = table.nodes.iter().map(|n| registry.pool(n, 2)).collect();
+        Installed { table, pools_resp2, pools_resp3: OnceLock::new() }
+    }
+
+    /// The pool for local node `node` speaking protocol `proto` (RESP3 pools are opened on
+    /// first use by a RESP3 client).
+    pub fn pool(&self, node: usize, proto: u8, registry: &BackendRegistry) -> Option<Arc<NodePool>> {
+        if proto >= 3 {
+            let pools = self.pools_resp3.get_or_init(|| self.table.nodes.iter().map(|n| registry.pool(n, 3)).collect());
+            pools.get(node).cloned()
+        } else {
+            self.pools_resp2.get(node).cloned()
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetaError {
+    OldEpoch,
+    NotMyMeta,
+}
+
+pub struct ProxyState {
+    pub config: ProxyConfig,
+    pub announce: String,
+    pub installed: ArcSwap<Installed>,
+    /// Serialises metadata updates (check epoch, build, swap).
+    meta_lock: Mutex<()>,
+    pub replication: Mutex<Replication>,
+    pub registry: BackendRegistry,
+    pub slowlog: SlowLog,
+    pub shutdown: tokio::sync::watch::Sender<bool>,
+    pub next_session_id: AtomicU64,
+    pub connected_clients: AtomicUsize,
+    pub total_commands: AtomicU64,
+    pub total_connections: AtomicU64,
+}
+
+impl ProxyState {
+    pub fn new(config: ProxyConfig) -> Arc<ProxyState> {
+        let settings = BackendSettings {
+            timeout: Duration::from_millis(config.backend_timeout),
+            max_bulk_len: config.proto_max_bulk_len,
+            ..BackendSettings::default()
+        };
+        let registry = BackendRegistry::new(settings, config.backend_conn_num);
+        let installed = Installed::new(ClusterTable::empty(), &registry);
+        let (shutdown, _) = tokio::sync::watch::channel(false);
+        Arc::new(ProxyState {
+            announce: config.announce().to_owned(),
+            slowlog: SlowLog::new(config.slowlog_len, config.slowlog_log_slower_than, config.slowlog_sample_rate),
+            config,
+            installed: ArcSwap::from_pointee(installed),
+            meta_lock: Mutex::new(()),
+            replication: Mutex::new(Replication::default()),
+            registry,
+            shutdown,
+            next_session_id: AtomicU64::new(1),
+            connected_clients: AtomicUsize::new(0),
+            total_commands: AtomicU64::new(0),
+            total_connections: AtomicU64::new(0),
+        })
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.installed.load().table.epoch
+    }
+
+    /// Applies `UMCTL SETCLUSTER` (`proxy.md` §9.1). The target check replaces undermoon's
+    /// announce-host check (nodes may live on other hosts, see decisions.md).
+    pub fn set_cluster(&self, cmd: SetCluster) -> Result<(), MetaError> {
+        if let Some(target) = &cmd.flags.target {
+            if target != &self.announce {
+                return Err(MetaError::NotMyMeta);
+            }
+        }
+        let _guard = self.meta_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.installed.load_full();
+        if cmd.epoch <= current.table.epoch && !cmd.flags.force {
+            return Err(MetaError::OldEpoch);
+        }
+        let table = ClusterTable::build(cmd.epoch, cmd.meta, Some(&current.table));
+        info!(
+            cluster = %table.meta.name,
+            epoch = table.epoch,
+            nodes = table.nodes.len(),
+            peers = table.peers.len(),
+            tasks = table.tasks.len(),
+            "cluster metadata installed"
+        );
+        self.installed.store(Arc::new(Installed::new(table, &self.registry)));
+        Ok(())
+    }
+
+    /// Applies `UMCTL SETREPL` (`proxy.md` §9.2).
+    pub fn set_repl(&self, cmd: SetRepl) -> Result<(), MetaError> {
+        if let Some(target) = &cmd.flags.target {
+            if target != &self.announce {
+                return Err(MetaError::NotMyMeta);
+            }
+        }
+        let mut repl = self.replication.lock().unwrap_or_else(|e| e.into_inner());
+        if cmd.epoch <= repl.epoch && !cmd.flags.force {
+            return Err(MetaError::OldEpoch);
+        }
+        repl.apply(cmd, Duration::from_millis(self.config.replication_interval));
+        Ok(())
+    }
+}

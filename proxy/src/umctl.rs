@@ -1,0 +1,340 @@
+//! `UMCTL` control commands (`proxy.md` §9), sent by coordinators and peer proxies.
+
+use crate::cluster::{MigrationMeta, RangeTag, SetCluster, SlotRange, TaskState};
+use crate::replication::{Role, SetRepl};
+use crate::resp::{self, parse_u64, Frame};
+use crate::slowlog::rfc3339;
+use crate::state::{MetaError, ProxyState};
+use bytes::Bytes;
+use std::sync::atomic::Ordering;
+
+pub const MGR_VERSION: &str = "mgr-0.2";
+
+fn lines(items: Vec<String>) -> Frame {
+    Frame::Array(items.into_iter().map(|s| Frame::Bulk(Bytes::from(s))).collect())
+}
+
+/// Handles `UMCTL <args…>`; `args` excludes `UMCTL` itself. `proto` is the client's protocol.
+pub fn handle(state: &ProxyState, args: &[Bytes], proto: u8) -> Bytes {
+    let Some(sub) = args.first() else { return resp::error("Missing sub command") };
+    let Ok(sub) = std::str::from_utf8(sub) else { return resp::error("Invalid sub command") };
+    let rest = &args[1..];
+    match sub.to_ascii_uppercase().as_str() {
+        "SETCLUSTER" => match SetCluster::parse(rest) {
+            Err(kind) => resp::error(&format!("Failed to parse args: {kind}")),
+            Ok(cmd) => {
+                let ignored = cmd.config_ignored;
+                match state.set_cluster(cmd) {
+                    Ok(()) if ignored => resp::simple("WARNING: ignored invalid config"),
+                    Ok(()) => Bytes::from_static(resp::OK),
+                    Err(e) => meta_error(e),
+                }
+            }
+        },
+        "SETREPL" => match SetRepl::parse(rest) {
+            None => resp::error("Invalid arguments"),
+            Some(cmd) => match state.set_repl(cmd) {
+                Ok(()) => Bytes::from_static(resp::OK),
+                Err(e) => meta_error(e),
+            },
+        },
+        "GETEPOCH" => resp::integer(state.epoch() as i64),
+        "LISTCLUSTER" => {
+            let installed = state.installed.load();
+            Frame::Array(vec![Frame::bulk_str(&installed.table.meta.name)]).to_bytes(proto)
+        }
+        "READY" => {
+            let installed = state.installed.load();
+            let only_replicas = state.replication.lock().map(|r| r.only_replicas()).unwrap_or(false);
+            let serving = installed.table.meta.local.iter().any(|(_, e)| !matches!(e.tag, RangeTag::Migrating(_)));
+            resp::integer((only_replicas || serving) as i64)
+        }
+        "INFO" => info(state).to_bytes(proto),
+        "INFOREPL" => info_repl(state).to_bytes(proto),
+        "INFOMGR" => {
+            let installed = state.installed.load();
+            let t = &installed.table;
+            let items = t
+                .tasks
+                .iter()
+                .filter(|task| task.state() == TaskState::SwitchCommitted)
+                .map(|task| {
+                    format!(
+                        "{} {} {} {}",
+                        t.meta.name,
+                        if task.importing { "IMPORTING" } else { "MIGRATING" },
+                        task.ranges_tokens(),
+                        task.meta.to_tokens()
+                    )
+                })
+                .collect();
+            lines(items).to_bytes(proto)
+        }
+        "STATS" => {
+            let mut v = vec![
+                "# Proxy".to_string(),
+                format!("connected_clients: {}", state.connected_clients.load(Ordering::Relaxed)),
+                format!("total_connections_received: {}", state.total_connections.load(Ordering::Relaxed)),
+                format!("total_commands_processed: {}", state.total_commands.load(Ordering::Relaxed)),
+                "# Migration".to_string(),
+            ];
+            for counter in MIGRATION_COUNTERS {
+                v.push(format!("{counter}: 0"));
+            }
+            lines(v).to_bytes(proto)
+        }
+        "SLOWLOG" => slowlog(state, rest, proto),
+        "DEBUG" => match rest.first() {
+            Some(a) if a.eq_ignore_ascii_case(b"future") => {
+                let installed = state.installed.load();
+                let mut v: Vec<String> =
+                    installed.table.nodes.iter().map(|n| format!("backend connections to {n}")).collect();
+                if let Ok(r) = state.replication.lock() {
+                    v.extend(r.entries().iter().map(|e| format!("replicator {:?} {} {}", e.role, e.cluster, e.node)));
+                }
+                lines(v).to_bytes(proto)
+            }
+            _ => resp::error("invalid debug sub-command"),
+        },
+        "SHUTDOWN" => {
+            let _ = state.shutdown.send(true);
+            Bytes::from_static(resp::OK)
+        }
+        "PRECHECK" => switch(state, rest, TaskState::PreCheck),
+        "PRESWITCH" => switch(state, rest, TaskState::PreSwitch),
+        "FINALSWITCH" => switch(state, rest, TaskState::SwitchCommitted),
+        _ => resp::error("Invalid sub command"),
+    }
+}
+
+fn meta_error(e: MetaError) -> Bytes {
+    match e {
+        MetaError::OldEpoch => resp::error("OLD_EPOCH"),
+        MetaError::NotMyMeta => resp::error("ERR_NOT_MY_META"),
+    }
+}
+
+const MIGRATION_COUNTERS: &[&str] = &[
+    "migrating_src_redis_conn",
+    "migrating_dst_redis_conn",
+    "migrating_active_sync_lock_success",
+    "migrating_active_sync_lock_failed",
+    "migrating_scan_lock_success",
+    "migrating_scan_lock_failed",
+    "importing_blocking_migration_commands",
+    "importing_non_blocking_migration_commands",
+    "importing_umsync_lock_success",
+    "importing_umsync_lock_failed",
+    "importing_umsync_lock_failed_again",
+    "importing_umsync_failed",
+    "importing_dst_key_existed",
+    "importing_dst_key_not_existed",
+    "importing_lock_success",
+    "importing_lock_failed",
+    "importing_resend_exists",
+    "importing_resend_exists_failed",
+    "importing_lock_loop_retry",
+    "importing_src_key_existed",
+    "importing_src_key_not_existed",
+    "importing_src_failed",
+];
+
+fn slowlog(state: &ProxyState, rest: &[Bytes], proto: u8) -> Bytes {
+    let sub = rest.first().map(|s| s.to_ascii_uppercase());
+    match sub.as_deref() {
+        Some(b"GET") => {
+            let n = match rest.get(1) {
+                None => None,
+                Some(v) => match parse_u64(v) {
+                    Some(n) => Some(n as usize),
+                    None => return resp::error("invalid slowlog sub-command"),
+                },
+            };
+            let records = state
+                .slowlog
+                .get(n)
+                .into_iter()
+                .map(|r| {
+                    lines(vec![
+                        format!("session_id: {}", r.session_id),
+                        format!("created: {}", rfc3339(r.created)),
+                        "sent_to_migration_backend: 0".to_string(),
+                        "sent_to_cluster: 0".to_string(),
+                        format!("sent_to_queue: {}", r.sent_to_backend.as_nanos()),
+                        format!("queue_received: {}", r.sent_to_backend.as_nanos()),
+                        format!("sent_to_backend: {}", r.sent_to_backend.as_nanos()),
+                        format!("received_from_backend: {}", r.received_from_backend.as_nanos()),
+                        format!("wait_done: {}", r.wait_done.as_nanos()),
+                        format!("command: {}", r.command),
+                    ])
+                })
+                .collect();
+            Frame::Array(records).to_bytes(proto)
+        }
+        Some(b"RESET") => {
+            state.slowlog.reset();
+            Bytes::from_static(resp::OK)
+        }
+        _ => resp::error("invalid slowlog sub-command"),
+    }
+}
+
+fn info(state: &ProxyState) -> Frame {
+    let installed = state.installed.load();
+    let t = &installed.table;
+    let entry_lines = |entries: &[(String, crate::cluster::RangeEntry)]| {
+        let mut by_addr: Vec<(String, Vec<Frame>)> = Vec::new();
+        for (addr, e) in entries {
+            let mut meta_lines = Vec::new();
+            if let RangeTag::Migrating(m) | RangeTag::Importing(m) = &e.tag {
+                meta_lines.push(Frame::Bulk(Bytes::from(m.epoch.to_string())));
+                meta_lines.push(Frame::Bulk(Bytes::from(format!("src_proxy: {}", m.src_proxy_address))));
+                meta_lines.push(Frame::Bulk(Bytes::from(format!("src_node: {}", m.src_node_address))));
+                meta_lines.push(Frame::Bulk(Bytes::from(format!("dst_proxy: {}", m.dst_proxy_address))));
+                meta_lines.push(Frame::Bulk(Bytes::from(format!("dst_node: {}", m.dst_node_address))));
+            }
+            let mut ranges = e.ranges.len().to_string();
+            for r in &e.ranges {
+                ranges.push_str(&format!(" {}-{}", r.start, r.end));
+            }
+            meta_lines.push(Frame::Bulk(Bytes::from(ranges)));
+            match by_addr.iter_mut().find(|(a, _)| a == addr) {
+                Some((_, v)) => v.push(Frame::Array(meta_lines)),
+                None => by_addr.push((addr.clone(), vec![Frame::Array(meta_lines)])),
+            }
+        }
+        by_addr.into_iter().flat_map(|(a, v)| [Frame::Bulk(Bytes::from(a)), Frame::Array(v)]).collect::<Vec<_>>()
+    };
+    let mut local = vec![
+        Frame::Bulk(Bytes::from(format!("name: {}", t.meta.name))),
+        Frame::Bulk(Bytes::from(format!("epoch: {}", t.epoch))),
+        Frame::bulk_str("nodes:"),
+    ];
+    local.extend(entry_lines(&t.meta.local));
+    let mut peers = vec![Frame::bulk_str("peers:")];
+    peers.extend(entry_lines(&t.meta.peers));
+    let cluster = Frame::Array(vec![
+        Frame::bulk_str(&t.meta.name),
+        Frame::bulk_str("local"),
+        Frame::Array(local),
+        Frame::bulk_str("peer"),
+        Frame::Array(peers),
+    ]);
+    let mut mgr = vec![Frame::Bulk(Bytes::from(format!("name: {}", t.meta.name)))];
+    for task in &t.tasks {
+        let (src, dst) = (&task.meta.src_node_address, &task.meta.dst_node_address);
+        mgr.push(Frame::Bulk(Bytes::from(format!("{} {src} -> {dst} {:?}", task.ranges_tokens(), task.state()))));
+    }
+    Frame::Array(vec![
+        Frame::bulk_str("Cluster"),
+        cluster,
+        Frame::bulk_str("Replication"),
+        info_repl(state),
+        Frame::bulk_str("Migration"),
+        Frame::Array(mgr),
+    ])
+}
+
+fn info_repl(state: &ProxyState) -> Frame {
+    let entries = state.replication.lock().map(|r| r.entries()).unwrap_or_default();
+    Frame::Array(
+        entries
+            .into_iter()
+            .map(|e| {
+                let mut v = vec![format!("cluster:{}\n", e.cluster)];
+                match e.role {
+                    Role::Master => {
+                        v.push("role:master\n".into());
+                        v.push(format!("node_address:{}\n", e.node));
+                        v.extend(e.peers.iter().map(|(n, p)| format!("replica:{n}@{p}\n")));
+                    }
+                    Role::Replica => {
+                        v.push("role:replica\n".into());
+                        v.push(format!("node_address:{}\n", e.node));
+                        v.extend(e.peers.iter().map(|(n, p)| format!("master:{n}@{p}\n")));
+                    }
+                }
+                lines(v)
+            })
+            .collect(),
+    )
+}
+
+/// Parsed arguments of PRECHECK/PRESWITCH/FINALSWITCH.
+struct SwitchArgs {
+    version: String,
+    cluster: String,
+    migrating: bool,
+    ranges: Vec<SlotRange>,
+    meta: MigrationMeta,
+}
+
+fn parse_switch(args: &[Bytes]) -> Result<SwitchArgs, &'static str> {
+    const PARSE: &str = "failed to parse migration switch arguments";
+    let s = |i: usize| args.get(i).and_then(|b| std::str::from_utf8(b).ok()).map(str::to_owned).ok_or(PARSE);
+    let version = s(0)?;
+    let cluster = s(1)?;
+    let tag = s(2)?;
+    let migrating = match tag.to_ascii_uppercase().as_str() {
+        "MIGRATING" => true,
+        "IMPORTING" => false,
+        _ => return Err("Invalid Arg"),
+    };
+    let count = parse_u64(args.get(3).ok_or(PARSE)?).ok_or(PARSE)? as usize;
+    if count > 16384 {
+        return Err(PARSE);
+    }
+    let mut ranges = Vec::with_capacity(count);
+    for i in 0..count {
+        let tok = s(4 + i)?;
+        let (a, b) = tok.split_once('-').ok_or(PARSE)?;
+        let (a, b) = (a.parse::<u16>().map_err(|_| PARSE)?, b.parse::<u16>().map_err(|_| PARSE)?);
+        if a > b || b >= 16384 {
+            return Err(PARSE);
+        }
+        ranges.push(SlotRange { start: a, end: b });
+    }
+    let base = 4 + count;
+    if args.len() != base + 5 {
+        return Err(PARSE);
+    }
+    let meta = MigrationMeta {
+        epoch: parse_u64(&args[base]).ok_or(PARSE)?,
+        src_proxy_address: s(base + 1)?,
+        src_node_address: s(base + 2)?,
+        dst_proxy_address: s(base + 3)?,
+        dst_node_address: s(base + 4)?,
+    };
+    Ok(SwitchArgs { version, cluster, migrating, ranges, meta })
+}
+
+/// Destination side of the switch hand-shake (`migration.md` §5.1).
+fn switch(state: &ProxyState, args: &[Bytes], to: TaskState) -> Bytes {
+    let a = match parse_switch(args) {
+        Ok(a) => a,
+        Err(e) => return resp::error(e),
+    };
+    let _ = a.migrating; // the tag is converted to IMPORTING before the lookup
+    if a.version != MGR_VERSION {
+        return resp::error("switch failed: IncompatibleVersion");
+    }
+    let installed = state.installed.load();
+    let t = &installed.table;
+    if t.epoch < a.meta.epoch {
+        return resp::error("NOT_READY_FOR_SWITCHING");
+    }
+    if t.meta.name != a.cluster {
+        return resp::error("TASK_NOT_FOUND");
+    }
+    if let Some(task) = t.find_task(true, &a.ranges, &a.meta) {
+        // Never move a task backwards (a late PRECHECK retry after PRESWITCH).
+        if task.state() < to {
+            task.set_state(to);
+        }
+        return Bytes::from_static(resp::OK);
+    }
+    if t.find_task(false, &a.ranges, &a.meta).is_some() {
+        return resp::error("Peer Not Migrating");
+    }
+    resp::error("TASK_NOT_FOUND")
+}

@@ -1,0 +1,93 @@
+//! `moonraft`: one binary, one subcommand per role.
+
+mod settings;
+
+use anyhow::{Context, Result};
+use moonraft_proxy::config::PROXY_KEYS;
+use moonraft_proxy::ProxyConfig;
+
+const USAGE: &str = "moonraft — self-managed Redis clustering
+
+USAGE:
+    moonraft proxy [CONFIG.toml] [--<key> <value>]...   run a server proxy (Redis Cluster protocol)
+    moonraft --version
+
+Every configuration key can be set in the TOML file, as MOONRAFT_<KEY> in the environment or
+as --<key-with-dashes> on the command line (flag > environment > file > default).
+Run `moonraft proxy --help` for the proxy's keys.";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(e) = run(&args) {
+        eprintln!("moonraft: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+fn run(args: &[String]) -> Result<()> {
+    match args.first().map(String::as_str) {
+        Some("proxy") => proxy(&args[1..]),
+        Some("--version") | Some("-V") | Some("version") => {
+            println!("moonraft {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Some("-h") | Some("--help") | Some("help") | None => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => anyhow::bail!("unknown subcommand {other:?}\n\n{USAGE}"),
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_owned());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn proxy(args: &[String]) -> Result<()> {
+    let cli = settings::parse_cli(args, PROXY_KEYS)?;
+    if cli.help {
+        println!("moonraft proxy [CONFIG.toml] [--<key> <value>]...\n\nKeys (see shared spec proxy.md §1):");
+        let defaults = ProxyConfig::default();
+        for key in PROXY_KEYS {
+            println!("    --{:<30} MOONRAFT_{}", key.replace('_', "-"), key.to_ascii_uppercase());
+        }
+        println!("\nDefault listen address: {}", defaults.address);
+        return Ok(());
+    }
+    let mut config = ProxyConfig::default();
+    settings::apply(&cli, PROXY_KEYS, |k, v| config.set(k, v))?;
+    config.validate().map_err(anyhow::Error::msg)?;
+    init_logging(&config.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.thread_number)
+        .thread_name("proxy-worker")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let address = config.address.clone();
+        tokio::select! {
+            r = moonraft_proxy::server::run(config) => r.with_context(|| format!("proxy on {address} failed")),
+            _ = shutdown_signal() => Ok(()),
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

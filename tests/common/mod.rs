@@ -1,0 +1,333 @@
+//! Helpers for end-to-end tests: real redis-server and moonraft processes on free loopback
+//! ports, temp dirs, and a small blocking RESP client. Every process is killed on drop, so a
+//! failing test leaves nothing behind.
+#![allow(dead_code)]
+
+use bytes::BytesMut;
+use moonraft_proxy::resp::{Frame, Request};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_moonraft");
+
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "moonraft-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process that is killed (SIGKILL) and reaped when dropped.
+pub struct Proc {
+    pub child: Option<Child>,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
+    }
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // A stopped process must be continued to die cleanly.
+        if self.child.is_some() {
+            self.signal("CONT");
+        }
+        self.kill();
+    }
+}
+
+fn wait_ping(port: u16, proc: &mut Proc) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if !proc.is_running() {
+            return false;
+        }
+        if let Ok(mut c) = Conn::try_connect(port) {
+            if let Ok(Frame::Simple(s)) = c.try_cmd(&["PING"]) {
+                if s == "PONG" {
+                    return true;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+pub struct Redis {
+    pub port: u16,
+    pub proc: Proc,
+    pub dir: TempDir,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        for _ in 0..5 {
+            let port = free_port();
+            let dir = TempDir::new("redis");
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&dir.0)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (run scripts/setup.sh)");
+            let mut proc = Proc { child: Some(child) };
+            if wait_ping(port, &mut proc) {
+                return Redis { port, proc, dir };
+            }
+        }
+        panic!("could not start redis-server");
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn conn(&self) -> Conn {
+        Conn::connect(self.port)
+    }
+}
+
+pub struct Proxy {
+    pub port: u16,
+    pub proc: Proc,
+    pub log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Proxy {
+    pub fn start(extra: &[&str]) -> Proxy {
+        for _ in 0..5 {
+            let port = free_port();
+            let dir = TempDir::new("proxy");
+            let log = dir.0.join("proxy.log");
+            let child = Command::new(BIN)
+                .arg("proxy")
+                .args(["--address", &format!("127.0.0.1:{port}")])
+                .args(extra)
+                .env_remove("RUST_LOG")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("log file"))
+                .spawn()
+                .expect("spawn moonraft proxy");
+            let mut proc = Proc { child: Some(child) };
+            if wait_ping(port, &mut proc) {
+                return Proxy { port, proc, log, _dir: dir };
+            }
+        }
+        panic!("could not start the proxy");
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn conn(&self) -> Conn {
+        Conn::connect(self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A blocking RESP client for tests.
+pub struct Conn {
+    pub stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Conn {
+    pub fn try_connect(port: u16) -> std::io::Result<Conn> {
+        let stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.set_nodelay(true)?;
+        Ok(Conn { stream, buf: BytesMut::new() })
+    }
+
+    pub fn connect(port: u16) -> Conn {
+        Conn::try_connect(port).expect("connect")
+    }
+
+    pub fn set_timeout(&self, t: Duration) {
+        self.stream.set_read_timeout(Some(t)).expect("set timeout");
+    }
+
+    pub fn send_raw(&mut self, data: &[u8]) {
+        self.stream.write_all(data).expect("write");
+    }
+
+    pub fn send(&mut self, args: &[&str]) {
+        let req = Request::from_strs(args);
+        self.send_raw(&req.raw);
+    }
+
+    /// Reads one reply; `Err` on EOF, timeout or a malformed reply.
+    pub fn try_read(&mut self) -> std::io::Result<Frame> {
+        loop {
+            if let Some((frame, n)) = Frame::parse(&self.buf).map_err(std::io::Error::other)? {
+                let _ = self.buf.split_to(n);
+                return Ok(frame);
+            }
+            let mut chunk = [0u8; 65536];
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    pub fn read(&mut self) -> Frame {
+        self.try_read().expect("read reply")
+    }
+
+    pub fn try_cmd(&mut self, args: &[&str]) -> std::io::Result<Frame> {
+        let req = Request::from_strs(args);
+        self.stream.write_all(&req.raw)?;
+        self.try_read()
+    }
+
+    pub fn cmd(&mut self, args: &[&str]) -> Frame {
+        self.send(args);
+        self.read()
+    }
+
+    /// True when the peer has closed the connection (EOF) within `wait`.
+    pub fn is_closed(&mut self, wait: Duration) -> bool {
+        self.stream.set_read_timeout(Some(wait)).expect("timeout");
+        let mut b = [0u8; 1024];
+        loop {
+            match self.stream.read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+pub fn bulk(s: &str) -> Frame {
+    Frame::bulk_str(s)
+}
+
+pub fn simple(s: &str) -> Frame {
+    Frame::Simple(s.to_owned())
+}
+
+pub fn error_text(f: &Frame) -> String {
+    match f {
+        Frame::Error(e) => e.clone(),
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+}
+
+/// Runs redis-cli and returns stdout (trimmed).
+pub fn redis_cli(args: &[&str]) -> String {
+    let out = Command::new("redis-cli").args(args).output().expect("redis-cli must be installed");
+    String::from_utf8_lossy(&out.stdout).trim_end().to_owned()
+}
+
+/// Waits until `f` returns true, up to `timeout`.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+/// A proxy in front of two fresh redis-servers owning all slots (node A 0-8191, B 8192-16383).
+pub struct SingleProxy {
+    pub proxy: Proxy,
+    pub a: Redis,
+    pub b: Redis,
+}
+
+impl SingleProxy {
+    pub fn start(extra: &[&str]) -> SingleProxy {
+        let a = Redis::start();
+        let b = Redis::start();
+        let proxy = Proxy::start(extra);
+        let r = proxy.conn().cmd(&[
+            "UMCTL", "SETCLUSTER", "v2", "1", "NOFLAG", "test", &a.addr(), "1", "0-8191", &b.addr(), "1", "8192-16383",
+        ]);
+        assert_eq!(r, simple("OK"));
+        SingleProxy { proxy, a, b }
+    }
+}
+
+/// Two proxies, each with two redis-servers, splitting the slots: proxy 1 owns 0-8191, proxy 2
+/// owns 8192-16383 (each of its nodes half of that).
+pub struct TwoProxies {
+    pub p1: Proxy,
+    pub p2: Proxy,
+    pub redis: Vec<Redis>,
+}
+
+impl TwoProxies {
+    pub fn start() -> TwoProxies {
+        let redis: Vec<Redis> = (0..4).map(|_| Redis::start()).collect();
+        let p1 = Proxy::start(&[]);
+        let p2 = Proxy::start(&[]);
+        let (a1, a2, b1, b2) = (redis[0].addr(), redis[1].addr(), redis[2].addr(), redis[3].addr());
+        let r = p1.conn().cmd(&[
+            "UMCTL", "SETCLUSTER", "v2", "2", "NOFLAG", "mycluster", &a1, "1", "0-4095", &a2, "1", "4096-8191", "PEER",
+            &p2.addr(), "1", "8192-16383",
+        ]);
+        assert_eq!(r, simple("OK"));
+        let r = p2.conn().cmd(&[
+            "UMCTL", "SETCLUSTER", "v2", "2", "NOFLAG", "mycluster", &b1, "1", "8192-12287", &b2, "1", "12288-16383",
+            "PEER", &p1.addr(), "2", "0-4095", "4096-8191",
+        ]);
+        assert_eq!(r, simple("OK"));
+        TwoProxies { p1, p2, redis }
+    }
+}
