@@ -42,7 +42,9 @@ fn run(args: &[String]) -> Result<()> {
 fn init_logging(filter: &str) {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_owned());
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -53,7 +55,11 @@ fn proxy(args: &[String]) -> Result<()> {
         println!("moonraft proxy [CONFIG.toml] [--<key> <value>]...\n\nKeys (see shared spec proxy.md §1):");
         let defaults = ProxyConfig::default();
         for key in PROXY_KEYS {
-            println!("    --{:<30} MOONRAFT_{}", key.replace('_', "-"), key.to_ascii_uppercase());
+            println!(
+                "    --{:<30} MOONRAFT_{}",
+                key.replace('_', "-"),
+                key.to_ascii_uppercase()
+            );
         }
         println!("\nDefault listen address: {}", defaults.address);
         return Ok(());
@@ -62,12 +68,20 @@ fn proxy(args: &[String]) -> Result<()> {
     settings::apply(&cli, PROXY_KEYS, |k, v| config.set(k, v))?;
     config.validate().map_err(anyhow::Error::msg)?;
     init_logging(&config.log);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.thread_number)
-        .thread_name("proxy-worker")
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    // One worker: a current-thread runtime avoids work-stealing and cross-thread wake-ups,
+    // which is what decides throughput when the proxy shares few cores with Redis.
+    let runtime = if config.thread_number == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.thread_number)
+            .thread_name("proxy-worker")
+            .enable_all()
+            .build()
+    }
+    .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let address = config.address.clone();
         tokio::select! {

@@ -65,9 +65,18 @@ impl SetRepl {
                 return None;
             }
             crate::config::check_address(&node).ok()?;
-            entries.push(ReplEntry { role, cluster, node, peers });
+            entries.push(ReplEntry {
+                role,
+                cluster,
+                node,
+                peers,
+            });
         }
-        Some(SetRepl { epoch, flags, entries })
+        Some(SetRepl {
+            epoch,
+            flags,
+            entries,
+        })
     }
 }
 
@@ -128,9 +137,16 @@ impl Replication {
 /// Resolves the master's address to `ip port` for REPLICAOF (Redis wants an address it can
 /// connect to; names are resolved here because undermoon did the same).
 async fn replicaof_args(master: &str) -> Result<(String, String), String> {
-    let (host, port) = master.rsplit_once(':').ok_or_else(|| format!("invalid master address {master}"))?;
-    let mut addrs = tokio::net::lookup_host(master).await.map_err(|e| format!("cannot resolve {host}: {e}"))?;
-    let ip = addrs.next().ok_or_else(|| format!("cannot resolve {host}"))?.ip();
+    let (host, port) = master
+        .rsplit_once(':')
+        .ok_or_else(|| format!("invalid master address {master}"))?;
+    let mut addrs = tokio::net::lookup_host(master)
+        .await
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+    let ip = addrs
+        .next()
+        .ok_or_else(|| format!("cannot resolve {host}"))?
+        .ip();
     Ok((ip.to_string(), port.to_owned()))
 }
 
@@ -149,7 +165,9 @@ async fn assert_role(entry: &ReplEntry, conn: &mut Option<TcpStream>) -> Result<
                 .map_err(|e| format!("cannot connect: {e}"))?,
         );
     }
-    let Some(stream) = conn.as_mut() else { return Err("no connection".into()) };
+    let Some(stream) = conn.as_mut() else {
+        return Err("no connection".into());
+    };
     let result = async {
         use tokio::io::AsyncWriteExt;
         stream.write_all(&req.raw).await?;
@@ -176,8 +194,12 @@ async fn run_replicator(entry: ReplEntry, interval: Duration) {
         let r = assert_role(&entry, &mut conn).await;
         match (&r, &last_ok) {
             (Ok(()), Some(true)) => {}
-            (Ok(()), _) => info!(node = %entry.node, cluster = %entry.cluster, role = ?entry.role, "replication role set"),
-            (Err(e), _) => warn!(node = %entry.node, cluster = %entry.cluster, role = ?entry.role, "cannot set replication role: {e}"),
+            (Ok(()), _) => {
+                info!(node = %entry.node, cluster = %entry.cluster, role = ?entry.role, "replication role set")
+            }
+            (Err(e), _) => {
+                warn!(node = %entry.node, cluster = %entry.cluster, role = ?entry.role, "cannot set replication role: {e}")
+            }
         }
         last_ok = Some(r.is_ok());
         tokio::time::sleep(interval).await;
@@ -189,7 +211,9 @@ mod tests {
     use super::*;
 
     fn toks(s: &str) -> Vec<Bytes> {
-        s.split_whitespace().map(|t| Bytes::copy_from_slice(if t == "\"\"" { b"" } else { t.as_bytes() })).collect()
+        s.split_whitespace()
+            .map(|t| Bytes::copy_from_slice(if t == "\"\"" { b"" } else { t.as_bytes() }))
+            .collect()
     }
 
     #[test]
@@ -198,7 +222,10 @@ mod tests {
         assert_eq!(r.epoch, 7);
         assert_eq!(r.entries.len(), 2);
         assert_eq!(r.entries[1].role, Role::Replica);
-        assert_eq!(r.entries[1].peers[0], ("server_proxy6:7011".into(), "server_proxy6:6006".into()));
+        assert_eq!(
+            r.entries[1].peers[0],
+            ("server_proxy6:7011".into(), "server_proxy6:6006".into())
+        );
         let free = SetRepl::parse(&toks("3 NOFLAG master \"\" n:1 0")).unwrap();
         assert_eq!(free.entries[0].cluster, "");
     }

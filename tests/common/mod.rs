@@ -57,7 +57,10 @@ impl Proc {
         }
     }
     pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
     }
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
@@ -107,7 +110,16 @@ impl Redis {
             let port = free_port();
             let dir = TempDir::new("redis");
             let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
                 .arg("--dir")
                 .arg(&dir.0)
                 .stdout(Stdio::null())
@@ -155,7 +167,12 @@ impl Proxy {
                 .expect("spawn moonraft proxy");
             let mut proc = Proc { child: Some(child) };
             if wait_ping(port, &mut proc) {
-                return Proxy { port, proc, log, _dir: dir };
+                return Proxy {
+                    port,
+                    proc,
+                    log,
+                    _dir: dir,
+                };
             }
         }
         panic!("could not start the proxy");
@@ -185,7 +202,10 @@ impl Conn {
         let stream = TcpStream::connect(("127.0.0.1", port))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         stream.set_nodelay(true)?;
-        Ok(Conn { stream, buf: BytesMut::new() })
+        Ok(Conn {
+            stream,
+            buf: BytesMut::new(),
+        })
     }
 
     pub fn connect(port: u16) -> Conn {
@@ -215,7 +235,10 @@ impl Conn {
             let mut chunk = [0u8; 65536];
             let n = self.stream.read(&mut chunk)?;
             if n == 0 {
-                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed",
+                ));
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
@@ -268,7 +291,10 @@ pub fn error_text(f: &Frame) -> String {
 
 /// Runs redis-cli and returns stdout (trimmed).
 pub fn redis_cli(args: &[&str]) -> String {
-    let out = Command::new("redis-cli").args(args).output().expect("redis-cli must be installed");
+    let out = Command::new("redis-cli")
+        .args(args)
+        .output()
+        .expect("redis-cli must be installed");
     String::from_utf8_lossy(&out.stdout).trim_end().to_owned()
 }
 
@@ -297,7 +323,18 @@ impl SingleProxy {
         let b = Redis::start();
         let proxy = Proxy::start(extra);
         let r = proxy.conn().cmd(&[
-            "UMCTL", "SETCLUSTER", "v2", "1", "NOFLAG", "test", &a.addr(), "1", "0-8191", &b.addr(), "1", "8192-16383",
+            "UMCTL",
+            "SETCLUSTER",
+            "v2",
+            "1",
+            "NOFLAG",
+            "test",
+            &a.addr(),
+            "1",
+            "0-8191",
+            &b.addr(),
+            "1",
+            "8192-16383",
         ]);
         assert_eq!(r, simple("OK"));
         SingleProxy { proxy, a, b }
@@ -317,15 +354,49 @@ impl TwoProxies {
         let redis: Vec<Redis> = (0..4).map(|_| Redis::start()).collect();
         let p1 = Proxy::start(&[]);
         let p2 = Proxy::start(&[]);
-        let (a1, a2, b1, b2) = (redis[0].addr(), redis[1].addr(), redis[2].addr(), redis[3].addr());
+        let (a1, a2, b1, b2) = (
+            redis[0].addr(),
+            redis[1].addr(),
+            redis[2].addr(),
+            redis[3].addr(),
+        );
         let r = p1.conn().cmd(&[
-            "UMCTL", "SETCLUSTER", "v2", "2", "NOFLAG", "mycluster", &a1, "1", "0-4095", &a2, "1", "4096-8191", "PEER",
-            &p2.addr(), "1", "8192-16383",
+            "UMCTL",
+            "SETCLUSTER",
+            "v2",
+            "2",
+            "NOFLAG",
+            "mycluster",
+            &a1,
+            "1",
+            "0-4095",
+            &a2,
+            "1",
+            "4096-8191",
+            "PEER",
+            &p2.addr(),
+            "1",
+            "8192-16383",
         ]);
         assert_eq!(r, simple("OK"));
         let r = p2.conn().cmd(&[
-            "UMCTL", "SETCLUSTER", "v2", "2", "NOFLAG", "mycluster", &b1, "1", "8192-12287", &b2, "1", "12288-16383",
-            "PEER", &p1.addr(), "2", "0-4095", "4096-8191",
+            "UMCTL",
+            "SETCLUSTER",
+            "v2",
+            "2",
+            "NOFLAG",
+            "mycluster",
+            &b1,
+            "1",
+            "8192-12287",
+            &b2,
+            "1",
+            "12288-16383",
+            "PEER",
+            &p1.addr(),
+            "2",
+            "0-4095",
+            "4096-8191",
         ]);
         assert_eq!(r, simple("OK"));
         TwoProxies { p1, p2, redis }

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Throughput of one moonraft proxy versus the redis-server behind it, with redis-benchmark.
+# Not a test: it prints numbers. Runs direct and proxied alternately, ROUNDS times per case,
+# and reports the median requests/s and the ratio proxy/direct.
+#   ROUNDS=3 REQUESTS=200000 PROXY_THREADS=1 scripts/bench-proxy.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+cargo build --release --bin moonraft >/dev/null 2>&1 || cargo build --release --bin moonraft
+
+ROUNDS="${ROUNDS:-3}"
+REQUESTS="${REQUESTS:-200000}"
+CLIENTS="${CLIENTS:-50}"
+PROXY_THREADS="${PROXY_THREADS:-1}"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+RPORT=$(free_port); PPORT=$(free_port)
+DIR=$(mktemp -d /tmp/moonraft-bench.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$DIR"; }
+trap cleanup EXIT INT TERM
+
+redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$DIR" --logfile "$DIR/redis.log" &
+pids+=($!)
+"$MOONRAFT_BIN" proxy --address "127.0.0.1:$PPORT" --thread-number "$PROXY_THREADS" --log warn 2>"$DIR/proxy.log" &
+pids+=($!)
+for _ in $(seq 100); do
+    redis-cli -p "$PPORT" ping >/dev/null 2>&1 && redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break
+    sleep 0.05
+done
+redis-cli -p "$PPORT" UMCTL SETCLUSTER v2 1 NOFLAG bench "127.0.0.1:$RPORT" 1 0-16383 >/dev/null
+
+# rps for one run: "<test> <rps> <p50 ms>" lines from redis-benchmark's CSV output
+run() { # port pipeline clients tests
+    redis-benchmark -p "$1" -P "$2" -c "$3" -n "$REQUESTS" -r 100000 -t "$4" --csv 2>/dev/null \
+        | awk -F, 'NR>1 {gsub(/"/,""); print $1, $2, $5}'
+}
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+declare -A res
+for pipe in 1 16; do
+    for round in $(seq "$ROUNDS"); do
+        for target in direct proxy; do
+            port=$RPORT; [ "$target" = proxy ] && port=$PPORT
+            while read -r t rps p50; do
+                res["$t,$pipe,$target"]+="$rps "
+            done < <(run "$port" "$pipe" "$CLIENTS" set,get)
+        done
+    done
+done
+lat() { redis-benchmark -p "$1" -c 1 -n 20000 -t get --csv 2>/dev/null | awk -F, 'NR>1 {gsub(/"/,""); print $5}'; }
+p50_direct=$(lat "$RPORT"); p50_proxy=$(lat "$PPORT")
+
+echo "moonraft proxy vs direct redis: redis-benchmark -c $CLIENTS -n $REQUESTS, median of $ROUNDS, proxy threads $PROXY_THREADS, $(nproc) cores"
+printf "%-6s %-4s %14s %14s %7s\n" test -P direct_rps proxy_rps ratio
+for pipe in 1 16; do
+    for t in SET GET; do
+        d=$(echo ${res["$t,$pipe,direct"]} | tr ' ' '\n' | median)
+        p=$(echo ${res["$t,$pipe,proxy"]} | tr ' ' '\n' | median)
+        printf "%-6s %-4s %14.0f %14.0f %7.2f\n" "$t" "$pipe" "$d" "$p" "$(echo "$p / $d" | bc -l)"
+    done
+done
+echo "p50 latency, 1 client, GET: direct ${p50_direct} ms, proxy ${p50_proxy} ms"
