@@ -158,8 +158,8 @@ mod tests {
         assert_eq!(got["k_file"], "1");
         assert_eq!(got["k_env"], "2");
         assert_eq!(got["k_flag"], "3");
-        let e = apply(&cli, &keys, |k, _| {
-            if k == "k_env" {
+        let e = apply(&cli, &keys, |k, v| {
+            if k == "k_env" && v == "2" {
                 Err("bad".into())
             } else {
                 Ok(())

@@ -383,9 +383,14 @@ impl SetCluster {
         }
         let conv = |m: BTreeMap<String, Vec<JsonRange>>| -> Result<Vec<(String, RangeEntry)>, ParseErrorKind> {
             let mut out = Vec::new();
+            let mut slots_named = 0u64;
             for (addr, ranges) in m {
                 for r in ranges {
                     if r.range_list.iter().any(|s| s.start > s.end || s.end as usize >= SLOT_COUNT) {
+                        return Err(ParseErrorKind::InvalidArgs);
+                    }
+                    slots_named += r.range_list.iter().map(|s| (s.end - s.start) as u64 + 1).sum::<u64>();
+                    if slots_named > MAX_SLOTS_PER_SECTION {
                         return Err(ParseErrorKind::InvalidArgs);
                     }
                     let tag = match r.tag {
@@ -502,8 +507,13 @@ impl<'a> Tokens<'a> {
     }
 }
 
+/// Upper bound on the slots named by one section: each slot appears at most twice in valid
+/// metadata (a migrating and an importing entry). Bounds the work of building the table.
+const MAX_SLOTS_PER_SECTION: u64 = 2 * SLOT_COUNT as u64;
+
 fn parse_entries(it: &mut Tokens<'_>) -> Result<Vec<(String, RangeEntry)>, ParseErrorKind> {
     let mut out = Vec::new();
+    let mut slots_named = 0u64;
     while let Some(tok) = it.peek() {
         if tok.eq_ignore_ascii_case(b"peer") || tok.eq_ignore_ascii_case(b"config") {
             break;
@@ -527,7 +537,12 @@ fn parse_entries(it: &mut Tokens<'_>) -> Result<Vec<(String, RangeEntry)>, Parse
         }
         let mut ranges = Vec::with_capacity(count as usize);
         for _ in 0..count {
-            ranges.push(SlotRange::parse(it.need()?).ok_or(ParseErrorKind::InvalidArgs)?);
+            let r = SlotRange::parse(it.need()?).ok_or(ParseErrorKind::InvalidArgs)?;
+            slots_named += (r.end - r.start) as u64 + 1;
+            if slots_named > MAX_SLOTS_PER_SECTION {
+                return Err(ParseErrorKind::InvalidArgs);
+            }
+            ranges.push(r);
         }
         let tag = match tagged {
             None => RangeTag::None,

@@ -157,8 +157,11 @@ impl RequestParser {
                     }
                     return Ok(None);
                 };
+                // Every element takes at least 6 bytes (`$0\r\n\r\n`), so a count that could not
+                // fit in the query buffer limit is rejected up front.
+                let max_elements = (self.max_buffer / 6) as i64;
                 let n = parse_int(&buf[1..end])
-                    .filter(|n| *n <= MAX_MULTIBULK_LEN)
+                    .filter(|n| *n <= MAX_MULTIBULK_LEN && *n <= max_elements)
                     .ok_or_else(|| ProtocolError::new("invalid multibulk length"))?;
                 if n <= 0 {
                     let _ = buf.split_to(end + 2);
@@ -894,6 +897,75 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn array_header_bounded_by_buffer_limit() {
+        let mut p = RequestParser::new(100, 600);
+        let mut buf = BytesMut::from(&b"*101\r\n"[..]);
+        assert!(p.next(&mut buf).is_err());
+        let mut buf = BytesMut::from(&b"*100\r\n"[..]);
+        assert!(RequestParser::new(100, 600)
+            .next(&mut buf)
+            .unwrap()
+            .is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_split_parses_the_same(
+            cmds in proptest::collection::vec(
+                proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..40), 1..6),
+                1..6,
+            ),
+            split in 0usize..2000,
+        ) {
+            let mut wire = Vec::new();
+            for c in &cmds {
+                let req = Request::from_args(c.iter().map(|a| Bytes::copy_from_slice(a)).collect());
+                wire.extend_from_slice(&req.raw);
+            }
+            let split = split % (wire.len() + 1);
+            let mut p = RequestParser::new(1 << 20, 1 << 24);
+            let mut buf = BytesMut::from(&wire[..split]);
+            let mut got = Vec::new();
+            while let Some(r) = p.next(&mut buf).unwrap() {
+                got.push(r.args.iter().map(|a| a.to_vec()).collect::<Vec<_>>());
+            }
+            buf.extend_from_slice(&wire[split..]);
+            while let Some(r) = p.next(&mut buf).unwrap() {
+                got.push(r.args.iter().map(|a| a.to_vec()).collect::<Vec<_>>());
+            }
+            proptest::prop_assert_eq!(got, cmds);
+            proptest::prop_assert!(buf.is_empty());
+        }
+
+        #[test]
+        fn garbage_never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let mut p = RequestParser::new(1 << 10, 1 << 16);
+            let mut buf = BytesMut::from(&data[..]);
+            for _ in 0..400 {
+                match p.next(&mut buf) {
+                    Ok(Some(_)) => continue,
+                    _ => break,
+                }
+            }
+            let _ = ReplyScanner::new(1 << 10).scan(&data);
+            let _ = Frame::parse(&data);
+        }
+
+        #[test]
+        fn frames_roundtrip(items in proptest::collection::vec((proptest::num::i64::ANY, ".{0,10}"), 0..8)) {
+            let f = Frame::Array(
+                items.iter().map(|(i, s)| Frame::Array(vec![Frame::Integer(*i), Frame::bulk_str(s), Frame::Null])).collect(),
+            );
+            for proto in [2u8, 3] {
+                let bytes = f.to_bytes(proto);
+                let (back, n) = Frame::parse(&bytes).unwrap().unwrap();
+                proptest::prop_assert_eq!(n, bytes.len());
+                proptest::prop_assert_eq!(&back, &f);
+            }
+        }
     }
 
     #[test]

@@ -62,8 +62,8 @@ struct Session {
     authenticated: bool,
     asking: bool,
     name: Option<Bytes>,
-    /// Connections for blocking commands, per node address.
-    dedicated: HashMap<String, DedicatedConn>,
+    /// Connections for blocking commands, per node address and protocol.
+    dedicated: HashMap<(String, u8), DedicatedConn>,
 }
 
 struct ClientGuard(Arc<ProxyState>);
@@ -266,7 +266,11 @@ impl Session {
 
     /// Runs a blocking command on this client's dedicated connection to `node`.
     fn blocking(&mut self, node: String, req: Request) -> Pending {
-        let conn = self.dedicated.entry(node.clone()).or_default().clone();
+        let conn = self
+            .dedicated
+            .entry((node.clone(), self.proto))
+            .or_default()
+            .clone();
         let proto = self.proto;
         let settings = self.state.registry.settings().clone();
         Pending::Task(Box::pin(async move {
