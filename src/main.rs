@@ -42,9 +42,7 @@ fn run(args: &[String]) -> Result<()> {
 fn init_logging(filter: &str) {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_owned());
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -55,11 +53,7 @@ fn proxy(args: &[String]) -> Result<()> {
         println!("moonraft proxy [CONFIG.toml] [--<key> <value>]...\n\nKeys (see shared spec proxy.md §1):");
         let defaults = ProxyConfig::default();
         for key in PROXY_KEYS {
-            println!(
-                "    --{:<30} MOONRAFT_{}",
-                key.replace('_', "-"),
-                key.to_ascii_uppercase()
-            );
+            println!("    --{:<30} MOONRAFT_{}", key.replace('_', "-"), key.to_ascii_uppercase());
         }
         println!("\nDefault listen address: {}", defaults.address);
         return Ok(());
@@ -71,9 +65,7 @@ fn proxy(args: &[String]) -> Result<()> {
     // One worker: a current-thread runtime avoids work-stealing and cross-thread wake-ups,
     // which is what decides throughput when the proxy shares few cores with Redis.
     let runtime = if config.thread_number == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.thread_number)

@@ -29,10 +29,7 @@ pub fn parse_cli(args: &[String], keys: &[&str]) -> Result<CliArgs> {
             if !keys.contains(&key.as_str()) {
                 bail!(
                     "unknown option --{name}; known options: {}",
-                    keys.iter()
-                        .map(|k| format!("--{}", k.replace('_', "-")))
-                        .collect::<Vec<_>>()
-                        .join(" ")
+                    keys.iter().map(|k| format!("--{}", k.replace('_', "-"))).collect::<Vec<_>>().join(" ")
                 );
             }
             let value = match inline {
@@ -65,41 +62,29 @@ fn toml_to_string(v: &toml::Value) -> String {
 }
 
 /// Applies file, environment and flags, in that order, through `set`.
-pub fn apply(
-    cli: &CliArgs,
-    keys: &[&str],
-    mut set: impl FnMut(&str, &str) -> Result<(), String>,
-) -> Result<()> {
+pub fn apply(cli: &CliArgs, keys: &[&str], mut set: impl FnMut(&str, &str) -> Result<(), String>) -> Result<()> {
     if let Some(path) = &cli.file {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
-        let table: toml::Table = text
-            .parse()
-            .with_context(|| format!("config file {} is not valid TOML", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let table: toml::Table =
+            text.parse().with_context(|| format!("config file {} is not valid TOML", path.display()))?;
         for (key, value) in &table {
             if !keys.contains(&key.as_str()) {
                 tracing::warn!("ignoring unknown key {key:?} in {}", path.display());
                 continue;
             }
-            set(key, &toml_to_string(value)).map_err(|e| {
-                anyhow::anyhow!("invalid value for {key} in {}: {e}", path.display())
-            })?;
+            set(key, &toml_to_string(value))
+                .map_err(|e| anyhow::anyhow!("invalid value for {key} in {}: {e}", path.display()))?;
         }
     }
     for key in keys {
         let var = format!("MOONRAFT_{}", key.to_ascii_uppercase());
         if let Ok(value) = std::env::var(&var) {
-            set(key, &value)
-                .map_err(|e| anyhow::anyhow!("invalid value for {key} in ${var}: {e}"))?;
+            set(key, &value).map_err(|e| anyhow::anyhow!("invalid value for {key} in ${var}: {e}"))?;
         }
     }
     for (key, value) in &cli.flags {
-        set(key, value).map_err(|e| {
-            anyhow::anyhow!(
-                "invalid value for {key} in --{}: {e}",
-                key.replace('_', "-")
-            )
-        })?;
+        set(key, value).map_err(|e| anyhow::anyhow!("invalid value for {key} in --{}: {e}", key.replace('_', "-")))?;
     }
     Ok(())
 }
@@ -115,17 +100,8 @@ mod tests {
     #[test]
     fn parses_flags_and_file() {
         let keys = ["address", "thread_number", "active_redirection"];
-        let c = parse_cli(
-            &strs(&[
-                "p.toml",
-                "--address",
-                "a:1",
-                "--thread-number=3",
-                "--active-redirection",
-            ]),
-            &keys,
-        )
-        .unwrap();
+        let c = parse_cli(&strs(&["p.toml", "--address", "a:1", "--thread-number=3", "--active-redirection"]), &keys)
+            .unwrap();
         assert_eq!(c.file, Some(PathBuf::from("p.toml")));
         assert_eq!(
             c.flags,
@@ -158,18 +134,9 @@ mod tests {
         assert_eq!(got["k_file"], "1");
         assert_eq!(got["k_env"], "2");
         assert_eq!(got["k_flag"], "3");
-        let e = apply(&cli, &keys, |k, v| {
-            if k == "k_env" && v == "2" {
-                Err("bad".into())
-            } else {
-                Ok(())
-            }
-        })
-        .unwrap_err();
-        assert!(
-            e.to_string().contains("k_env") && e.to_string().contains("MOONRAFT_K_ENV"),
-            "{e}"
-        );
+        let e =
+            apply(&cli, &keys, |k, v| if k == "k_env" && v == "2" { Err("bad".into()) } else { Ok(()) }).unwrap_err();
+        assert!(e.to_string().contains("k_env") && e.to_string().contains("MOONRAFT_K_ENV"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -22,10 +22,7 @@ fn set_get_and_basic_commands() {
     assert_eq!(c.cmd(&["PING", "hi"]), bulk("hi"));
     assert_eq!(c.cmd(&["ECHO", "x"]), bulk("x"));
     assert_eq!(c.cmd(&["INCR", "{a}n"]), Frame::Integer(1));
-    assert_eq!(
-        c.cmd(&["MGET", "{a}1", "{a}2"]),
-        Frame::Array(vec![Frame::Null, Frame::Null])
-    );
+    assert_eq!(c.cmd(&["MGET", "{a}1", "{a}2"]), Frame::Array(vec![Frame::Null, Frame::Null]));
     assert_eq!(c.cmd(&["SELECT", "0"]), simple("OK"));
     assert!(error_text(&c.cmd(&["SELECT", "1"])).contains("cluster mode"));
     assert_eq!(c.cmd(&["CLUSTER", "KEYSLOT", "foo"]), Frame::Integer(12182));
@@ -33,12 +30,9 @@ fn set_get_and_basic_commands() {
     let mut raw = Vec::new();
     for i in 0..200 {
         raw.extend_from_slice(
-            &moonraft_proxy::resp::Request::from_strs(&["SET", &format!("k{i}"), &i.to_string()])
-                .raw,
+            &moonraft_proxy::resp::Request::from_strs(&["SET", &format!("k{i}"), &i.to_string()]).raw,
         );
-        raw.extend_from_slice(
-            &moonraft_proxy::resp::Request::from_strs(&["GET", &format!("k{i}")]).raw,
-        );
+        raw.extend_from_slice(&moonraft_proxy::resp::Request::from_strs(&["GET", &format!("k{i}")]).raw);
     }
     c.send_raw(&raw);
     for i in 0..200 {
@@ -67,15 +61,9 @@ fn redis_cli_follows_moved_between_two_proxies() {
     assert_eq!(redis_cli(&["-p", &p2, "-c", "set", "b", "vb"]), "OK");
     assert_eq!(redis_cli(&["-p", &p2, "-c", "get", "b"]), "vb");
     let mut c1 = env.p1.conn();
-    assert_eq!(
-        error_text(&c1.cmd(&["GET", "a"])),
-        format!("MOVED 15495 {}", env.p2.addr())
-    );
+    assert_eq!(error_text(&c1.cmd(&["GET", "a"])), format!("MOVED 15495 {}", env.p2.addr()));
     let mut c2 = env.p2.conn();
-    assert_eq!(
-        error_text(&c2.cmd(&["GET", "b"])),
-        format!("MOVED 3300 {}", env.p1.addr())
-    );
+    assert_eq!(error_text(&c2.cmd(&["GET", "b"])), format!("MOVED 3300 {}", env.p1.addr()));
     // the data really is on the owning proxy's redis
     assert_eq!(env.redis[3].conn().cmd(&["GET", "a"]), bulk("va"));
     assert_eq!(env.redis[0].conn().cmd(&["GET", "b"]), bulk("vb"));
@@ -102,40 +90,19 @@ fn cluster_nodes_and_slots_exact_format() {
         Frame::Array(vec![
             Frame::Integer(s),
             Frame::Integer(e),
-            Frame::Array(vec![
-                bulk("127.0.0.1"),
-                Frame::Integer(port as i64),
-                bulk(id),
-            ]),
+            Frame::Array(vec![bulk("127.0.0.1"), Frame::Integer(port as i64), bulk(id)]),
         ])
     };
-    assert_eq!(
-        slots,
-        Frame::Array(vec![
-            entry(0, 8191, env.p1.port, &id1),
-            entry(8192, 16383, env.p2.port, &id2)
-        ])
-    );
+    assert_eq!(slots, Frame::Array(vec![entry(0, 8191, env.p1.port, &id1), entry(8192, 16383, env.p2.port, &id2)]));
     // v1 node format has no bus port
     let p = Proxy::start(&["--cluster-nodes-version", "v1"]);
     let nodes = p.conn().cmd(&["CLUSTER", "NODES"]);
-    assert_eq!(
-        nodes,
-        bulk(&format!(
-            "{} {} myself,master - 0 0 0 connected\n",
-            node_id("", &p.addr()),
-            p.addr()
-        ))
-    );
+    assert_eq!(nodes, bulk(&format!("{} {} myself,master - 0 0 0 connected\n", node_id("", &p.addr()), p.addr())));
     // CLUSTER INFO and MYID
     match env.p1.conn().cmd(&["CLUSTER", "INFO"]) {
         Frame::Bulk(b) => {
             let s = String::from_utf8_lossy(&b);
-            assert!(
-                s.contains("cluster_state:ok\r\n")
-                    && s.contains("cluster_slots_assigned:16384\r\n"),
-                "{s}"
-            );
+            assert!(s.contains("cluster_state:ok\r\n") && s.contains("cluster_slots_assigned:16384\r\n"), "{s}");
         }
         other => panic!("{other:?}"),
     }
@@ -172,27 +139,11 @@ fn crossslot_and_unsupported_commands() {
     }
     // same slot through a hash tag works
     assert_eq!(c.cmd(&["MSET", "{u}a", "1", "{u}b", "2"]), simple("OK"));
-    assert_eq!(
-        c.cmd(&["MGET", "{u}a", "{u}b"]),
-        Frame::Array(vec![bulk("1"), bulk("2")])
-    );
+    assert_eq!(c.cmd(&["MGET", "{u}a", "{u}b"]), Frame::Array(vec![bulk("1"), bulk("2")]));
     assert_eq!(c.cmd(&["SUNION", "{u}s1", "{u}s2"]), Frame::Array(vec![]));
-    assert_eq!(
-        c.cmd(&["EVAL", "return KEYS[2]", "2", "{u}a", "{u}b"]),
-        bulk("{u}b")
-    );
+    assert_eq!(c.cmd(&["EVAL", "return KEYS[2]", "2", "{u}a", "{u}b"]), bulk("{u}b"));
     // commands that cannot be routed are rejected by name, never sent to some node
-    for name in [
-        "KEYS",
-        "SCAN",
-        "FLUSHALL",
-        "MULTI",
-        "SUBSCRIBE",
-        "MONITOR",
-        "DBSIZE",
-        "SCRIPT",
-        "WAIT",
-    ] {
+    for name in ["KEYS", "SCAN", "FLUSHALL", "MULTI", "SUBSCRIBE", "MONITOR", "DBSIZE", "SCRIPT", "WAIT"] {
         let e = error_text(&c.cmd(&[name, "x"]));
         assert!(e.starts_with("ERR_COMMAND_NOT_SUPPORTED"), "{name}: {e}");
         assert!(e.contains(&format!("'{}'", name.to_lowercase())), "{e}");
@@ -200,14 +151,8 @@ fn crossslot_and_unsupported_commands() {
     assert!(error_text(&c.cmd(&["CLIENT", "KILL", "x"])).starts_with("ERR_COMMAND_NOT_SUPPORTED"));
     assert!(error_text(&c.cmd(&["EVAL", "return 1", "0"])).contains("missing key"));
     // wrong arity is the proxy's own error, as Redis words it
-    assert_eq!(
-        error_text(&c.cmd(&["GET"])),
-        "ERR wrong number of arguments for 'get' command"
-    );
-    assert_eq!(
-        error_text(&c.cmd(&["SET", "k"])),
-        "ERR wrong number of arguments for 'set' command"
-    );
+    assert_eq!(error_text(&c.cmd(&["GET"])), "ERR wrong number of arguments for 'get' command");
+    assert_eq!(error_text(&c.cmd(&["SET", "k"])), "ERR wrong number of arguments for 'set' command");
     assert_eq!(c.cmd(&["GET", "{u}a"]), bulk("1"), "connection still fine");
 }
 
@@ -218,27 +163,13 @@ fn setcluster_epoch_rules() {
     let (a, b) = (env.a.addr(), env.b.addr());
     assert_eq!(c.cmd(&["UMCTL", "GETEPOCH"]), Frame::Integer(1));
     let set = |c: &mut Conn, epoch: &str, flags: &str| {
-        c.cmd(&[
-            "UMCTL",
-            "SETCLUSTER",
-            "v2",
-            epoch,
-            flags,
-            "test",
-            &a,
-            "1",
-            "0-16383",
-        ])
+        c.cmd(&["UMCTL", "SETCLUSTER", "v2", epoch, flags, "test", &a, "1", "0-16383"])
     };
     // equal or smaller epoch → OLD_EPOCH, nothing changes
     assert_eq!(error_text(&set(&mut c, "1", "NOFLAG")), "OLD_EPOCH");
     assert_eq!(error_text(&set(&mut c, "0", "NOFLAG")), "OLD_EPOCH");
     assert_eq!(c.cmd(&["SET", "a", "x"]), simple("OK"));
-    assert_eq!(
-        env.b.conn().cmd(&["GET", "a"]),
-        bulk("x"),
-        "old table still routes slot 15495 to B"
-    );
+    assert_eq!(env.b.conn().cmd(&["GET", "a"]), bulk("x"), "old table still routes slot 15495 to B");
     // a newer epoch is accepted
     assert_eq!(set(&mut c, "5", "NOFLAG"), simple("OK"));
     assert_eq!(c.cmd(&["UMCTL", "GETEPOCH"]), Frame::Integer(5));
@@ -248,10 +179,7 @@ fn setcluster_epoch_rules() {
     assert_eq!(set(&mut c, "3", "FORCE"), simple("OK"));
     assert_eq!(c.cmd(&["UMCTL", "GETEPOCH"]), Frame::Integer(3));
     // moonraft's target check: metadata for another proxy is refused
-    assert_eq!(
-        error_text(&set(&mut c, "9", "NOFLAG,TARGET=10.9.9.9:1")),
-        "ERR_NOT_MY_META"
-    );
+    assert_eq!(error_text(&set(&mut c, "9", "NOFLAG,TARGET=10.9.9.9:1")), "ERR_NOT_MY_META");
     let target = format!("TARGET={}", env.proxy.addr());
     assert_eq!(set(&mut c, "9", &target), simple("OK"));
     // parse errors
@@ -259,54 +187,35 @@ fn setcluster_epoch_rules() {
     assert_eq!(error_text(&e), "Failed to parse args: InvalidVersion");
     let e = c.cmd(&["UMCTL", "SETCLUSTER", "v2", "10", "NOFLAG", "bad name"]);
     assert_eq!(error_text(&e), "Failed to parse args: InvalidClusterName");
-    let e = c.cmd(&[
-        "UMCTL",
-        "SETCLUSTER",
-        "v2",
-        "10",
-        "NOFLAG",
-        "test",
-        &a,
-        "2",
-        "0-1",
-    ]);
+    let e = c.cmd(&["UMCTL", "SETCLUSTER", "v2", "10", "NOFLAG", "test", &a, "2", "0-1"]);
     assert_eq!(error_text(&e), "Failed to parse args: InvalidArgs");
     assert_eq!(c.cmd(&["UMCTL", "GETEPOCH"]), Frame::Integer(9));
+    // the COMPRESS form carries the same metadata as base64(gzip(JSON))
+    let meta = moonraft_proxy::cluster::SetCluster::parse(
+        &["v2", "1", "NOFLAG", "test", &b, "1", "0-16383"].map(|t| bytes::Bytes::copy_from_slice(t.as_bytes())),
+    )
+    .unwrap()
+    .meta;
+    let payload = moonraft_proxy::cluster::encode_compressed(&meta);
+    assert_eq!(c.cmd(&["UMCTL", "SETCLUSTER", "v2", "10", "COMPRESS", &payload]), simple("OK"));
+    assert_eq!(c.cmd(&["SET", "a", "z"]), simple("OK"));
+    assert_eq!(env.b.conn().cmd(&["GET", "a"]), bulk("z"));
+    let e = c.cmd(&["UMCTL", "SETCLUSTER", "v2", "11", "COMPRESS", "bm90IGd6aXA="]);
+    assert_eq!(error_text(&e), "Failed to parse args: InvalidArgs");
+    assert_eq!(c.cmd(&["UMCTL", "GETEPOCH"]), Frame::Integer(10));
     // a free proxy (empty cluster name) answers ERR_CLUSTER_NOT_FOUND
-    assert_eq!(
-        c.cmd(&["UMCTL", "SETCLUSTER", "v2", "10", "NOFLAG", ""]),
-        simple("OK")
-    );
+    assert_eq!(c.cmd(&["UMCTL", "SETCLUSTER", "v2", "12", "NOFLAG", ""]), simple("OK"));
     assert_eq!(error_text(&c.cmd(&["GET", "a"])), "ERR_CLUSTER_NOT_FOUND");
-    assert_eq!(
-        c.cmd(&["UMCTL", "LISTCLUSTER"]),
-        Frame::Array(vec![bulk("")])
-    );
+    assert_eq!(c.cmd(&["UMCTL", "LISTCLUSTER"]), Frame::Array(vec![bulk("")]));
     // slots owned by nobody
-    assert_eq!(
-        c.cmd(&[
-            "UMCTL",
-            "SETCLUSTER",
-            "v2",
-            "11",
-            "NOFLAG",
-            "test",
-            &b,
-            "1",
-            "0-100"
-        ]),
-        simple("OK")
-    );
+    assert_eq!(c.cmd(&["UMCTL", "SETCLUSTER", "v2", "13", "NOFLAG", "test", &b, "1", "0-100"]), simple("OK"));
     assert!(error_text(&c.cmd(&["GET", "a"])).contains("slot not covered 15495"));
 }
 
 #[test]
 fn default_redirection_address() {
     let p = Proxy::start(&["--default-redirection-address", "10.0.0.1:6000"]);
-    assert_eq!(
-        error_text(&p.conn().cmd(&["GET", "a"])),
-        "MOVED 15495 10.0.0.1:6000"
-    );
+    assert_eq!(error_text(&p.conn().cmd(&["GET", "a"])), "MOVED 15495 10.0.0.1:6000");
 }
 
 #[test]
@@ -346,35 +255,18 @@ fn setrepl_makes_a_node_replica() {
     );
     // data written to the master shows up on the replica
     master.conn().cmd(&["SET", "replicated", "yes"]);
-    assert!(eventually(Duration::from_secs(10), || env
-        .a
-        .conn()
-        .cmd(&["GET", "replicated"])
-        == bulk("yes")));
+    assert!(eventually(Duration::from_secs(10), || env.a.conn().cmd(&["GET", "replicated"]) == bulk("yes")));
     let inforepl = c.cmd(&["UMCTL", "INFOREPL"]);
     assert!(format!("{inforepl}").contains("role:replica"), "{inforepl}");
     // stale replication epoch
-    assert_eq!(
-        error_text(&c.cmd(&["UMCTL", "SETREPL", "2", "NOFLAG"])),
-        "OLD_EPOCH"
-    );
-    assert_eq!(
-        error_text(&c.cmd(&["UMCTL", "SETREPL", "x"])),
-        "Invalid arguments"
-    );
+    assert_eq!(error_text(&c.cmd(&["UMCTL", "SETREPL", "2", "NOFLAG"])), "OLD_EPOCH");
+    assert_eq!(error_text(&c.cmd(&["UMCTL", "SETREPL", "x"])), "Invalid arguments");
     // promote it back: the replicator re-asserts REPLICAOF NO ONE
-    assert_eq!(
-        c.cmd(&["UMCTL", "SETREPL", "3", "NOFLAG", "master", "test", &a, "0"]),
-        simple("OK")
-    );
-    assert!(eventually(Duration::from_secs(10), || role_of(env.a.port)
-        .contains("role:master")));
+    assert_eq!(c.cmd(&["UMCTL", "SETREPL", "3", "NOFLAG", "master", "test", &a, "0"]), simple("OK"));
+    assert!(eventually(Duration::from_secs(10), || role_of(env.a.port).contains("role:master")));
     // and keeps asserting it: an operator's REPLICAOF is undone within the interval
-    env.a
-        .conn()
-        .cmd(&["REPLICAOF", "127.0.0.1", &master.port.to_string()]);
-    assert!(eventually(Duration::from_secs(10), || role_of(env.a.port)
-        .contains("role:master")));
+    env.a.conn().cmd(&["REPLICAOF", "127.0.0.1", &master.port.to_string()]);
+    assert!(eventually(Duration::from_secs(10), || role_of(env.a.port).contains("role:master")));
 }
 
 #[test]
@@ -388,10 +280,7 @@ fn blpop_is_woken_by_a_push() {
     let mut other = env.proxy.conn();
     assert_eq!(other.cmd(&["SET", "x", "1"]), simple("OK"));
     assert_eq!(other.cmd(&["RPUSH", "queue", "job"]), Frame::Integer(1));
-    assert_eq!(
-        waiter.read(),
-        Frame::Array(vec![bulk("queue"), bulk("job")])
-    );
+    assert_eq!(waiter.read(), Frame::Array(vec![bulk("queue"), bulk("job")]));
     assert!(started.elapsed() < Duration::from_secs(3));
     // fractional timeout expires with a null reply
     let t = Instant::now();
@@ -401,16 +290,10 @@ fn blpop_is_woken_by_a_push() {
     assert_eq!(waiter.cmd(&["GET", "x"]), bulk("1"));
     // BRPOPLPUSH / BZPOPMIN / XREAD BLOCK
     other.cmd(&["ZADD", "z", "1", "m"]);
-    assert_eq!(
-        waiter.cmd(&["BZPOPMIN", "z", "1"]),
-        Frame::Array(vec![bulk("z"), bulk("m"), bulk("1")])
-    );
+    assert_eq!(waiter.cmd(&["BZPOPMIN", "z", "1"]), Frame::Array(vec![bulk("z"), bulk("m"), bulk("1")]));
     waiter.send(&["XREAD", "BLOCK", "5000", "STREAMS", "s", "$"]);
     std::thread::sleep(Duration::from_millis(200));
-    assert!(matches!(
-        other.cmd(&["XADD", "s", "*", "f", "v"]),
-        Frame::Bulk(_)
-    ));
+    assert!(matches!(other.cmd(&["XADD", "s", "*", "f", "v"]), Frame::Bulk(_)));
     assert!(matches!(waiter.read(), Frame::Array(_)));
     // a client that disconnects while blocked does not leave a blocked client behind
     let mut gone = env.proxy.conn();
@@ -420,11 +303,7 @@ fn blpop_is_woken_by_a_push() {
         Frame::Bulk(b) => String::from_utf8_lossy(&b).contains("blocked_clients:1"),
         _ => false,
     };
-    let node = if key_slot(b"never") <= 8191 {
-        &env.a
-    } else {
-        &env.b
-    };
+    let node = if key_slot(b"never") <= 8191 { &env.a } else { &env.b };
     assert!(blocked(node));
     drop(gone);
     assert!(eventually(Duration::from_secs(5), || !blocked(node)));
@@ -435,11 +314,7 @@ fn auth_and_hello() {
     let env = SingleProxy::start(&["--password", "s3cret"]);
     let mut c = env.proxy.conn();
     assert!(error_text(&c.cmd(&["GET", "a"])).starts_with("NOAUTH"));
-    assert_eq!(
-        c.cmd(&["PING"]),
-        simple("PONG"),
-        "control commands work without AUTH"
-    );
+    assert_eq!(c.cmd(&["PING"]), simple("PONG"), "control commands work without AUTH");
     assert!(error_text(&c.cmd(&["AUTH", "wrong"])).starts_with("WRONGPASS"));
     assert_eq!(c.cmd(&["AUTH", "s3cret"]), simple("OK"));
     assert_eq!(c.cmd(&["SET", "a", "1"]), simple("OK"));
@@ -454,21 +329,12 @@ fn auth_and_hello() {
     // RESP3 replies come from RESP3 backend connections
     assert_eq!(h.cmd(&["GET", "nosuch"]), Frame::Null);
     h.cmd(&["HSET", "h", "f", "v"]);
-    assert_eq!(
-        h.cmd(&["HGETALL", "h"]),
-        Frame::Map(vec![(bulk("f"), bulk("v"))])
-    );
+    assert_eq!(h.cmd(&["HGETALL", "h"]), Frame::Map(vec![(bulk("f"), bulk("v"))]));
     assert_eq!(h.cmd(&["CLIENT", "GETNAME"]), bulk("me"));
     // back to RESP2
     assert!(matches!(h.cmd(&["HELLO", "2"]), Frame::Array(_)));
-    assert_eq!(
-        h.cmd(&["HGETALL", "h"]),
-        Frame::Array(vec![bulk("f"), bulk("v")])
-    );
-    assert_eq!(
-        error_text(&h.cmd(&["HELLO", "4"])),
-        "NOPROTO unsupported protocol version"
-    );
+    assert_eq!(h.cmd(&["HGETALL", "h"]), Frame::Array(vec![bulk("f"), bulk("v")]));
+    assert_eq!(error_text(&h.cmd(&["HELLO", "4"])), "NOPROTO unsupported protocol version");
     let p = Proxy::start(&[]);
     assert!(error_text(&p.conn().cmd(&["AUTH", "x"])).contains("no password configured"));
 }
@@ -480,11 +346,7 @@ fn bad_input_affects_only_the_offender() {
     let mut bystander = env.proxy.conn();
     assert_eq!(bystander.cmd(&["SET", "by", "0"]), simple("OK"));
     let mut check = |i: usize| {
-        assert_eq!(
-            bystander.cmd(&["INCR", "by"]),
-            Frame::Integer(i as i64),
-            "bystander after case {i}"
-        );
+        assert_eq!(bystander.cmd(&["INCR", "by"]), Frame::Integer(i as i64), "bystander after case {i}");
     };
     let protocol_errors: &[&[u8]] = &[
         b"*2\r\n$3\r\nGET\r\n:1\r\n", // not a bulk string
@@ -501,14 +363,8 @@ fn bad_input_affects_only_the_offender() {
         let mut c = env.proxy.conn();
         c.send_raw(input);
         let reply = c.read();
-        assert!(
-            error_text(&reply).starts_with("ERR Protocol error"),
-            "{reply:?}"
-        );
-        assert!(
-            c.is_closed(Duration::from_secs(5)),
-            "connection closed after a protocol error"
-        );
+        assert!(error_text(&reply).starts_with("ERR Protocol error"), "{reply:?}");
+        assert!(c.is_closed(Duration::from_secs(5)), "connection closed after a protocol error");
         check(case);
     }
     // an inline line longer than 64 KiB without a newline
@@ -558,9 +414,7 @@ fn bad_input_affects_only_the_offender() {
         let mut c = env.proxy.conn();
         let mut raw = Vec::new();
         for i in 0..500 {
-            raw.extend_from_slice(
-                &moonraft_proxy::resp::Request::from_strs(&["SET", &format!("p{i}"), "v"]).raw,
-            );
+            raw.extend_from_slice(&moonraft_proxy::resp::Request::from_strs(&["SET", &format!("p{i}"), "v"]).raw);
         }
         raw.extend_from_slice(b"*3\r\n$3\r\nSET\r\n$1\r\nz\r\n$100\r\nabc");
         c.send_raw(&raw);
@@ -574,14 +428,7 @@ fn bad_input_affects_only_the_offender() {
     assert_eq!(c.cmd(&["STRLEN", "big"]), Frame::Integer(1_000_000));
     check(case);
     // the proxy is still alive and well
-    assert!(
-        env.proxy
-            .log_text()
-            .lines()
-            .all(|l| !l.contains("panicked")),
-        "{}",
-        env.proxy.log_text()
-    );
+    assert!(env.proxy.log_text().lines().all(|l| !l.contains("panicked")), "{}", env.proxy.log_text());
 }
 
 #[test]
@@ -607,23 +454,14 @@ fn dead_backend_fails_fast_for_its_slots_only() {
     // B comes back on the same port: the proxy reconnects by itself
     let dir = TempDir::new("redis-b");
     let child = std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &b_port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
+        .args(["--port", &b_port.to_string(), "--bind", "127.0.0.1", "--save", ""])
         .arg("--dir")
         .arg(&dir.0)
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("restart redis");
     let _restarted = Proc { child: Some(child) };
-    assert!(eventually(Duration::from_secs(10), || c
-        .cmd(&["SET", "a", "2"])
-        == simple("OK")));
+    assert!(eventually(Duration::from_secs(10), || c.cmd(&["SET", "a", "2"]) == simple("OK")));
     assert_eq!(c.cmd(&["GET", "a"]), bulk("2"));
 }
 
@@ -641,28 +479,18 @@ fn no_resend_after_broken_backend_connection() {
     assert!(e.contains("may or may not have been executed"), "{e}");
     env.a.proc.signal("CONT");
     // Redis may or may not have executed the first INCR; the proxy did not send it again.
-    let v = eventually(Duration::from_secs(5), || {
-        matches!(c.cmd(&["GET", key]), Frame::Bulk(_))
-    });
+    let v = eventually(Duration::from_secs(5), || matches!(c.cmd(&["GET", key]), Frame::Bulk(_)));
     assert!(v);
     std::thread::sleep(Duration::from_millis(300));
     match c.cmd(&["GET", key]) {
-        Frame::Bulk(b) => assert!(
-            &b[..] == b"0" || &b[..] == b"1",
-            "INCR applied twice: {b:?}"
-        ),
+        Frame::Bulk(b) => assert!(&b[..] == b"0" || &b[..] == b"1", "INCR applied twice: {b:?}"),
         other => panic!("{other:?}"),
     }
 }
 
 #[test]
 fn umctl_info_and_slowlog_and_config() {
-    let env = SingleProxy::start(&[
-        "--slowlog-sample-rate",
-        "1",
-        "--slowlog-log-slower-than",
-        "0",
-    ]);
+    let env = SingleProxy::start(&["--slowlog-sample-rate", "1", "--slowlog-log-slower-than", "0"]);
     let mut c = env.proxy.conn();
     c.cmd(&["SET", "a", "1"]);
     c.cmd(&["GET", "a"]);
@@ -670,45 +498,24 @@ fn umctl_info_and_slowlog_and_config() {
         Frame::Array(recs) => {
             assert_eq!(recs.len(), 1);
             let text = format!("{}", recs[0]);
-            assert!(
-                text.contains("command: GET a") && text.contains("session_id:"),
-                "{text}"
-            );
+            assert!(text.contains("command: GET a") && text.contains("session_id:"), "{text}");
         }
         other => panic!("{other:?}"),
     }
     assert_eq!(c.cmd(&["UMCTL", "SLOWLOG", "RESET"]), simple("OK"));
-    assert_eq!(
-        error_text(&c.cmd(&["UMCTL", "SLOWLOG", "BOGUS"])),
-        "invalid slowlog sub-command"
-    );
+    assert_eq!(error_text(&c.cmd(&["UMCTL", "SLOWLOG", "BOGUS"])), "invalid slowlog sub-command");
     assert_eq!(c.cmd(&["CONFIG", "GET", "slowlog_sample_rate"]), bulk("1"));
-    assert_eq!(
-        c.cmd(&["CONFIG", "SET", "slowlog_sample_rate", "10"]),
-        simple("OK")
-    );
+    assert_eq!(c.cmd(&["CONFIG", "SET", "slowlog_sample_rate", "10"]), simple("OK"));
     assert_eq!(c.cmd(&["CONFIG", "GET", "slowlog_sample_rate"]), bulk("10"));
-    assert_eq!(
-        error_text(&c.cmd(&["CONFIG", "SET", "thread_number", "3"])),
-        "ReadonlyField"
-    );
-    assert_eq!(
-        error_text(&c.cmd(&["CONFIG", "GET", "password"])),
-        "config field password not found"
-    );
-    assert_eq!(
-        c.cmd(&["CONFIG", "GET", "announce_address"]),
-        bulk(&env.proxy.addr())
-    );
+    assert_eq!(error_text(&c.cmd(&["CONFIG", "SET", "thread_number", "3"])), "ReadonlyField");
+    assert_eq!(error_text(&c.cmd(&["CONFIG", "GET", "password"])), "config field password not found");
+    assert_eq!(c.cmd(&["CONFIG", "GET", "announce_address"]), bulk(&env.proxy.addr()));
     assert_eq!(c.cmd(&["UMCTL", "READY"]), Frame::Integer(1));
     assert_eq!(c.cmd(&["UMCTL", "INFOMGR"]), Frame::Array(vec![]));
     assert!(format!("{}", c.cmd(&["UMCTL", "INFO"])).contains("epoch: 1"));
     assert!(format!("{}", c.cmd(&["UMCTL", "STATS"])).contains("importing_src_failed: 0"));
     assert_eq!(error_text(&c.cmd(&["UMCTL"])), "Missing sub command");
-    assert_eq!(
-        error_text(&c.cmd(&["UMCTL", "NOPE"])),
-        "Invalid sub command"
-    );
+    assert_eq!(error_text(&c.cmd(&["UMCTL", "NOPE"])), "Invalid sub command");
     match c.cmd(&["INFO"]) {
         Frame::Bulk(b) => assert!(String::from_utf8_lossy(&b).starts_with("version:")),
         other => panic!("{other:?}"),
@@ -738,60 +545,23 @@ fn migration_switch_handshake_and_ask() {
     let mut c = env.proxy.conn();
     let (a, b) = (env.a.addr(), env.b.addr());
     let meta = ["5", "127.0.0.1:1", "127.0.0.1:2", &env.proxy.addr(), &a];
-    let mut set = vec![
-        "UMCTL",
-        "SETCLUSTER",
-        "v2",
-        "5",
-        "NOFLAG",
-        "test",
-        &a,
-        "1",
-        "100-8191",
-        &a,
-        "IMPORTING",
-        "1",
-        "0-99",
-    ];
+    let mut set =
+        vec!["UMCTL", "SETCLUSTER", "v2", "5", "NOFLAG", "test", &a, "1", "100-8191", &a, "IMPORTING", "1", "0-99"];
     set.extend_from_slice(&meta);
-    set.extend_from_slice(&[
-        &b,
-        "1",
-        "8192-16383",
-        "PEER",
-        "127.0.0.1:1",
-        "MIGRATING",
-        "1",
-        "0-99",
-    ]);
+    set.extend_from_slice(&[&b, "1", "8192-16383", "PEER", "127.0.0.1:1", "MIGRATING", "1", "0-99"]);
     set.extend_from_slice(&meta);
     assert_eq!(c.cmd(&set), simple("OK"));
-    let key = (0..)
-        .map(|i| format!("k{i}"))
-        .find(|k| key_slot(k.as_bytes()) < 100)
-        .unwrap();
+    let key = (0..).map(|i| format!("k{i}")).find(|k| key_slot(k.as_bytes()) < 100).unwrap();
     let slot = key_slot(key.as_bytes());
     // before PRESWITCH: ASK to the source, and ASKING lets the command through
-    assert_eq!(
-        error_text(&c.cmd(&["GET", &key])),
-        format!("ASK {slot} 127.0.0.1:1")
-    );
+    assert_eq!(error_text(&c.cmd(&["GET", &key])), format!("ASK {slot} 127.0.0.1:1"));
     assert_eq!(c.cmd(&["ASKING"]), simple("OK"));
     assert_eq!(c.cmd(&["GET", &key]), Frame::Null);
     // CLUSTER NODES hides the importing range until the switch
     let nodes = format!("{}", c.cmd(&["CLUSTER", "NODES"]));
     assert!(nodes.contains("connected 100-16383"), "{nodes}");
     let mut sw = |name: &str, epoch: &str| {
-        let mut args = vec![
-            "UMCTL",
-            name,
-            "mgr-0.2",
-            "test",
-            "MIGRATING",
-            "1",
-            "0-99",
-            epoch,
-        ];
+        let mut args = vec!["UMCTL", name, "mgr-0.2", "test", "MIGRATING", "1", "0-99", epoch];
         args.extend_from_slice(&meta[1..]);
         c.cmd(&args)
     };
@@ -804,15 +574,7 @@ fn migration_switch_handshake_and_ask() {
     let nodes = format!("{}", c.cmd(&["CLUSTER", "NODES"]));
     assert!(nodes.contains("connected 0-16383"), "{nodes}");
     assert_eq!(c.cmd(&["UMCTL", "INFOMGR"]), Frame::Array(vec![]));
-    let mut args = vec![
-        "UMCTL",
-        "FINALSWITCH",
-        "mgr-0.2",
-        "test",
-        "MIGRATING",
-        "1",
-        "0-99",
-    ];
+    let mut args = vec!["UMCTL", "FINALSWITCH", "mgr-0.2", "test", "MIGRATING", "1", "0-99"];
     args.extend_from_slice(&meta);
     assert_eq!(c.cmd(&args), simple("OK"));
     match c.cmd(&["UMCTL", "INFOMGR"]) {
@@ -820,66 +582,34 @@ fn migration_switch_handshake_and_ask() {
             assert_eq!(items.len(), 1);
             assert_eq!(
                 items[0],
-                bulk(&format!(
-                    "test IMPORTING 1 0-99 5 127.0.0.1:1 127.0.0.1:2 {} {}",
-                    env.proxy.addr(),
-                    a
-                ))
+                bulk(&format!("test IMPORTING 1 0-99 5 127.0.0.1:1 127.0.0.1:2 {} {}", env.proxy.addr(), a))
             );
         }
         other => panic!("{other:?}"),
     }
-    let mut args = vec![
-        "UMCTL",
-        "PRECHECK",
-        "mgr-0.1",
-        "test",
-        "MIGRATING",
-        "1",
-        "0-99",
-    ];
+    let mut args = vec!["UMCTL", "PRECHECK", "mgr-0.1", "test", "MIGRATING", "1", "0-99"];
     args.extend_from_slice(&meta);
-    assert_eq!(
-        error_text(&c.cmd(&args)),
-        "switch failed: IncompatibleVersion"
-    );
-    assert_eq!(
-        error_text(&c.cmd(&["UMCTL", "PRECHECK", "mgr-0.2"])),
-        "failed to parse migration switch arguments"
-    );
+    assert_eq!(error_text(&c.cmd(&args)), "switch failed: IncompatibleVersion");
+    assert_eq!(error_text(&c.cmd(&["UMCTL", "PRECHECK", "mgr-0.2"])), "failed to parse migration switch arguments");
 }
 
 #[test]
 fn config_errors_name_the_key() {
     let run = |args: &[&str], env: &[(&str, &str)]| {
-        let out = std::process::Command::new(BIN)
-            .arg("proxy")
-            .args(args)
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let out = std::process::Command::new(BIN).arg("proxy").args(args).envs(env.iter().copied()).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
     let (ok, err) = run(&["--thread-number", "0"], &[]);
     assert!(!ok && err.contains("thread_number"), "{err}");
     let (ok, err) = run(&[], &[("MOONRAFT_BACKEND_TIMEOUT", "soon")]);
-    assert!(
-        !ok && err.contains("backend_timeout") && err.contains("MOONRAFT_BACKEND_TIMEOUT"),
-        "{err}"
-    );
+    assert!(!ok && err.contains("backend_timeout") && err.contains("MOONRAFT_BACKEND_TIMEOUT"), "{err}");
     let (ok, err) = run(&["--no-such-key", "1"], &[]);
     assert!(!ok && err.contains("--no-such-key"), "{err}");
     let dir = TempDir::new("cfg");
     let file = dir.0.join("p.toml");
     std::fs::write(&file, "address = \"nonsense\"\n").unwrap();
     let (ok, err) = run(&[file.to_str().unwrap()], &[]);
-    assert!(
-        !ok && err.contains("address") && err.contains("p.toml"),
-        "{err}"
-    );
+    assert!(!ok && err.contains("address") && err.contains("p.toml"), "{err}");
     // flag beats env beats file
     let port = free_port();
     std::fs::write(&file, "address = \"127.0.0.1:1\"\n").unwrap();
@@ -892,8 +622,5 @@ fn config_errors_name_the_key() {
         .spawn()
         .unwrap();
     let _p = Proc { child: Some(child) };
-    assert!(eventually(Duration::from_secs(5), || Conn::try_connect(
-        port
-    )
-    .is_ok()));
+    assert!(eventually(Duration::from_secs(5), || Conn::try_connect(port).is_ok()));
 }

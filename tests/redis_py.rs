@@ -7,23 +7,12 @@ use common::*;
 use std::process::Command;
 
 fn run_client(env: &TwoProxies, proto: &str) {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/py/redis_cluster_client.py"
-    );
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(env.p1.addr())
-        .arg(proto)
-        .output()
-        .expect("python3 must be installed");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/redis_cluster_client.py");
+    let out =
+        Command::new("python3").arg(script).arg(env.p1.addr()).arg(proto).output().expect("python3 must be installed");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "redis-py ({proto}) failed:\n{stdout}\n{stderr}\nproxy log:\n{}",
-        env.p1.log_text()
-    );
+    assert!(out.status.success(), "redis-py ({proto}) failed:\n{stdout}\n{stderr}\nproxy log:\n{}", env.p1.log_text());
     assert!(stdout.contains("10000 keys"), "{stdout}");
     println!("{stdout}");
 }

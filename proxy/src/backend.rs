@@ -23,9 +23,13 @@ use tracing::{debug, warn};
 pub enum BackendError {
     #[error("ERR_BACKEND_CONNECTION: {0}")]
     Unreachable(String),
-    #[error("ERR backend connection to {0} broke before the reply arrived; the command may or may not have been executed")]
+    #[error(
+        "ERR backend connection to {0} broke before the reply arrived; the command may or may not have been executed"
+    )]
     Broken(String),
-    #[error("ERR backend {0} did not answer within the backend timeout; the command may or may not have been executed")]
+    #[error(
+        "ERR backend {0} did not answer within the backend timeout; the command may or may not have been executed"
+    )]
     Timeout(String),
     #[error("ERR backend queue for {0} is closed")]
     Closed(String),
@@ -85,19 +89,14 @@ impl NodePool {
             return rx;
         }
         if let Err(e) = conn.tx.send(BackendCommand { raw, reply }).await {
-            let _ =
-                e.0.reply
-                    .send(Err(BackendError::Closed(self.address.clone())));
+            let _ = e.0.reply.send(Err(BackendError::Closed(self.address.clone())));
         }
         rx
     }
 
     /// Sends a command and waits for its reply.
     pub async fn call(&self, req: &Request) -> ReplyResult {
-        self.send(req.raw.clone())
-            .await
-            .await
-            .unwrap_or_else(|_| Err(BackendError::Broken(self.address.clone())))
+        self.send(req.raw.clone()).await.await.unwrap_or_else(|_| Err(BackendError::Broken(self.address.clone())))
     }
 }
 
@@ -111,11 +110,7 @@ pub struct BackendRegistry {
 
 impl BackendRegistry {
     pub fn new(settings: BackendSettings, conns_per_node: usize) -> Self {
-        BackendRegistry {
-            settings,
-            conns_per_node: conns_per_node.max(1),
-            pools: Mutex::new(HashMap::new()),
-        }
+        BackendRegistry { settings, conns_per_node: conns_per_node.max(1), pools: Mutex::new(HashMap::new()) }
     }
 
     pub fn settings(&self) -> &BackendSettings {
@@ -133,33 +128,18 @@ impl BackendRegistry {
             .map(|_| {
                 let (tx, rx) = mpsc::channel(self.settings.queue_len);
                 let failed = Arc::new(AtomicBool::new(false));
-                tokio::spawn(run_connection(
-                    address.to_owned(),
-                    proto,
-                    rx,
-                    failed.clone(),
-                    self.settings.clone(),
-                ));
+                tokio::spawn(run_connection(address.to_owned(), proto, rx, failed.clone(), self.settings.clone()));
                 Conn { tx, failed }
             })
             .collect();
-        let pool = Arc::new(NodePool {
-            address: address.to_owned(),
-            conns,
-            next: AtomicUsize::new(0),
-        });
+        let pool = Arc::new(NodePool { address: address.to_owned(), conns, next: AtomicUsize::new(0) });
         pools.insert(key, Arc::downgrade(&pool));
         pool
     }
 }
 
 /// Connects to a node, switching to RESP3 first when `proto` is 3.
-pub async fn connect(
-    address: &str,
-    proto: u8,
-    timeout: Duration,
-    max_bulk_len: usize,
-) -> std::io::Result<TcpStream> {
+pub async fn connect(address: &str, proto: u8, timeout: Duration, max_bulk_len: usize) -> std::io::Result<TcpStream> {
     let mut stream = tokio::time::timeout(timeout, TcpStream::connect(address))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
@@ -167,12 +147,9 @@ pub async fn connect(
     if proto >= 3 {
         let hello = Request::from_strs(&["HELLO", "3"]);
         stream.write_all(&hello.raw).await?;
-        let reply = tokio::time::timeout(
-            timeout,
-            read_reply(&mut stream, &mut BytesMut::new(), max_bulk_len),
-        )
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "HELLO timed out"))??;
+        let reply = tokio::time::timeout(timeout, read_reply(&mut stream, &mut BytesMut::new(), max_bulk_len))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "HELLO timed out"))??;
         if reply.first() == Some(&b'-') {
             return Err(std::io::Error::other(format!(
                 "node refused RESP3: {}",
@@ -184,11 +161,7 @@ pub async fn connect(
 }
 
 /// Reads exactly one reply from `stream`, using `buf` for any bytes already read.
-pub async fn read_reply(
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
-    max_bulk_len: usize,
-) -> std::io::Result<Bytes> {
+pub async fn read_reply(stream: &mut TcpStream, buf: &mut BytesMut, max_bulk_len: usize) -> std::io::Result<Bytes> {
     let mut scanner = ReplyScanner::new(max_bulk_len);
     loop {
         if let Some(n) = scanner.scan(buf).map_err(std::io::Error::other)? {
@@ -198,10 +171,7 @@ pub async fn read_reply(
             buf.reserve(16 * 1024);
         }
         if stream.read_buf(buf).await? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "connection closed",
-            ));
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
         }
     }
 }
@@ -221,14 +191,7 @@ async fn run_connection(
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match connect(
-            &address,
-            proto,
-            settings.connect_timeout,
-            settings.max_bulk_len,
-        )
-        .await
-        {
+        match connect(&address, proto, settings.connect_timeout, settings.max_bulk_len).await {
             Ok(stream) => {
                 failed.store(false, Ordering::Relaxed);
                 backoff = Duration::from_millis(100);
@@ -283,10 +246,7 @@ async fn serve(
                     // Large commands are written directly, without copying.
                     if !buf.is_empty() {
                         if let Err(e) = wr.write_all(&buf).await {
-                            return Ended::Failed(
-                                BackendError::Broken(address.into()),
-                                e.to_string(),
-                            );
+                            return Ended::Failed(BackendError::Broken(address.into()), e.to_string());
                         }
                         buf.clear();
                     }
@@ -336,31 +296,19 @@ async fn serve(
                         }
                     }
                     Ok(None) => break,
-                    Err(e) => {
-                        return Ended::Failed(BackendError::Broken(address.into()), e.to_string())
-                    }
+                    Err(e) => return Ended::Failed(BackendError::Broken(address.into()), e.to_string()),
                 }
             }
             if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(32 * 1024);
             }
             match tokio::time::timeout(settings.timeout, rd.read_buf(&mut buf)).await {
-                Ok(Ok(0)) => {
-                    return Ended::Failed(
-                        BackendError::Broken(address.into()),
-                        "closed by the node".into(),
-                    )
-                }
+                Ok(Ok(0)) => return Ended::Failed(BackendError::Broken(address.into()), "closed by the node".into()),
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    return Ended::Failed(BackendError::Broken(address.into()), e.to_string())
-                }
+                Ok(Err(e)) => return Ended::Failed(BackendError::Broken(address.into()), e.to_string()),
                 Err(_) => {
                     if pending.load(Ordering::Acquire) > 0 {
-                        return Ended::Failed(
-                            BackendError::Timeout(address.into()),
-                            "reply timed out".into(),
-                        );
+                        return Ended::Failed(BackendError::Timeout(address.into()), "reply timed out".into());
                     }
                 }
             }

@@ -42,10 +42,7 @@ impl SlotRange {
         if start > end || end >= SLOT_COUNT as u64 {
             return None;
         }
-        Some(SlotRange {
-            start: start as u16,
-            end: end as u16,
-        })
+        Some(SlotRange { start: start as u16, end: end as u16 })
     }
 }
 
@@ -63,11 +60,7 @@ impl MigrationMeta {
     pub fn to_tokens(&self) -> String {
         format!(
             "{} {} {} {} {}",
-            self.epoch,
-            self.src_proxy_address,
-            self.src_node_address,
-            self.dst_proxy_address,
-            self.dst_node_address
+            self.epoch, self.src_proxy_address, self.src_node_address, self.dst_proxy_address, self.dst_node_address
         )
     }
 }
@@ -258,16 +251,11 @@ impl std::fmt::Display for ParseErrorKind {
 
 /// Cluster names: empty (no cluster) or 1–31 characters of `[A-Za-z0-9@_-]`.
 pub fn valid_cluster_name(name: &str) -> bool {
-    name.len() < 32
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'@' || b == b'-' || b == b'_')
+    name.len() < 32 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'@' || b == b'-' || b == b'_')
 }
 
 fn utf8(b: &[u8]) -> Result<String, ParseErrorKind> {
-    std::str::from_utf8(b)
-        .map(str::to_owned)
-        .map_err(|_| ParseErrorKind::InvalidArgs)
+    std::str::from_utf8(b).map(str::to_owned).map_err(|_| ParseErrorKind::InvalidArgs)
 }
 
 /// Limit on the decompressed size of a COMPRESS payload, so a tiny gzip bomb cannot exhaust
@@ -278,13 +266,11 @@ impl SetCluster {
     /// Parses the arguments after `UMCTL SETCLUSTER`.
     pub fn parse(args: &[Bytes]) -> Result<SetCluster, ParseErrorKind> {
         if args.len() < 4 {
-            return Err(
-                if args.first().is_some_and(|v| !v.eq_ignore_ascii_case(b"v2")) {
-                    ParseErrorKind::InvalidVersion
-                } else {
-                    ParseErrorKind::InvalidArgs
-                },
-            );
+            return Err(if args.first().is_some_and(|v| !v.eq_ignore_ascii_case(b"v2")) {
+                ParseErrorKind::InvalidVersion
+            } else {
+                ParseErrorKind::InvalidArgs
+            });
         }
         if !args[0].eq_ignore_ascii_case(b"v2") {
             return Err(ParseErrorKind::InvalidVersion);
@@ -296,21 +282,13 @@ impl SetCluster {
                 return Err(ParseErrorKind::InvalidArgs);
             }
             let (meta, config_ignored) = Self::parse_compressed(&args[3])?;
-            return Ok(SetCluster {
-                epoch,
-                flags,
-                meta,
-                config_ignored,
-            });
+            return Ok(SetCluster { epoch, flags, meta, config_ignored });
         }
         let name = utf8(&args[3])?;
         if !valid_cluster_name(&name) {
             return Err(ParseErrorKind::InvalidClusterName);
         }
-        let mut it = Tokens {
-            args: &args[4..],
-            pos: 0,
-        };
+        let mut it = Tokens { args: &args[4..], pos: 0 };
         let local = parse_entries(&mut it)?;
         let mut peers = Vec::new();
         let mut config = ClusterConfig::default();
@@ -322,8 +300,7 @@ impl SetCluster {
                 config = ClusterConfig::default();
                 config_invalid = false;
                 while let Some(field) = it.peek() {
-                    if field.eq_ignore_ascii_case(b"peer") || field.eq_ignore_ascii_case(b"config")
-                    {
+                    if field.eq_ignore_ascii_case(b"peer") || field.eq_ignore_ascii_case(b"config") {
                         break;
                     }
                     it.pos += 1;
@@ -331,10 +308,7 @@ impl SetCluster {
                         config_invalid = true;
                         break;
                     };
-                    let (f, v) = (
-                        String::from_utf8_lossy(field),
-                        String::from_utf8_lossy(value),
-                    );
+                    let (f, v) = (String::from_utf8_lossy(field), String::from_utf8_lossy(value));
                     if !config.set(&f, &v) {
                         config_invalid = true;
                     }
@@ -351,23 +325,11 @@ impl SetCluster {
             config = ClusterConfig::default();
             config_ignored = true;
         }
-        Ok(SetCluster {
-            epoch,
-            flags,
-            meta: ClusterMeta {
-                name,
-                local,
-                peers,
-                config,
-            },
-            config_ignored,
-        })
+        Ok(SetCluster { epoch, flags, meta: ClusterMeta { name, local, peers, config }, config_ignored })
     }
 
     fn parse_compressed(payload: &[u8]) -> Result<(ClusterMeta, bool), ParseErrorKind> {
-        let gz = base64::engine::general_purpose::STANDARD
-            .decode(payload)
-            .map_err(|_| ParseErrorKind::InvalidArgs)?;
+        let gz = base64::engine::general_purpose::STANDARD.decode(payload).map_err(|_| ParseErrorKind::InvalidArgs)?;
         let mut json = Vec::new();
         flate2::read::GzDecoder::new(&gz[..])
             .take(MAX_DECOMPRESSED_META + 1)
@@ -376,8 +338,7 @@ impl SetCluster {
         if json.len() as u64 > MAX_DECOMPRESSED_META {
             return Err(ParseErrorKind::InvalidArgs);
         }
-        let meta: JsonClusterMeta =
-            serde_json::from_slice(&json).map_err(|_| ParseErrorKind::InvalidArgs)?;
+        let meta: JsonClusterMeta = serde_json::from_slice(&json).map_err(|_| ParseErrorKind::InvalidArgs)?;
         if !valid_cluster_name(&meta.cluster_name) {
             return Err(ParseErrorKind::InvalidClusterName);
         }
@@ -430,15 +391,7 @@ impl SetCluster {
             config = ClusterConfig::default();
             ignored = true;
         }
-        Ok((
-            ClusterMeta {
-                name: meta.cluster_name,
-                local,
-                peers,
-                config,
-            },
-            ignored,
-        ))
+        Ok((ClusterMeta { name: meta.cluster_name, local, peers, config }, ignored))
     }
 }
 
@@ -453,10 +406,7 @@ pub fn encode_compressed(meta: &ClusterMeta) -> String {
                 RangeTag::Migrating(m) => JsonTag::Migrating(m.clone()),
                 RangeTag::Importing(m) => JsonTag::Importing(m.clone()),
             };
-            m.entry(addr.clone()).or_default().push(JsonRange {
-                range_list: e.ranges.clone(),
-                tag,
-            });
+            m.entry(addr.clone()).or_default().push(JsonRange { range_list: e.ranges.clone(), tag });
         }
         m
     };
@@ -715,11 +665,7 @@ impl ClusterTable {
                         state: Arc::new(AtomicU8::new(TaskState::PreCheck as u8)),
                     };
                     if let Some(prev) = previous.and_then(|p| {
-                        (p.meta.name == meta.name)
-                            .then_some(p)?
-                            .tasks
-                            .iter()
-                            .find(|t| t.same_identity(&task))
+                        (p.meta.name == meta.name).then_some(p)?.tasks.iter().find(|t| t.same_identity(&task))
                     }) {
                         task.state = prev.state.clone();
                     }
@@ -733,14 +679,7 @@ impl ClusterTable {
                 }
             }
         }
-        ClusterTable {
-            epoch,
-            meta,
-            nodes,
-            peers,
-            tasks,
-            slots,
-        }
+        ClusterTable { epoch, meta, nodes, peers, tasks, slots }
     }
 
     pub fn has_cluster(&self) -> bool {
@@ -795,9 +734,7 @@ impl ClusterTable {
                     let state = self
                         .tasks
                         .iter()
-                        .find(|t| {
-                            t.importing == importing && &t.meta == m && t.ranges == entry.ranges
-                        })
+                        .find(|t| t.importing == importing && &t.meta == m && t.ranges == entry.ranges)
                         .map(|t| t.state())
                         .unwrap_or(TaskState::PreCheck);
                     if importing {
@@ -821,15 +758,9 @@ impl ClusterTable {
             if matches!(entry.tag, RangeTag::Migrating(_)) {
                 continue;
             }
-            by_peer
-                .entry(addr.clone())
-                .or_default()
-                .extend(entry.ranges.iter().copied());
+            by_peer.entry(addr.clone()).or_default().extend(entry.ranges.iter().copied());
         }
-        by_peer
-            .into_iter()
-            .map(|(a, r)| (a, merge_ranges(r)))
-            .collect()
+        by_peer.into_iter().map(|(a, r)| (a, merge_ranges(r))).collect()
     }
 
     /// Number of slots served by anyone according to the visible view.
@@ -837,15 +768,8 @@ impl ClusterTable {
         self.slots.iter().filter(|s| **s != SlotOwner::None).count()
     }
 
-    pub fn find_task(
-        &self,
-        importing: bool,
-        ranges: &[SlotRange],
-        meta: &MigrationMeta,
-    ) -> Option<&MigrationTask> {
-        self.tasks
-            .iter()
-            .find(|t| t.importing == importing && t.ranges == ranges && &t.meta == meta)
+    pub fn find_task(&self, importing: bool, ranges: &[SlotRange], meta: &MigrationMeta) -> Option<&MigrationTask> {
+        self.tasks.iter().find(|t| t.importing == importing && t.ranges == ranges && &t.meta == meta)
     }
 }
 
@@ -906,22 +830,15 @@ pub fn cluster_nodes(table: &ClusterTable, announce: &str, v2: bool) -> String {
 }
 
 fn split_address(addr: &str) -> Result<(&str, i64), String> {
-    let (host, port) = addr
-        .rsplit_once(':')
-        .ok_or_else(|| format!("invalid address {addr}"))?;
-    let port = port
-        .parse::<u16>()
-        .map_err(|_| format!("invalid address {addr}"))?;
+    let (host, port) = addr.rsplit_once(':').ok_or_else(|| format!("invalid address {addr}"))?;
+    let port = port.parse::<u16>().map_err(|_| format!("invalid address {addr}"))?;
     Ok((host, port as i64))
 }
 
 /// All (range, proxy address) pairs visible from this proxy, sorted by slot.
 fn visible_ranges(table: &ClusterTable, announce: &str) -> Vec<(SlotRange, String)> {
-    let mut all: Vec<(SlotRange, String)> = table
-        .visible_local_ranges()
-        .into_iter()
-        .map(|r| (r, announce.to_owned()))
-        .collect();
+    let mut all: Vec<(SlotRange, String)> =
+        table.visible_local_ranges().into_iter().map(|r| (r, announce.to_owned())).collect();
     for (peer, ranges) in table.visible_peer_ranges() {
         all.extend(ranges.into_iter().map(|r| (r, peer.clone())));
     }
@@ -959,15 +876,10 @@ pub fn cluster_shards(table: &ClusterTable, announce: &str) -> Result<Frame, Str
     }
     for (addr, ranges) in per_proxy {
         let (host, port) = split_address(&addr)?;
-        let slots = ranges
-            .iter()
-            .flat_map(|r| [Frame::Integer(r.start as i64), Frame::Integer(r.end as i64)])
-            .collect();
+        let slots =
+            ranges.iter().flat_map(|r| [Frame::Integer(r.start as i64), Frame::Integer(r.end as i64)]).collect();
         let node = Frame::Map(vec![
-            (
-                Frame::bulk_str("id"),
-                Frame::bulk_str(&node_id(&table.meta.name, &addr)),
-            ),
+            (Frame::bulk_str("id"), Frame::bulk_str(&node_id(&table.meta.name, &addr))),
             (Frame::bulk_str("port"), Frame::Integer(port)),
             (Frame::bulk_str("ip"), Frame::bulk_str(host)),
             (Frame::bulk_str("endpoint"), Frame::bulk_str(host)),
@@ -985,16 +897,8 @@ pub fn cluster_shards(table: &ClusterTable, announce: &str) -> Result<Frame, Str
 
 /// `CLUSTER INFO` text.
 pub fn cluster_info(table: &ClusterTable) -> String {
-    let assigned = if table.has_cluster() {
-        table.assigned_slots()
-    } else {
-        0
-    };
-    let known = if table.has_cluster() {
-        1 + table.visible_peer_ranges().len()
-    } else {
-        1
-    };
+    let assigned = if table.has_cluster() { table.assigned_slots() } else { 0 };
+    let known = if table.has_cluster() { 1 + table.visible_peer_ranges().len() } else { 1 };
     let state = if assigned == SLOT_COUNT { "ok" } else { "fail" };
     format!(
         "cluster_enabled:1\r\ncluster_state:{state}\r\ncluster_slots_assigned:{assigned}\r\ncluster_slots_ok:{assigned}\r\n\
@@ -1009,9 +913,7 @@ mod tests {
     use super::*;
 
     fn toks(s: &str) -> Vec<Bytes> {
-        s.split_whitespace()
-            .map(|t| Bytes::copy_from_slice(if t == "\"\"" { b"" } else { t.as_bytes() }))
-            .collect()
+        s.split_whitespace().map(|t| Bytes::copy_from_slice(if t == "\"\"" { b"" } else { t.as_bytes() })).collect()
     }
 
     const EXAMPLE: &str = "v2 7 NOFLAG mycluster server_proxy5:7009 1 0-8191 PEER server_proxy6:6006 1 8192-16383 CONFIG compression_strategy disabled migration_max_migration_time 10800 migration_max_blocking_time 10000 migration_scan_interval 500 migration_scan_count 16";
@@ -1024,13 +926,7 @@ mod tests {
         assert_eq!(sc.meta.name, "mycluster");
         assert_eq!(
             sc.meta.local,
-            vec![(
-                "server_proxy5:7009".into(),
-                RangeEntry {
-                    ranges: vec![(0, 8191).into()],
-                    tag: RangeTag::None
-                }
-            )]
+            vec![("server_proxy5:7009".into(), RangeEntry { ranges: vec![(0, 8191).into()], tag: RangeTag::None })]
         );
         assert_eq!(sc.meta.peers.len(), 1);
         assert!(!sc.config_ignored);
@@ -1046,56 +942,22 @@ mod tests {
 
     #[test]
     fn parse_errors() {
-        assert_eq!(
-            SetCluster::parse(&toks("v1 1 NOFLAG c")),
-            Err(ParseErrorKind::InvalidVersion)
-        );
-        assert_eq!(
-            SetCluster::parse(&toks("v2 x NOFLAG c")),
-            Err(ParseErrorKind::InvalidArgs)
-        );
-        assert_eq!(
-            SetCluster::parse(&toks("v2 1 NOFLAG bad!name")),
-            Err(ParseErrorKind::InvalidClusterName)
-        );
-        assert_eq!(
-            SetCluster::parse(&toks("v2 1 NOFLAG c n:1 2 0-1")),
-            Err(ParseErrorKind::InvalidArgs)
-        );
-        assert_eq!(
-            SetCluster::parse(&toks("v2 1 NOFLAG c n:1 1 5-1")),
-            Err(ParseErrorKind::InvalidArgs)
-        );
-        assert_eq!(
-            SetCluster::parse(&toks("v2 1 NOFLAG c n:1 1 0-16384")),
-            Err(ParseErrorKind::InvalidArgs)
-        );
-        assert_eq!(
-            SetCluster::parse(&toks("v2 1 NOFLAG c n:1 MIGRATING 1 0-1 3 a")),
-            Err(ParseErrorKind::InvalidArgs)
-        );
-        assert_eq!(
-            SetCluster::parse(&toks("v2 1 NOFLAG c n:1 1 0-1 BOGUS")),
-            Err(ParseErrorKind::InvalidArgs)
-        );
+        assert_eq!(SetCluster::parse(&toks("v1 1 NOFLAG c")), Err(ParseErrorKind::InvalidVersion));
+        assert_eq!(SetCluster::parse(&toks("v2 x NOFLAG c")), Err(ParseErrorKind::InvalidArgs));
+        assert_eq!(SetCluster::parse(&toks("v2 1 NOFLAG bad!name")), Err(ParseErrorKind::InvalidClusterName));
+        assert_eq!(SetCluster::parse(&toks("v2 1 NOFLAG c n:1 2 0-1")), Err(ParseErrorKind::InvalidArgs));
+        assert_eq!(SetCluster::parse(&toks("v2 1 NOFLAG c n:1 1 5-1")), Err(ParseErrorKind::InvalidArgs));
+        assert_eq!(SetCluster::parse(&toks("v2 1 NOFLAG c n:1 1 0-16384")), Err(ParseErrorKind::InvalidArgs));
+        assert_eq!(SetCluster::parse(&toks("v2 1 NOFLAG c n:1 MIGRATING 1 0-1 3 a")), Err(ParseErrorKind::InvalidArgs));
+        assert_eq!(SetCluster::parse(&toks("v2 1 NOFLAG c n:1 1 0-1 BOGUS")), Err(ParseErrorKind::InvalidArgs));
         // invalid config with an empty peer section fails, with both sections it is ignored
-        assert_eq!(
-            SetCluster::parse(&toks("v2 1 NOFLAG c n:1 1 0-1 CONFIG x y")),
-            Err(ParseErrorKind::InvalidArgs)
-        );
-        let sc = SetCluster::parse(&toks(
-            "v2 1 NOFLAG c n:1 1 0-1 PEER p:1 1 2-3 CONFIG compression_strategy zzz",
-        ))
-        .unwrap();
+        assert_eq!(SetCluster::parse(&toks("v2 1 NOFLAG c n:1 1 0-1 CONFIG x y")), Err(ParseErrorKind::InvalidArgs));
+        let sc =
+            SetCluster::parse(&toks("v2 1 NOFLAG c n:1 1 0-1 PEER p:1 1 2-3 CONFIG compression_strategy zzz")).unwrap();
         assert!(sc.config_ignored);
-        let free = SetCluster::parse(&toks(
-            "v2 6 NOFLAG \"\" CONFIG compression_strategy disabled",
-        ))
-        .unwrap();
+        let free = SetCluster::parse(&toks("v2 6 NOFLAG \"\" CONFIG compression_strategy disabled")).unwrap();
         assert_eq!(free.meta.name, "");
-        let f = SetCluster::parse(&toks("v2 6 force,TARGET=h:1 c"))
-            .unwrap()
-            .flags;
+        let f = SetCluster::parse(&toks("v2 6 force,TARGET=h:1 c")).unwrap().flags;
         assert!(f.force && f.target.as_deref() == Some("h:1"));
     }
 
@@ -1117,10 +979,7 @@ mod tests {
             Bytes::from_static(b"COMPRESS"),
             Bytes::from_static(b"!!"),
         ];
-        assert_eq!(
-            SetCluster::parse(&garbage),
-            Err(ParseErrorKind::InvalidArgs)
-        );
+        assert_eq!(SetCluster::parse(&garbage), Err(ParseErrorKind::InvalidArgs));
     }
 
     fn migrating_table(prev: Option<&ClusterTable>) -> ClusterTable {
@@ -1161,27 +1020,12 @@ mod tests {
         assert_eq!(t.visible_local_ranges(), vec![(0, 8191).into()]);
         t.tasks[0].set_state(TaskState::Scanning);
         t.tasks[1].set_state(TaskState::PreSwitch);
-        assert_eq!(
-            t.visible_local_ranges(),
-            vec![(100, 8191).into(), (9000, 9100).into()]
-        );
+        assert_eq!(t.visible_local_ranges(), vec![(100, 8191).into(), (9000, 9100).into()]);
         let peers = t.visible_peer_ranges();
-        assert_eq!(
-            peers,
-            vec![(
-                "pb:1".to_string(),
-                vec![(0, 99).into(), (8192, 16383).into()]
-            )]
-        );
+        assert_eq!(peers, vec![("pb:1".to_string(), vec![(0, 99).into(), (8192, 16383).into()])]);
         let nodes = cluster_nodes(&t, "pa:1", false);
-        assert!(
-            nodes.contains(" pa:1 myself,master - 0 0 9 connected 100-8191 9000-9100\n"),
-            "{nodes}"
-        );
-        assert!(
-            nodes.contains(" pb:1 master - 0 0 9 connected 0-99 8192-16383\n"),
-            "{nodes}"
-        );
+        assert!(nodes.contains(" pa:1 myself,master - 0 0 9 connected 100-8191 9000-9100\n"), "{nodes}");
+        assert!(nodes.contains(" pb:1 master - 0 0 9 connected 0-99 8192-16383\n"), "{nodes}");
     }
 
     #[test]
@@ -1202,17 +1046,16 @@ mod tests {
     fn free_proxy_output() {
         let t = ClusterTable::empty();
         assert_eq!(t.route(1, false), Route::NoCluster);
-        assert_eq!(cluster_nodes(&t, "127.0.0.1:5299", true), "________________________b8ec71ff7ed9b0ea_ 127.0.0.1:5299@5299 myself,master - 0 0 0 connected\n".replace("b8ec71ff7ed9b0ea_", &node_id("", "127.0.0.1:5299")[24..]));
+        assert_eq!(
+            cluster_nodes(&t, "127.0.0.1:5299", true),
+            "________________________b8ec71ff7ed9b0ea_ 127.0.0.1:5299@5299 myself,master - 0 0 0 connected\n"
+                .replace("b8ec71ff7ed9b0ea_", &node_id("", "127.0.0.1:5299")[24..])
+        );
     }
 
     #[test]
     fn merge() {
-        let r = merge_ranges(vec![
-            (5, 9).into(),
-            (0, 4).into(),
-            (20, 30).into(),
-            (25, 26).into(),
-        ]);
+        let r = merge_ranges(vec![(5, 9).into(), (0, 4).into(), (20, 30).into(), (25, 26).into()]);
         assert_eq!(r, vec![(0, 9).into(), (20, 30).into()]);
     }
 }

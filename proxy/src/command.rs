@@ -12,11 +12,7 @@ use std::sync::OnceLock;
 pub enum KeySpec {
     /// Keys from `first` to `last` (negative: counted from the end, -1 = last argument) every
     /// `step` arguments.
-    Range {
-        first: usize,
-        last: isize,
-        step: usize,
-    },
+    Range { first: usize, last: isize, step: usize },
     /// `numkeys` at index `numkeys_at`, keys follow it; `dest` = an extra key at index 1.
     Numkeys { numkeys_at: usize, dest: bool },
     /// XREAD / XREADGROUP: keys are the first half of what follows `STREAMS`.
@@ -99,7 +95,10 @@ impl CommandSpec {
                     .ok_or_else(|| "ERR syntax error".to_string())?;
                 let rest = n - pos - 1;
                 if rest == 0 || !rest.is_multiple_of(2) {
-                    return Err("ERR Unbalanced 'xread' list of streams: for each stream key an ID or '$' must be specified.".into());
+                    return Err(
+                        "ERR Unbalanced 'xread' list of streams: for each stream key an ID or '$' must be specified."
+                            .into(),
+                    );
                 }
                 Ok((pos + 1..pos + 1 + rest / 2).collect())
             }
@@ -107,9 +106,7 @@ impl CommandSpec {
                 let mut out = vec![1];
                 let mut i = 2;
                 while i + 1 < n {
-                    if args[i].eq_ignore_ascii_case(b"store")
-                        || args[i].eq_ignore_ascii_case(b"storedist")
-                    {
+                    if args[i].eq_ignore_ascii_case(b"store") || args[i].eq_ignore_ascii_case(b"storedist") {
                         out.push(i + 1);
                         i += 1;
                     }
@@ -126,44 +123,22 @@ impl CommandSpec {
 }
 
 const fn key1() -> KeySpec {
-    KeySpec::Range {
-        first: 1,
-        last: 1,
-        step: 1,
-    }
+    KeySpec::Range { first: 1, last: 1, step: 1 }
 }
 const fn all_keys() -> KeySpec {
-    KeySpec::Range {
-        first: 1,
-        last: -1,
-        step: 1,
-    }
+    KeySpec::Range { first: 1, last: -1, step: 1 }
 }
 const fn two_keys() -> KeySpec {
-    KeySpec::Range {
-        first: 1,
-        last: 2,
-        step: 1,
-    }
+    KeySpec::Range { first: 1, last: 2, step: 1 }
 }
 const fn blocking_keys() -> KeySpec {
-    KeySpec::Range {
-        first: 1,
-        last: -2,
-        step: 1,
-    }
+    KeySpec::Range { first: 1, last: -2, step: 1 }
 }
 const fn numkeys(at: usize) -> KeySpec {
-    KeySpec::Numkeys {
-        numkeys_at: at,
-        dest: false,
-    }
+    KeySpec::Numkeys { numkeys_at: at, dest: false }
 }
 const fn dest_numkeys() -> KeySpec {
-    KeySpec::Numkeys {
-        numkeys_at: 2,
-        dest: true,
-    }
+    KeySpec::Numkeys { numkeys_at: 2, dest: true }
 }
 
 macro_rules! commands {
@@ -257,12 +232,7 @@ pub const LOCAL_COMMANDS: &[&str] = &[
 
 fn table() -> &'static HashMap<&'static [u8], &'static CommandSpec> {
     static TABLE: OnceLock<HashMap<&'static [u8], &'static CommandSpec>> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        DATA_COMMANDS
-            .iter()
-            .map(|c| (c.name.as_bytes(), c))
-            .collect()
-    })
+    TABLE.get_or_init(|| DATA_COMMANDS.iter().map(|c| (c.name.as_bytes(), c)).collect())
 }
 
 /// Looks a data command up by name, case-insensitively, without allocating.
@@ -286,9 +256,7 @@ mod tests {
     use super::*;
 
     fn args(s: &str) -> Vec<Bytes> {
-        s.split(' ')
-            .map(|a| Bytes::copy_from_slice(a.as_bytes()))
-            .collect()
+        s.split(' ').map(|a| Bytes::copy_from_slice(a.as_bytes())).collect()
     }
 
     #[test]
@@ -297,11 +265,7 @@ mod tests {
         assert!(lookup(b"keys").is_none());
         assert!(lookup(b"flushall").is_none());
         assert!(lookup(&[b'a'; 100]).is_none());
-        assert_eq!(
-            DATA_COMMANDS.len(),
-            table().len(),
-            "duplicate names in the table"
-        );
+        assert_eq!(DATA_COMMANDS.len(), table().len(), "duplicate names in the table");
     }
 
     #[test]
@@ -317,10 +281,7 @@ mod tests {
         assert_eq!(get("EVAL s 0").unwrap(), Vec::<usize>::new());
         assert!(get("EVAL s 3 a").is_err());
         assert!(get("EVAL s x a").is_err());
-        assert_eq!(
-            get("ZUNIONSTORE d 2 a b WEIGHTS 1 2").unwrap(),
-            vec![1, 3, 4]
-        );
+        assert_eq!(get("ZUNIONSTORE d 2 a b WEIGHTS 1 2").unwrap(), vec![1, 3, 4]);
         assert_eq!(get("XREAD COUNT 2 STREAMS a b 0 0").unwrap(), vec![4, 5]);
         assert!(get("XREAD STREAMS a b 0").is_err());
         assert_eq!(get("SORT a BY x STORE d").unwrap(), vec![1, 5]);

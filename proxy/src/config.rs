@@ -100,9 +100,7 @@ fn positive<T: std::str::FromStr + PartialOrd + Default>(v: &str) -> Result<T, S
 }
 
 fn number<T: std::str::FromStr>(v: &str) -> Result<T, String> {
-    v.trim()
-        .parse::<T>()
-        .map_err(|_| format!("expected an integer, got {v:?}"))
+    v.trim().parse::<T>().map_err(|_| format!("expected an integer, got {v:?}"))
 }
 
 fn boolean(v: &str) -> Result<bool, String> {
@@ -116,9 +114,7 @@ fn boolean(v: &str) -> Result<bool, String> {
 /// `host:port` with exactly one colon and a valid port (IPv6 literals are not supported, as in
 /// undermoon).
 pub fn check_address(v: &str) -> Result<(), String> {
-    let (host, port) = v
-        .split_once(':')
-        .ok_or_else(|| format!("expected host:port, got {v:?}"))?;
+    let (host, port) = v.split_once(':').ok_or_else(|| format!("expected host:port, got {v:?}"))?;
     if host.is_empty() || port.contains(':') || port.parse::<u16>().is_err() {
         return Err(format!("expected host:port, got {v:?}"));
     }
@@ -146,29 +142,17 @@ impl ProxyConfig {
             "backend_conn_num" => self.backend_conn_num = positive(value)?,
             "backend_batch_strategy" => match value {
                 "disabled" | "fixed" | "dynamic" => self.backend_batch_strategy = value.to_owned(),
-                _ => {
-                    return Err(format!(
-                        "expected disabled, fixed or dynamic, got {value:?}"
-                    ))
-                }
+                _ => return Err(format!("expected disabled, fixed or dynamic, got {value:?}")),
             },
             "backend_flush_size" => self.backend_flush_size = positive(value)?,
             "backend_low_flush_interval" => self.backend_low_flush_interval = positive(value)?,
             "backend_high_flush_interval" => self.backend_high_flush_interval = positive(value)?,
             "session_timeout" => self.session_timeout = number(value)?,
             "backend_timeout" => self.backend_timeout = positive(value)?,
-            "password" => {
-                self.password = if value.is_empty() {
-                    None
-                } else {
-                    Some(value.to_owned())
-                }
-            }
+            "password" => self.password = if value.is_empty() { None } else { Some(value.to_owned()) },
             "active_redirection" => {
                 if boolean(value)? {
-                    return Err(
-                        "active redirection is not supported yet; clients follow MOVED".into(),
-                    );
+                    return Err("active redirection is not supported yet; clients follow MOVED".into());
                 }
                 self.active_redirection = false;
             }
@@ -203,12 +187,7 @@ impl ProxyConfig {
 
     /// Checks that do not belong to a single key.
     pub fn validate(&self) -> Result<(), String> {
-        if self
-            .address
-            .to_socket_addrs()
-            .map(|mut a| a.next().is_none())
-            .unwrap_or(true)
-        {
+        if self.address.to_socket_addrs().map(|mut a| a.next().is_none()).unwrap_or(true) {
             return Err(format!("address: cannot resolve {:?}", self.address));
         }
         Ok(())
@@ -224,10 +203,7 @@ mod tests {
         let mut c = ProxyConfig::default();
         for key in PROXY_KEYS {
             // every documented key is known to `set`
-            assert!(
-                !c.set(key, "").unwrap_err_or_ok().contains("unknown key"),
-                "{key}"
-            );
+            assert!(!c.set(key, "").unwrap_err_or_ok().contains("unknown key"), "{key}");
         }
         let mut c = ProxyConfig::default();
         c.set("address", "127.0.0.1:6001").unwrap();

@@ -65,18 +65,9 @@ impl SetRepl {
                 return None;
             }
             crate::config::check_address(&node).ok()?;
-            entries.push(ReplEntry {
-                role,
-                cluster,
-                node,
-                peers,
-            });
+            entries.push(ReplEntry { role, cluster, node, peers });
         }
-        Some(SetRepl {
-            epoch,
-            flags,
-            entries,
-        })
+        Some(SetRepl { epoch, flags, entries })
     }
 }
 
@@ -137,16 +128,9 @@ impl Replication {
 /// Resolves the master's address to `ip port` for REPLICAOF (Redis wants an address it can
 /// connect to; names are resolved here because undermoon did the same).
 async fn replicaof_args(master: &str) -> Result<(String, String), String> {
-    let (host, port) = master
-        .rsplit_once(':')
-        .ok_or_else(|| format!("invalid master address {master}"))?;
-    let mut addrs = tokio::net::lookup_host(master)
-        .await
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
-    let ip = addrs
-        .next()
-        .ok_or_else(|| format!("cannot resolve {host}"))?
-        .ip();
+    let (host, port) = master.rsplit_once(':').ok_or_else(|| format!("invalid master address {master}"))?;
+    let mut addrs = tokio::net::lookup_host(master).await.map_err(|e| format!("cannot resolve {host}: {e}"))?;
+    let ip = addrs.next().ok_or_else(|| format!("cannot resolve {host}"))?.ip();
     Ok((ip.to_string(), port.to_owned()))
 }
 
@@ -211,9 +195,7 @@ mod tests {
     use super::*;
 
     fn toks(s: &str) -> Vec<Bytes> {
-        s.split_whitespace()
-            .map(|t| Bytes::copy_from_slice(if t == "\"\"" { b"" } else { t.as_bytes() }))
-            .collect()
+        s.split_whitespace().map(|t| Bytes::copy_from_slice(if t == "\"\"" { b"" } else { t.as_bytes() })).collect()
     }
 
     #[test]
@@ -222,10 +204,7 @@ mod tests {
         assert_eq!(r.epoch, 7);
         assert_eq!(r.entries.len(), 2);
         assert_eq!(r.entries[1].role, Role::Replica);
-        assert_eq!(
-            r.entries[1].peers[0],
-            ("server_proxy6:7011".into(), "server_proxy6:6006".into())
-        );
+        assert_eq!(r.entries[1].peers[0], ("server_proxy6:7011".into(), "server_proxy6:6006".into()));
         let free = SetRepl::parse(&toks("3 NOFLAG master \"\" n:1 0")).unwrap();
         assert_eq!(free.entries[0].cluster, "");
     }

@@ -41,24 +41,16 @@ pub struct Request {
 impl Request {
     /// Builds a request from arguments, encoding it as a RESP array of bulk strings.
     pub fn from_args(args: Vec<Bytes>) -> Request {
-        let mut buf =
-            BytesMut::with_capacity(16 + args.iter().map(|a| a.len() + 16).sum::<usize>());
+        let mut buf = BytesMut::with_capacity(16 + args.iter().map(|a| a.len() + 16).sum::<usize>());
         write_array_header(&mut buf, args.len());
         for a in &args {
             write_bulk(&mut buf, a);
         }
-        Request {
-            raw: buf.freeze(),
-            args,
-        }
+        Request { raw: buf.freeze(), args }
     }
 
     pub fn from_strs(args: &[&str]) -> Request {
-        Request::from_args(
-            args.iter()
-                .map(|a| Bytes::copy_from_slice(a.as_bytes()))
-                .collect(),
-        )
+        Request::from_args(args.iter().map(|a| Bytes::copy_from_slice(a.as_bytes())).collect())
     }
 
     /// The command name (first argument); requests are never empty.
@@ -129,11 +121,7 @@ pub struct RequestParser {
 impl RequestParser {
     /// `max_bulk_len` bounds one argument; `max_buffer` bounds one whole request.
     pub fn new(max_bulk_len: usize, max_buffer: usize) -> Self {
-        RequestParser {
-            max_bulk_len,
-            max_buffer,
-            partial: None,
-        }
+        RequestParser { max_bulk_len, max_buffer, partial: None }
     }
 
     /// Returns the next complete request, `Ok(None)` if more bytes are needed. Empty requests
@@ -230,10 +218,7 @@ impl RequestParser {
     }
 
     /// `Some(Some(req))`: a command; `Some(None)`: a blank line was skipped; `None`: need more.
-    fn parse_inline(
-        &mut self,
-        buf: &mut BytesMut,
-    ) -> Result<Option<Option<Request>>, ProtocolError> {
+    fn parse_inline(&mut self, buf: &mut BytesMut) -> Result<Option<Option<Request>>, ProtocolError> {
         let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
             if buf.len() > MAX_INLINE_LEN {
                 return Err(ProtocolError::new("too big inline request"));
@@ -248,14 +233,11 @@ impl RequestParser {
         if text.last() == Some(&b'\r') {
             text = &text[..text.len() - 1];
         }
-        let args = split_inline_args(text)
-            .ok_or_else(|| ProtocolError::new("unbalanced quotes in request"))?;
+        let args = split_inline_args(text).ok_or_else(|| ProtocolError::new("unbalanced quotes in request"))?;
         if args.is_empty() {
             return Ok(Some(None));
         }
-        Ok(Some(Some(Request::from_args(
-            args.into_iter().map(Bytes::from).collect(),
-        ))))
+        Ok(Some(Some(Request::from_args(args.into_iter().map(Bytes::from).collect()))))
     }
 }
 
@@ -357,11 +339,7 @@ pub struct ReplyScanner {
 
 impl ReplyScanner {
     pub fn new(max_bulk_len: usize) -> Self {
-        ReplyScanner {
-            max_bulk_len,
-            pos: 0,
-            stack: Vec::new(),
-        }
+        ReplyScanner { max_bulk_len, pos: 0, stack: Vec::new() }
     }
 
     /// Returns the length of the complete reply at the start of `buf`, or `None` if more bytes
@@ -385,8 +363,7 @@ impl ReplyScanner {
             match kind {
                 b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => {}
                 b'$' | b'!' | b'=' => {
-                    let len =
-                        parse_int(line).ok_or_else(|| ProtocolError::new("invalid bulk length"))?;
+                    let len = parse_int(line).ok_or_else(|| ProtocolError::new("invalid bulk length"))?;
                     if len >= 0 {
                         if len as u64 > self.max_bulk_len as u64 {
                             return Err(ProtocolError::new("invalid bulk length"));
@@ -417,9 +394,7 @@ impl ReplyScanner {
                     }
                 }
                 other => {
-                    return Err(ProtocolError::new(format!(
-                        "unexpected reply type byte 0x{other:02x}"
-                    )));
+                    return Err(ProtocolError::new(format!("unexpected reply type byte 0x{other:02x}")));
                 }
             }
             self.pos = next;
@@ -521,10 +496,9 @@ impl Frame {
                 *pos += len as usize + 2;
                 match kind {
                     b'!' => Frame::Error(String::from_utf8_lossy(&data).into_owned()),
-                    b'=' if data.len() >= 4 => Frame::Verbatim(
-                        String::from_utf8_lossy(&data[..3]).into_owned(),
-                        data.slice(4..),
-                    ),
+                    b'=' if data.len() >= 4 => {
+                        Frame::Verbatim(String::from_utf8_lossy(&data[..3]).into_owned(), data.slice(4..))
+                    }
                     _ => Frame::Bulk(data),
                 }
             }
@@ -655,9 +629,7 @@ impl Frame {
 impl fmt::Display for Frame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Frame::Simple(s) | Frame::Error(s) | Frame::Double(s) | Frame::BigNumber(s) => {
-                f.write_str(s)
-            }
+            Frame::Simple(s) | Frame::Error(s) | Frame::Double(s) | Frame::BigNumber(s) => f.write_str(s),
             Frame::Integer(i) => write!(f, "{i}"),
             Frame::Bulk(b) | Frame::Verbatim(_, b) => f.write_str(&String::from_utf8_lossy(b)),
             Frame::Null | Frame::NullArray => f.write_str("(nil)"),
@@ -825,10 +797,7 @@ mod tests {
         let mut buf = BytesMut::from(&input[..]);
         let r = p.next(&mut buf).unwrap().unwrap();
         assert_eq!(&r.raw[..], b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n");
-        assert_eq!(
-            r.args,
-            vec![Bytes::from_static(b"GET"), Bytes::from_static(b"a")]
-        );
+        assert_eq!(r.args, vec![Bytes::from_static(b"GET"), Bytes::from_static(b"a")]);
         let r = p.next(&mut buf).unwrap().unwrap();
         assert_eq!(r.name(), b"PING");
         assert!(p.next(&mut buf).unwrap().is_none());
@@ -851,18 +820,10 @@ mod tests {
 
     #[test]
     fn inline_commands_and_quotes() {
-        assert_eq!(
-            parse_all(b"PING\r\n").unwrap(),
-            vec![vec![b"PING".to_vec()]]
-        );
+        assert_eq!(parse_all(b"PING\r\n").unwrap(), vec![vec![b"PING".to_vec()]]);
         assert_eq!(
             parse_all(b"set k \"a b\\x41\\n\" 'c\\'d'\n").unwrap(),
-            vec![vec![
-                b"set".to_vec(),
-                b"k".to_vec(),
-                b"a bA\n".to_vec(),
-                b"c'd".to_vec()
-            ]]
+            vec![vec![b"set".to_vec(), b"k".to_vec(), b"a bA\n".to_vec(), b"c'd".to_vec()]]
         );
         assert_eq!(parse_all(b"\r\n\r\nPING\n").unwrap().len(), 1);
         assert!(parse_all(b"set k \"abc\n").is_err());
@@ -891,12 +852,7 @@ mod tests {
         let long = vec![b'a'; MAX_INLINE_LEN + 10];
         assert!(parse_all(&long).is_err());
         // empty arrays are skipped like Redis does
-        assert_eq!(
-            parse_all(b"*0\r\n*-1\r\n*1\r\n$4\r\nPING\r\n")
-                .unwrap()
-                .len(),
-            1
-        );
+        assert_eq!(parse_all(b"*0\r\n*-1\r\n*1\r\n$4\r\nPING\r\n").unwrap().len(), 1);
     }
 
     #[test]
@@ -905,10 +861,7 @@ mod tests {
         let mut buf = BytesMut::from(&b"*101\r\n"[..]);
         assert!(p.next(&mut buf).is_err());
         let mut buf = BytesMut::from(&b"*100\r\n"[..]);
-        assert!(RequestParser::new(100, 600)
-            .next(&mut buf)
-            .unwrap()
-            .is_none());
+        assert!(RequestParser::new(100, 600).next(&mut buf).unwrap().is_none());
     }
 
     proptest::proptest! {
@@ -989,12 +942,7 @@ mod tests {
             let mut both = c.to_vec();
             both.extend_from_slice(b"+NEXT\r\n");
             let mut s = ReplyScanner::new(1 << 20);
-            assert_eq!(
-                s.scan(&both).unwrap(),
-                Some(c.len()),
-                "{}",
-                String::from_utf8_lossy(c)
-            );
+            assert_eq!(s.scan(&both).unwrap(), Some(c.len()), "{}", String::from_utf8_lossy(c));
             for split in 0..c.len() {
                 let mut s = ReplyScanner::new(1 << 20);
                 assert_eq!(s.scan(&c[..split]).unwrap(), None);

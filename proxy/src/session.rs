@@ -116,9 +116,7 @@ impl Session {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        let _ = tx
-                            .send(Pending::Close(resp::error(&format!("ERR {e}"))))
-                            .await;
+                        let _ = tx.send(Pending::Close(resp::error(&format!("ERR {e}")))).await;
                         return;
                     }
                 }
@@ -185,12 +183,7 @@ impl Session {
         }
     }
 
-    async fn data_command(
-        &mut self,
-        spec: &'static CommandSpec,
-        req: Request,
-        asking: bool,
-    ) -> Pending {
+    async fn data_command(&mut self, spec: &'static CommandSpec, req: Request, asking: bool) -> Pending {
         if !self.authenticated {
             return err("NOAUTH Password not given by AUTH command");
         }
@@ -203,10 +196,7 @@ impl Session {
             Err(e) => return err(&e),
         };
         let Some(&first) = keys.first() else {
-            return err(&format!(
-                "ERR missing key: '{}' needs at least one key to be routed to a slot",
-                spec.name
-            ));
+            return err(&format!("ERR missing key: '{}' needs at least one key to be routed to a slot", spec.name));
         };
         let slot = key_slot(&args[first]);
         if keys[1..].iter().any(|&k| key_slot(&args[k]) != slot) {
@@ -225,16 +215,8 @@ impl Session {
                 }
                 Route::Moved(addr) => return err(&format!("MOVED {slot} {addr}")),
                 Route::Ask(addr) => return err(&format!("ASK {slot} {addr}")),
-                Route::TryAgain => {
-                    return err(&format!(
-                        "TRYAGAIN slot {slot} is being switched to another node"
-                    ))
-                }
-                Route::NotCovered => {
-                    return err(&format!(
-                        "CLUSTERDOWN Hash slot not served: slot not covered {slot}"
-                    ))
-                }
+                Route::TryAgain => return err(&format!("TRYAGAIN slot {slot} is being switched to another node")),
+                Route::NotCovered => return err(&format!("CLUSTERDOWN Hash slot not served: slot not covered {slot}")),
                 Route::NoCluster => {
                     let default = &self.state.config.default_redirection_address;
                     if default.is_empty() {
@@ -266,11 +248,7 @@ impl Session {
 
     /// Runs a blocking command on this client's dedicated connection to `node`.
     fn blocking(&mut self, node: String, req: Request) -> Pending {
-        let conn = self
-            .dedicated
-            .entry((node.clone(), self.proto))
-            .or_default()
-            .clone();
+        let conn = self.dedicated.entry((node.clone(), self.proto)).or_default().clone();
         let proto = self.proto;
         let settings = self.state.registry.settings().clone();
         Pending::Task(Box::pin(async move {
@@ -279,14 +257,7 @@ impl Session {
             // closed rather than reused with a reply still in flight.
             let mut stream = match slot.take() {
                 Some(s) => s,
-                None => match connect(
-                    &node,
-                    proto,
-                    settings.connect_timeout,
-                    settings.max_bulk_len,
-                )
-                .await
-                {
+                None => match connect(&node, proto, settings.connect_timeout, settings.max_bulk_len).await {
                     Ok(s) => s,
                     Err(_) => return resp::error(&BackendError::Unreachable(node).to_string()),
                 },
@@ -342,14 +313,10 @@ impl Session {
             if args[i].eq_ignore_ascii_case(b"auth") && i + 2 < args.len() {
                 let (user, pass) = (&args[i + 1], &args[i + 2]);
                 match &self.state.config.password {
-                    Some(p)
-                        if user.eq_ignore_ascii_case(b"default") && p.as_bytes() == &pass[..] =>
-                    {
+                    Some(p) if user.eq_ignore_ascii_case(b"default") && p.as_bytes() == &pass[..] => {
                         authenticated = true
                     }
-                    Some(_) => {
-                        return err("WRONGPASS invalid username-password pair or user is disabled.")
-                    }
+                    Some(_) => return err("WRONGPASS invalid username-password pair or user is disabled."),
                     None => {}
                 }
                 i += 3;
@@ -357,10 +324,7 @@ impl Session {
                 name = Some(args[i + 1].clone());
                 i += 2;
             } else {
-                return err(&format!(
-                    "ERR Syntax error in HELLO option '{}'",
-                    String::from_utf8_lossy(&args[i])
-                ));
+                return err(&format!("ERR Syntax error in HELLO option '{}'", String::from_utf8_lossy(&args[i])));
             }
         }
         if !authenticated {
@@ -390,15 +354,9 @@ impl Session {
         match sub.to_ascii_lowercase().as_slice() {
             b"setname" if args.len() == 3 => {
                 if args[2].iter().any(|b| *b <= b' ') {
-                    return err(
-                        "ERR Client names cannot contain spaces, newlines or special characters.",
-                    );
+                    return err("ERR Client names cannot contain spaces, newlines or special characters.");
                 }
-                self.name = if args[2].is_empty() {
-                    None
-                } else {
-                    Some(args[2].clone())
-                };
+                self.name = if args[2].is_empty() { None } else { Some(args[2].clone()) };
                 ok()
             }
             b"getname" if args.len() == 2 => Pending::Ready(match &self.name {
@@ -409,14 +367,8 @@ impl Session {
             // Client library metadata (redis-py sends it on every connection): kept nowhere.
             b"setinfo" if args.len() == 4 => ok(),
             b"info" if args.len() == 2 => {
-                let name = self
-                    .name
-                    .as_ref()
-                    .map(|n| String::from_utf8_lossy(n).into_owned())
-                    .unwrap_or_default();
-                Pending::Ready(resp::bulk(
-                    format!("id={} name={} resp={}\n", self.id, name, self.proto).as_bytes(),
-                ))
+                let name = self.name.as_ref().map(|n| String::from_utf8_lossy(n).into_owned()).unwrap_or_default();
+                Pending::Ready(resp::bulk(format!("id={} name={} resp={}\n", self.id, name, self.proto).as_bytes()))
             }
             _ => err(&format!(
                 "ERR_COMMAND_NOT_SUPPORTED: 'client {}' is not supported by the moonraft proxy",
@@ -440,11 +392,9 @@ impl Session {
             }
         };
         match sub.to_ascii_lowercase().as_slice() {
-            b"nodes" => Pending::Ready(text(cluster_nodes(
-                table,
-                announce,
-                self.state.config.cluster_nodes_version == "v2",
-            ))),
+            b"nodes" => {
+                Pending::Ready(text(cluster_nodes(table, announce, self.state.config.cluster_nodes_version == "v2")))
+            }
             b"slots" => match cluster_slots(table, announce) {
                 Ok(f) => Pending::Ready(f.to_bytes(self.proto)),
                 Err(e) => err(&e),
@@ -461,10 +411,7 @@ impl Session {
             },
             _ => err(&format!(
                 "Unsupported sub command: CLUSTER {}",
-                String::from_utf8_lossy(sub)
-                    .chars()
-                    .take(64)
-                    .collect::<String>()
+                String::from_utf8_lossy(sub).chars().take(64).collect::<String>()
             )),
         }
     }
@@ -474,9 +421,7 @@ impl Session {
             return err("Missing sub command");
         };
         let cfg = &self.state.config;
-        let field = args
-            .get(2)
-            .map(|f| String::from_utf8_lossy(f).to_ascii_lowercase());
+        let field = args.get(2).map(|f| String::from_utf8_lossy(f).to_ascii_lowercase());
         match sub.to_ascii_lowercase().as_slice() {
             b"get" => {
                 let Some(field) = field else {
@@ -485,27 +430,16 @@ impl Session {
                 let value = match field.as_str() {
                     "address" => cfg.address.clone(),
                     "announce_address" => self.state.announce.clone(),
-                    "announce_host" => self
-                        .state
-                        .announce
-                        .rsplit_once(':')
-                        .map(|(h, _)| h.to_owned())
-                        .unwrap_or_default(),
+                    "announce_host" => {
+                        self.state.announce.rsplit_once(':').map(|(h, _)| h.to_owned()).unwrap_or_default()
+                    }
                     "slowlog_len" => cfg.slowlog_len.to_string(),
                     "thread_number" => cfg.thread_number.to_string(),
                     "backend_conn_num" => cfg.backend_conn_num.to_string(),
-                    "slowlog_log_slower_than" => self
-                        .state
-                        .slowlog
-                        .log_slower_than_us
-                        .load(Ordering::Relaxed)
-                        .to_string(),
-                    "slowlog_sample_rate" => self
-                        .state
-                        .slowlog
-                        .sample_rate
-                        .load(Ordering::Relaxed)
-                        .to_string(),
+                    "slowlog_log_slower_than" => {
+                        self.state.slowlog.log_slower_than_us.load(Ordering::Relaxed).to_string()
+                    }
+                    "slowlog_sample_rate" => self.state.slowlog.sample_rate.load(Ordering::Relaxed).to_string(),
                     "active_redirection" => cfg.active_redirection.to_string(),
                     "max_redirections" => match cfg.max_redirections {
                         0 => "none".into(),
@@ -523,10 +457,7 @@ impl Session {
                 match field.as_str() {
                     "slowlog_log_slower_than" => match value.parse::<i64>() {
                         Ok(v) => {
-                            self.state
-                                .slowlog
-                                .log_slower_than_us
-                                .store(v, Ordering::Relaxed);
+                            self.state.slowlog.log_slower_than_us.store(v, Ordering::Relaxed);
                             ok()
                         }
                         Err(_) => err("InvalidValue"),
@@ -538,9 +469,8 @@ impl Session {
                         }
                         Err(_) => err("InvalidValue"),
                     },
-                    "address" | "announce_address" | "announce_host" | "slowlog_len"
-                    | "thread_number" | "backend_conn_num" | "active_redirection"
-                    | "max_redirections" => err("ReadonlyField"),
+                    "address" | "announce_address" | "announce_host" | "slowlog_len" | "thread_number"
+                    | "backend_conn_num" | "active_redirection" | "max_redirections" => err("ReadonlyField"),
                     _ => err("FieldNotFound"),
                 }
             }
@@ -582,21 +512,14 @@ impl Session {
                             Frame::Array(fields) => fields
                                 .first()
                                 .and_then(Frame::as_bytes)
-                                .map(|n| {
-                                    command::is_supported_name(
-                                        &String::from_utf8_lossy(n).to_ascii_lowercase(),
-                                    )
-                                })
+                                .map(|n| command::is_supported_name(&String::from_utf8_lossy(n).to_ascii_lowercase()))
                                 .unwrap_or(false),
                             _ => false,
                         })
                         .collect();
                     Frame::Array(kept).to_bytes(proto)
                 }
-                _ => resp::error(&format!(
-                    "invalid command reply: {}",
-                    String::from_utf8_lossy(&reply).trim_end()
-                )),
+                _ => resp::error(&format!("invalid command reply: {}", String::from_utf8_lossy(&reply).trim_end())),
             }
         }))
     }

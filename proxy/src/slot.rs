@@ -59,26 +59,11 @@ mod tests {
 
     #[test]
     fn node_ids_match_undermoon() {
-        assert_eq!(
-            node_id("testcluster", "127.0.0.1:5299"),
-            "testcluster_____________9f8fca2805923328"
-        );
-        assert_eq!(
-            node_id("mycluster", "server_proxy5:6005"),
-            "mycluster_______________d71bc00fbdddf89_"
-        );
-        assert_eq!(
-            node_id("mycluster", "server_proxy6:6006"),
-            "mycluster_______________8de73f9146386295"
-        );
-        assert_eq!(
-            node_id("mycluster", "server_proxy2:6002"),
-            "mycluster_______________be40fe317baf2cf7"
-        );
-        assert_eq!(
-            node_id("mycluster", "server_proxy4:6004"),
-            "mycluster_______________9434df4158f3c5a4"
-        );
+        assert_eq!(node_id("testcluster", "127.0.0.1:5299"), "testcluster_____________9f8fca2805923328");
+        assert_eq!(node_id("mycluster", "server_proxy5:6005"), "mycluster_______________d71bc00fbdddf89_");
+        assert_eq!(node_id("mycluster", "server_proxy6:6006"), "mycluster_______________8de73f9146386295");
+        assert_eq!(node_id("mycluster", "server_proxy2:6002"), "mycluster_______________be40fe317baf2cf7");
+        assert_eq!(node_id("mycluster", "server_proxy4:6004"), "mycluster_______________9434df4158f3c5a4");
         assert_eq!(node_id("", "x:1").len(), 40);
         assert!(node_id("", "x:1").starts_with("________________________"));
     }

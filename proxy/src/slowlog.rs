@@ -62,9 +62,7 @@ impl SlowLog {
     /// Counter-based sampling: 1 out of `sample_rate` commands (0 behaves as 1).
     pub fn should_sample(&self) -> bool {
         let rate = self.sample_rate.load(Ordering::Relaxed).max(1);
-        self.counter
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(rate)
+        self.counter.fetch_add(1, Ordering::Relaxed).is_multiple_of(rate)
     }
 
     pub fn finish(&self, sample: Sample, received: Instant) {
@@ -74,10 +72,7 @@ impl SlowLog {
         if threshold >= 0 && total.as_micros() < threshold as u128 {
             return;
         }
-        let since = |t: Option<Instant>| {
-            t.map(|t| t.saturating_duration_since(sample.created))
-                .unwrap_or_default()
-        };
+        let since = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(sample.created)).unwrap_or_default();
         let rec = SlowRecord {
             session_id: sample.session_id,
             created: sample.created_wall,
@@ -96,19 +91,11 @@ impl SlowLog {
     /// Newest first, at most `n`.
     pub fn get(&self, n: Option<usize>) -> Vec<SlowRecord> {
         let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
-        records
-            .iter()
-            .rev()
-            .take(n.unwrap_or(usize::MAX))
-            .cloned()
-            .collect()
+        records.iter().rev().take(n.unwrap_or(usize::MAX)).cloned().collect()
     }
 
     pub fn reset(&self) {
-        self.records
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.records.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
 
@@ -143,10 +130,7 @@ mod tests {
 
     #[test]
     fn rfc3339_known_dates() {
-        assert_eq!(
-            rfc3339(SystemTime::UNIX_EPOCH),
-            "1970-01-01T00:00:00.000000Z"
-        );
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         assert_eq!(rfc3339(t), "2023-11-14T22:13:20.000000Z");
     }
@@ -175,11 +159,7 @@ mod tests {
     #[test]
     fn describe_cuts_long_args() {
         let long = bytes::Bytes::from(vec![b'x'; 150]);
-        let d = describe_command(&[
-            bytes::Bytes::from_static(b"SET"),
-            bytes::Bytes::from_static(b"k"),
-            long,
-        ]);
+        let d = describe_command(&[bytes::Bytes::from_static(b"SET"), bytes::Bytes::from_static(b"k"), long]);
         assert!(d.ends_with("(150bytes)"));
         assert!(d.starts_with("SET k xxx"));
     }

@@ -23,29 +23,14 @@ pub struct Installed {
 impl Installed {
     fn new(table: ClusterTable, registry: &BackendRegistry) -> Installed {
         let pools_resp2 = table.nodes.iter().map(|n| registry.pool(n, 2)).collect();
-        Installed {
-            table,
-            pools_resp2,
-            pools_resp3: OnceLock::new(),
-        }
+        Installed { table, pools_resp2, pools_resp3: OnceLock::new() }
     }
 
     /// The pool for local node `node` speaking protocol `proto` (RESP3 pools are opened on
     /// first use by a RESP3 client).
-    pub fn pool(
-        &self,
-        node: usize,
-        proto: u8,
-        registry: &BackendRegistry,
-    ) -> Option<Arc<NodePool>> {
+    pub fn pool(&self, node: usize, proto: u8, registry: &BackendRegistry) -> Option<Arc<NodePool>> {
         if proto >= 3 {
-            let pools = self.pools_resp3.get_or_init(|| {
-                self.table
-                    .nodes
-                    .iter()
-                    .map(|n| registry.pool(n, 3))
-                    .collect()
-            });
+            let pools = self.pools_resp3.get_or_init(|| self.table.nodes.iter().map(|n| registry.pool(n, 3)).collect());
             pools.get(node).cloned()
         } else {
             self.pools_resp2.get(node).cloned()
@@ -87,11 +72,7 @@ impl ProxyState {
         let (shutdown, _) = tokio::sync::watch::channel(false);
         Arc::new(ProxyState {
             announce: config.announce().to_owned(),
-            slowlog: SlowLog::new(
-                config.slowlog_len,
-                config.slowlog_log_slower_than,
-                config.slowlog_sample_rate,
-            ),
+            slowlog: SlowLog::new(config.slowlog_len, config.slowlog_log_slower_than, config.slowlog_sample_rate),
             config,
             installed: ArcSwap::from_pointee(installed),
             meta_lock: Mutex::new(()),
@@ -131,8 +112,7 @@ impl ProxyState {
             tasks = table.tasks.len(),
             "cluster metadata installed"
         );
-        self.installed
-            .store(Arc::new(Installed::new(table, &self.registry)));
+        self.installed.store(Arc::new(Installed::new(table, &self.registry)));
         Ok(())
     }
 

@@ -11,12 +11,7 @@ use std::sync::atomic::Ordering;
 pub const MGR_VERSION: &str = "mgr-0.2";
 
 fn lines(items: Vec<String>) -> Frame {
-    Frame::Array(
-        items
-            .into_iter()
-            .map(|s| Frame::Bulk(Bytes::from(s)))
-            .collect(),
-    )
+    Frame::Array(items.into_iter().map(|s| Frame::Bulk(Bytes::from(s))).collect())
 }
 
 /// Handles `UMCTL <args…>`; `args` excludes `UMCTL` itself. `proto` is the client's protocol.
@@ -54,17 +49,8 @@ pub fn handle(state: &ProxyState, args: &[Bytes], proto: u8) -> Bytes {
         }
         "READY" => {
             let installed = state.installed.load();
-            let only_replicas = state
-                .replication
-                .lock()
-                .map(|r| r.only_replicas())
-                .unwrap_or(false);
-            let serving = installed
-                .table
-                .meta
-                .local
-                .iter()
-                .any(|(_, e)| !matches!(e.tag, RangeTag::Migrating(_)));
+            let only_replicas = state.replication.lock().map(|r| r.only_replicas()).unwrap_or(false);
+            let serving = installed.table.meta.local.iter().any(|(_, e)| !matches!(e.tag, RangeTag::Migrating(_)));
             resp::integer((only_replicas || serving) as i64)
         }
         "INFO" => info(state).to_bytes(proto),
@@ -80,11 +66,7 @@ pub fn handle(state: &ProxyState, args: &[Bytes], proto: u8) -> Bytes {
                     format!(
                         "{} {} {} {}",
                         t.meta.name,
-                        if task.importing {
-                            "IMPORTING"
-                        } else {
-                            "MIGRATING"
-                        },
+                        if task.importing { "IMPORTING" } else { "MIGRATING" },
                         task.ranges_tokens(),
                         task.meta.to_tokens()
                     )
@@ -95,18 +77,9 @@ pub fn handle(state: &ProxyState, args: &[Bytes], proto: u8) -> Bytes {
         "STATS" => {
             let mut v = vec![
                 "# Proxy".to_string(),
-                format!(
-                    "connected_clients: {}",
-                    state.connected_clients.load(Ordering::Relaxed)
-                ),
-                format!(
-                    "total_connections_received: {}",
-                    state.total_connections.load(Ordering::Relaxed)
-                ),
-                format!(
-                    "total_commands_processed: {}",
-                    state.total_commands.load(Ordering::Relaxed)
-                ),
+                format!("connected_clients: {}", state.connected_clients.load(Ordering::Relaxed)),
+                format!("total_connections_received: {}", state.total_connections.load(Ordering::Relaxed)),
+                format!("total_commands_processed: {}", state.total_commands.load(Ordering::Relaxed)),
                 "# Migration".to_string(),
             ];
             for counter in MIGRATION_COUNTERS {
@@ -118,18 +91,10 @@ pub fn handle(state: &ProxyState, args: &[Bytes], proto: u8) -> Bytes {
         "DEBUG" => match rest.first() {
             Some(a) if a.eq_ignore_ascii_case(b"future") => {
                 let installed = state.installed.load();
-                let mut v: Vec<String> = installed
-                    .table
-                    .nodes
-                    .iter()
-                    .map(|n| format!("backend connections to {n}"))
-                    .collect();
+                let mut v: Vec<String> =
+                    installed.table.nodes.iter().map(|n| format!("backend connections to {n}")).collect();
                 if let Ok(r) = state.replication.lock() {
-                    v.extend(
-                        r.entries()
-                            .iter()
-                            .map(|e| format!("replicator {:?} {} {}", e.role, e.cluster, e.node)),
-                    );
+                    v.extend(r.entries().iter().map(|e| format!("replicator {:?} {} {}", e.role, e.cluster, e.node)));
                 }
                 lines(v).to_bytes(proto)
             }
@@ -202,10 +167,7 @@ fn slowlog(state: &ProxyState, rest: &[Bytes], proto: u8) -> Bytes {
                         format!("sent_to_queue: {}", r.sent_to_backend.as_nanos()),
                         format!("queue_received: {}", r.sent_to_backend.as_nanos()),
                         format!("sent_to_backend: {}", r.sent_to_backend.as_nanos()),
-                        format!(
-                            "received_from_backend: {}",
-                            r.received_from_backend.as_nanos()
-                        ),
+                        format!("received_from_backend: {}", r.received_from_backend.as_nanos()),
                         format!("wait_done: {}", r.wait_done.as_nanos()),
                         format!("command: {}", r.command),
                     ])
@@ -230,22 +192,10 @@ fn info(state: &ProxyState) -> Frame {
             let mut meta_lines = Vec::new();
             if let RangeTag::Migrating(m) | RangeTag::Importing(m) = &e.tag {
                 meta_lines.push(Frame::Bulk(Bytes::from(m.epoch.to_string())));
-                meta_lines.push(Frame::Bulk(Bytes::from(format!(
-                    "src_proxy: {}",
-                    m.src_proxy_address
-                ))));
-                meta_lines.push(Frame::Bulk(Bytes::from(format!(
-                    "src_node: {}",
-                    m.src_node_address
-                ))));
-                meta_lines.push(Frame::Bulk(Bytes::from(format!(
-                    "dst_proxy: {}",
-                    m.dst_proxy_address
-                ))));
-                meta_lines.push(Frame::Bulk(Bytes::from(format!(
-                    "dst_node: {}",
-                    m.dst_node_address
-                ))));
+                meta_lines.push(Frame::Bulk(Bytes::from(format!("src_proxy: {}", m.src_proxy_address))));
+                meta_lines.push(Frame::Bulk(Bytes::from(format!("src_node: {}", m.src_node_address))));
+                meta_lines.push(Frame::Bulk(Bytes::from(format!("dst_proxy: {}", m.dst_proxy_address))));
+                meta_lines.push(Frame::Bulk(Bytes::from(format!("dst_node: {}", m.dst_node_address))));
             }
             let mut ranges = e.ranges.len().to_string();
             for r in &e.ranges {
@@ -257,10 +207,7 @@ fn info(state: &ProxyState) -> Frame {
                 None => by_addr.push((addr.clone(), vec![Frame::Array(meta_lines)])),
             }
         }
-        by_addr
-            .into_iter()
-            .flat_map(|(a, v)| [Frame::Bulk(Bytes::from(a)), Frame::Array(v)])
-            .collect::<Vec<_>>()
+        by_addr.into_iter().flat_map(|(a, v)| [Frame::Bulk(Bytes::from(a)), Frame::Array(v)]).collect::<Vec<_>>()
     };
     let mut local = vec![
         Frame::Bulk(Bytes::from(format!("name: {}", t.meta.name))),
@@ -280,11 +227,7 @@ fn info(state: &ProxyState) -> Frame {
     let mut mgr = vec![Frame::Bulk(Bytes::from(format!("name: {}", t.meta.name)))];
     for task in &t.tasks {
         let (src, dst) = (&task.meta.src_node_address, &task.meta.dst_node_address);
-        mgr.push(Frame::Bulk(Bytes::from(format!(
-            "{} {src} -> {dst} {:?}",
-            task.ranges_tokens(),
-            task.state()
-        ))));
+        mgr.push(Frame::Bulk(Bytes::from(format!("{} {src} -> {dst} {:?}", task.ranges_tokens(), task.state()))));
     }
     Frame::Array(vec![
         Frame::bulk_str("Cluster"),
@@ -297,11 +240,7 @@ fn info(state: &ProxyState) -> Frame {
 }
 
 fn info_repl(state: &ProxyState) -> Frame {
-    let entries = state
-        .replication
-        .lock()
-        .map(|r| r.entries())
-        .unwrap_or_default();
+    let entries = state.replication.lock().map(|r| r.entries()).unwrap_or_default();
     Frame::Array(
         entries
             .into_iter()
@@ -336,12 +275,7 @@ struct SwitchArgs {
 
 fn parse_switch(args: &[Bytes]) -> Result<SwitchArgs, &'static str> {
     const PARSE: &str = "failed to parse migration switch arguments";
-    let s = |i: usize| {
-        args.get(i)
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .map(str::to_owned)
-            .ok_or(PARSE)
-    };
+    let s = |i: usize| args.get(i).and_then(|b| std::str::from_utf8(b).ok()).map(str::to_owned).ok_or(PARSE);
     let version = s(0)?;
     let cluster = s(1)?;
     let tag = s(2)?;
@@ -358,10 +292,7 @@ fn parse_switch(args: &[Bytes]) -> Result<SwitchArgs, &'static str> {
     for i in 0..count {
         let tok = s(4 + i)?;
         let (a, b) = tok.split_once('-').ok_or(PARSE)?;
-        let (a, b) = (
-            a.parse::<u16>().map_err(|_| PARSE)?,
-            b.parse::<u16>().map_err(|_| PARSE)?,
-        );
+        let (a, b) = (a.parse::<u16>().map_err(|_| PARSE)?, b.parse::<u16>().map_err(|_| PARSE)?);
         if a > b || b >= 16384 {
             return Err(PARSE);
         }
@@ -378,13 +309,7 @@ fn parse_switch(args: &[Bytes]) -> Result<SwitchArgs, &'static str> {
         dst_proxy_address: s(base + 3)?,
         dst_node_address: s(base + 4)?,
     };
-    Ok(SwitchArgs {
-        version,
-        cluster,
-        migrating,
-        ranges,
-        meta,
-    })
+    Ok(SwitchArgs { version, cluster, migrating, ranges, meta })
 }
 
 /// Destination side of the switch hand-shake (`migration.md` §5.1).

@@ -57,10 +57,7 @@ impl Proc {
         }
     }
     pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status();
+        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
     }
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
@@ -110,16 +107,7 @@ impl Redis {
             let port = free_port();
             let dir = TempDir::new("redis");
             let child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
                 .arg("--dir")
                 .arg(&dir.0)
                 .stdout(Stdio::null())
@@ -167,12 +155,7 @@ impl Proxy {
                 .expect("spawn moonraft proxy");
             let mut proc = Proc { child: Some(child) };
             if wait_ping(port, &mut proc) {
-                return Proxy {
-                    port,
-                    proc,
-                    log,
-                    _dir: dir,
-                };
+                return Proxy { port, proc, log, _dir: dir };
             }
         }
         panic!("could not start the proxy");
@@ -202,10 +185,7 @@ impl Conn {
         let stream = TcpStream::connect(("127.0.0.1", port))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         stream.set_nodelay(true)?;
-        Ok(Conn {
-            stream,
-            buf: BytesMut::new(),
-        })
+        Ok(Conn { stream, buf: BytesMut::new() })
     }
 
     pub fn connect(port: u16) -> Conn {
@@ -235,10 +215,7 @@ impl Conn {
             let mut chunk = [0u8; 65536];
             let n = self.stream.read(&mut chunk)?;
             if n == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "closed",
-                ));
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
@@ -291,10 +268,7 @@ pub fn error_text(f: &Frame) -> String {
 
 /// Runs redis-cli and returns stdout (trimmed).
 pub fn redis_cli(args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(args)
-        .output()
-        .expect("redis-cli must be installed");
+    let out = Command::new("redis-cli").args(args).output().expect("redis-cli must be installed");
     String::from_utf8_lossy(&out.stdout).trim_end().to_owned()
 }
 
@@ -354,12 +328,7 @@ impl TwoProxies {
         let redis: Vec<Redis> = (0..4).map(|_| Redis::start()).collect();
         let p1 = Proxy::start(&[]);
         let p2 = Proxy::start(&[]);
-        let (a1, a2, b1, b2) = (
-            redis[0].addr(),
-            redis[1].addr(),
-            redis[2].addr(),
-            redis[3].addr(),
-        );
+        let (a1, a2, b1, b2) = (redis[0].addr(), redis[1].addr(), redis[2].addr(), redis[3].addr());
         let r = p1.conn().cmd(&[
             "UMCTL",
             "SETCLUSTER",
