@@ -349,7 +349,10 @@ impl ReplyScanner {
             if buf.len() <= self.pos {
                 return Ok(None);
             }
-            let Some(end) = find_crlf(buf, self.pos) else {
+            if !b"+-:_,#($!=*~>%|".contains(&buf[self.pos]) {
+                return Err(ProtocolError::new(format!("unexpected reply type byte 0x{:02x}", buf[self.pos])));
+            }
+            let Some(end) = find_crlf(buf, self.pos + 1) else {
                 if buf.len() - self.pos > MAX_INLINE_LEN.max(self.max_bulk_len.min(1 << 20)) {
                     return Err(ProtocolError::new("reply line too long"));
                 }
@@ -473,7 +476,7 @@ impl Frame {
         if depth > MAX_REPLY_DEPTH {
             return Err(bad());
         }
-        let end = find_crlf(buf, *pos).ok_or_else(bad)?;
+        let end = find_crlf(buf, *pos + 1).ok_or_else(bad)?;
         let kind = buf[*pos];
         let line = &buf[*pos + 1..end];
         let text = || String::from_utf8_lossy(line).into_owned();
@@ -952,6 +955,9 @@ mod tests {
             assert_eq!(len, c.len());
         }
         assert!(ReplyScanner::new(10).scan(b"?x\r\n").is_err());
+        // regression (found by cargo fuzz): a line break where the type byte should be
+        assert!(ReplyScanner::new(10).scan(b"\r\n\x0e").is_err());
+        assert!(Frame::parse(b"\r\n").is_err());
         assert!(ReplyScanner::new(10).scan(b"$3\r\nabcde").is_err());
     }
 
