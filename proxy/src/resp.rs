@@ -364,7 +364,10 @@ impl ReplyScanner {
             // Number of child elements this element opens (0 = complete scalar).
             let mut children = 0usize;
             match kind {
-                b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => {}
+                b':' => {
+                    parse_int(line).ok_or_else(|| ProtocolError::new("invalid integer reply"))?;
+                }
+                b'+' | b'-' | b'_' | b',' | b'#' | b'(' => {}
                 b'$' | b'!' | b'=' => {
                     let len = parse_int(line).ok_or_else(|| ProtocolError::new("invalid bulk length"))?;
                     if len >= 0 {
@@ -958,6 +961,7 @@ mod tests {
         // regression (found by cargo fuzz): a line break where the type byte should be
         assert!(ReplyScanner::new(10).scan(b"\r\n\x0e").is_err());
         assert!(Frame::parse(b"\r\n").is_err());
+        assert!(ReplyScanner::new(10).scan(b":~-****\r\r\n\n").is_err());
         assert!(ReplyScanner::new(10).scan(b"$3\r\nabcde").is_err());
     }
 
