@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn set_get_and_basic_commands() {
-    let env = SingleProxy::start(&[]);
+    // several backend connections per node: a client's pipeline must still run in order
+    let env = SingleProxy::start(&["--backend-conn-num", "4"]);
     let mut c = env.proxy.conn();
     assert_eq!(c.cmd(&["SET", "a", "1"]), simple("OK"));
     assert_eq!(c.cmd(&["GET", "a"]), bulk("1"));
@@ -288,6 +289,17 @@ fn blpop_is_woken_by_a_push() {
     assert!(t.elapsed() < Duration::from_secs(2));
     // the connection still works for normal commands afterwards
     assert_eq!(waiter.cmd(&["GET", "x"]), bulk("1"));
+    // like Redis, commands pipelined after a blocking command wait for it: the RPUSH must not
+    // run before the BLPOP has timed out
+    waiter.send(&["BLPOP", "ordered", "0.5"]);
+    waiter.send(&["RPUSH", "ordered", "late"]);
+    assert_eq!(waiter.read(), Frame::NullArray);
+    assert_eq!(waiter.read(), Frame::Integer(1));
+    // and commands before it have run when it starts
+    waiter.send(&["RPUSH", "ordered2", "early"]);
+    waiter.send(&["BLPOP", "ordered2", "0"]);
+    assert_eq!(waiter.read(), Frame::Integer(1));
+    assert_eq!(waiter.read(), Frame::Array(vec![bulk("ordered2"), bulk("early")]));
     // BRPOPLPUSH / BZPOPMIN / XREAD BLOCK
     other.cmd(&["ZADD", "z", "1", "m"]);
     assert_eq!(waiter.cmd(&["BZPOPMIN", "z", "1"]), Frame::Array(vec![bulk("z"), bulk("m"), bulk("1")]));

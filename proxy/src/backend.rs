@@ -78,11 +78,14 @@ impl NodePool {
         &self.address
     }
 
-    /// Queues a command on the next connection (round robin) and returns where its reply
-    /// will arrive. Waits only if that connection's queue is full (back-pressure).
-    pub async fn send(&self, raw: Bytes) -> oneshot::Receiver<ReplyResult> {
+    /// Queues a command and returns where its reply will arrive. `pin` selects the connection:
+    /// a client always passes the same value so its commands to one node stay on one
+    /// connection and execute in the order it sent them (round robin per *command*, as
+    /// undermoon does, lets a pipelined GET overtake the SET before it). Waits only if that
+    /// connection's queue is full (back-pressure).
+    pub async fn send(&self, raw: Bytes, pin: usize) -> oneshot::Receiver<ReplyResult> {
         let (reply, rx) = oneshot::channel();
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        let i = pin % self.conns.len();
         let conn = &self.conns[i];
         if conn.failed.load(Ordering::Relaxed) {
             let _ = reply.send(Err(BackendError::Unreachable(self.address.clone())));
@@ -94,9 +97,10 @@ impl NodePool {
         rx
     }
 
-    /// Sends a command and waits for its reply.
+    /// Sends a command on the next connection (round robin) and waits for its reply.
     pub async fn call(&self, req: &Request) -> ReplyResult {
-        self.send(req.raw.clone()).await.await.unwrap_or_else(|_| Err(BackendError::Broken(self.address.clone())))
+        let pin = self.next.fetch_add(1, Ordering::Relaxed);
+        self.send(req.raw.clone(), pin).await.await.unwrap_or_else(|_| Err(BackendError::Broken(self.address.clone())))
     }
 }
 

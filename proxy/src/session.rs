@@ -64,6 +64,9 @@ struct Session {
     name: Option<Bytes>,
     /// Connections for blocking commands, per node address and protocol.
     dedicated: HashMap<(String, u8), DedicatedConn>,
+    /// Set while a blocking command is running: like Redis, the client's next commands wait
+    /// for it (they are read and buffered, not executed).
+    blocked: Option<oneshot::Receiver<()>>,
 }
 
 struct ClientGuard(Arc<ProxyState>);
@@ -91,6 +94,7 @@ pub async fn serve_client(state: Arc<ProxyState>, stream: TcpStream) {
         asking: false,
         name: None,
         dedicated: HashMap::new(),
+        blocked: None,
     };
     session.read_loop(rd, tx).await;
     let _ = closing_tx.send(true);
@@ -100,7 +104,8 @@ pub async fn serve_client(state: Arc<ProxyState>, stream: TcpStream) {
 
 impl Session {
     async fn read_loop(&mut self, mut rd: OwnedReadHalf, tx: mpsc::Sender<Pending>) {
-        let cfg = &self.state.config;
+        let state = self.state.clone();
+        let cfg = &state.config;
         let mut parser = RequestParser::new(cfg.proto_max_bulk_len, cfg.client_query_buffer_limit);
         let mut buf = BytesMut::with_capacity(16 * 1024);
         let idle = (cfg.session_timeout > 0).then(|| Duration::from_millis(cfg.session_timeout));
@@ -112,6 +117,11 @@ impl Session {
                         let close = matches!(pending, Pending::Close(_));
                         if tx.send(pending).await.is_err() || close {
                             return;
+                        }
+                        if let Some(done) = self.blocked.take() {
+                            if !wait_unblocked(&mut rd, &mut buf, done, cfg.client_query_buffer_limit).await {
+                                return;
+                            }
                         }
                     }
                     Ok(None) => break,
@@ -235,7 +245,7 @@ impl Session {
                     sent_to_backend: None,
                     command: describe_command(args),
                 });
-                let rx = pool.send(req.raw).await;
+                let rx = pool.send(req.raw, self.id as usize).await;
                 let sample = sample.map(|mut s| {
                     s.sent_to_backend = Some(Instant::now());
                     s
@@ -246,12 +256,17 @@ impl Session {
         }
     }
 
-    /// Runs a blocking command on this client's dedicated connection to `node`.
+    /// Runs a blocking command on this client's dedicated connection to `node`. The writer
+    /// polls the future only after every earlier reply arrived, so the command reaches Redis
+    /// after the client's earlier commands; later ones wait for it (`blocked`).
     fn blocking(&mut self, node: String, req: Request) -> Pending {
         let conn = self.dedicated.entry((node.clone(), self.proto)).or_default().clone();
         let proto = self.proto;
         let settings = self.state.registry.settings().clone();
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        self.blocked = Some(done_rx);
         Pending::Task(Box::pin(async move {
+            let _done = done_tx; // dropped when the command finishes or is abandoned
             let mut slot = conn.lock().await;
             // Taken out while in use: if this future is dropped mid-command the socket is
             // closed rather than reused with a reply still in flight.
@@ -539,6 +554,32 @@ impl Session {
             installed.table.meta.name,
             installed.table.epoch,
         )
+    }
+}
+
+/// Waits for a blocking command to finish while still reading (and buffering, up to `limit`)
+/// the client's socket, so a client that disconnects is noticed. False: the client is gone.
+async fn wait_unblocked(
+    rd: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    mut done: oneshot::Receiver<()>,
+    limit: usize,
+) -> bool {
+    loop {
+        if buf.len() >= limit {
+            let _ = (&mut done).await;
+            return true;
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        tokio::select! {
+            _ = &mut done => return true,
+            read = rd.read_buf(buf) => match read {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            },
+        }
     }
 }
 

@@ -1,0 +1,71 @@
+//! Error codes of the `/api/v3` surface (`http-api.md` §3).
+
+/// A refused operation. `code()` is the JSON `error` value, `status()` the HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetaError {
+    #[error("INVALID_CLUSTER_NAME")]
+    InvalidClusterName,
+    #[error("INVALID_NODE_NUMBER")]
+    InvalidNodeNumber,
+    #[error("INVALID_PROXY_ADDRESS")]
+    InvalidProxyAddress,
+    #[error("INVALID_MIGRATION_TASK")]
+    InvalidMigrationTask,
+    #[error("INVALID_CONFIG")]
+    InvalidConfig { key: String, value: String, message: &'static str },
+    #[error("SLOTS_ALREADY_EVEN")]
+    SlotsAlreadyEven,
+    #[error("MISSING_SERVER_PROXY_INDEX")]
+    MissingServerProxyIndex,
+    #[error("CLUSTER_NOT_FOUND")]
+    ClusterNotFound,
+    #[error("PROXY_NOT_FOUND")]
+    ProxyNotFound,
+    #[error("FREE_NODE_NOT_FOUND")]
+    FreeNodeNotFound,
+    #[error("MIGRATION_TASK_NOT_FOUND")]
+    MigrationTaskNotFound,
+    #[error("ALREADY_EXISTED")]
+    AlreadyExisted,
+    #[error("IN_USE")]
+    InUse,
+    #[error("NO_AVAILABLE_RESOURCE")]
+    NoAvailableResource,
+    #[error("RESOURCE_NOT_BALANCE")]
+    ResourceNotBalance,
+    #[error("FREE_NODE_FOUND")]
+    FreeNodeFound,
+    #[error("NODE_NUM_ALREADY_ENOUGH")]
+    NodeNumAlreadyEnough,
+    #[error("MIGRATION_RUNNING")]
+    MigrationRunning,
+    #[error("INVALID_META_VERSION")]
+    InvalidMetaVersion,
+    #[error("EPOCH_SMALLER_THAN_CURRENT")]
+    EpochSmallerThanCurrent,
+    #[error("PROXY_RESOURCE_OUT_OF_ORDER")]
+    ProxyResourceOutOfOrder,
+    #[error("ONE_CLUSTER_ALREADY_EXISTED")]
+    OneClusterAlreadyExisted,
+}
+
+impl MetaError {
+    pub fn code(&self) -> String {
+        self.to_string()
+    }
+
+    pub fn status(&self) -> u16 {
+        use MetaError::*;
+        match self {
+            InvalidClusterName
+            | InvalidNodeNumber
+            | InvalidProxyAddress
+            | InvalidMigrationTask
+            | InvalidConfig { .. }
+            | SlotsAlreadyEven
+            | MissingServerProxyIndex => 400,
+            ClusterNotFound | ProxyNotFound | FreeNodeNotFound | MigrationTaskNotFound => 404,
+            _ => 409,
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The JSON views served to coordinators and operators, derived from the chunk model
+//! (`chunk-allocation.md` §2, `http-api.md` §2).
+
+use crate::store::{ClusterConfig, ClusterStore, MigrationMeta, MigrationMetaStore, SlotRange, SlotTag, Store};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplPeer {
+    pub node_address: String,
+    pub proxy_address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Repl {
+    pub role: String,
+    pub peers: Vec<ReplPeer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub address: String,
+    pub proxy_address: String,
+    pub slots: Vec<SlotRange>,
+    pub repl: Repl,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cluster {
+    pub name: String,
+    pub epoch: u64,
+    pub nodes: Vec<Node>,
+    pub config: ClusterConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub proxy_address: String,
+    pub slots: Vec<SlotRange>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proxy {
+    pub cluster_name: Option<String>,
+    pub address: String,
+    pub epoch: u64,
+    pub nodes: Vec<Node>,
+    pub peers: Vec<Peer>,
+    pub cluster_config: Option<ClusterConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub name: String,
+    pub node_number: usize,
+    pub node_number_with_slots: usize,
+    pub is_migrating: bool,
+}
+
+/// Resolves a stored migration meta to the proxies and nodes currently holding the parts.
+fn resolve(cluster: &ClusterStore, m: &MigrationMetaStore) -> Option<MigrationMeta> {
+    let end = |chunk: usize, part: usize| {
+        let c = cluster.chunks.get(chunk)?;
+        let node = c.role_position.master_of_part(part.min(1));
+        Some((c.proxy_addresses[node / 2].clone(), c.node_addresses[node].clone()))
+    };
+    let (src_proxy_address, src_node_address) = end(m.src_chunk_index, m.src_chunk_part)?;
+    let (dst_proxy_address, dst_node_address) = end(m.dst_chunk_index, m.dst_chunk_part)?;
+    Some(MigrationMeta { epoch: m.epoch, src_proxy_address, src_node_address, dst_proxy_address, dst_node_address })
+}
+
+/// The nodes of a cluster, chunk by chunk, 4 per chunk (`chunk-allocation.md` §2.1).
+pub fn cluster_nodes(cluster: &ClusterStore) -> Vec<Node> {
+    let mut nodes = Vec::with_capacity(cluster.chunks.len() * 4);
+    for chunk in &cluster.chunks {
+        let role = chunk.role_position;
+        for i in 0..4 {
+            let partner = 3 - i;
+            let slots = match role.part_of_master(i) {
+                None => Vec::new(),
+                Some(part) => {
+                    let mut s: Vec<SlotRange> = chunk.stable_slots[part].iter().cloned().collect();
+                    for m in &chunk.migrating_slots[part] {
+                        if let Some(meta) = resolve(cluster, &m.meta) {
+                            let tag = if m.is_migrating { SlotTag::Migrating(meta) } else { SlotTag::Importing(meta) };
+                            s.push(SlotRange { range_list: m.range_list.clone(), tag });
+                        }
+                    }
+                    s
+                }
+            };
+            nodes.push(Node {
+                address: chunk.node_addresses[i].clone(),
+                proxy_address: chunk.proxy_addresses[i / 2].clone(),
+                slots,
+                repl: Repl {
+                    role: if role.part_of_master(i).is_some() { "master" } else { "replica" }.to_owned(),
+                    peers: vec![ReplPeer {
+                        node_address: chunk.node_addresses[partner].clone(),
+                        proxy_address: chunk.proxy_addresses[partner / 2].clone(),
+                    }],
+                },
+            });
+        }
+    }
+    nodes
+}
+
+pub fn cluster(store: &Store, name: &str) -> Option<Cluster> {
+    let c = store.clusters.get(name)?;
+    Some(Cluster { name: c.name.clone(), epoch: c.epoch, nodes: cluster_nodes(c), config: c.config.clone() })
+}
+
+pub fn cluster_info(store: &Store, name: &str) -> Option<ClusterInfo> {
+    let c = store.clusters.get(name)?;
+    let with_slots = c
+        .chunks
+        .iter()
+        .flat_map(|ch| ch.stable_slots.iter())
+        .filter(|s| s.as_ref().is_some_and(|s| !s.range_list.is_empty()))
+        .count();
+    Some(ClusterInfo {
+        name: c.name.clone(),
+        node_number: c.node_number(),
+        node_number_with_slots: 2 * with_slots,
+        is_migrating: c.is_migrating(),
+    })
+}
+
+/// `GET /proxies/meta/{address}` (`chunk-allocation.md` §2.2).
+pub fn proxy(store: &Store, address: &str) -> Option<Proxy> {
+    let p = store.all_proxies.get(address)?;
+    let in_cluster = p.cluster.as_ref().and_then(|name| store.clusters.get(name));
+    let Some(c) = in_cluster else {
+        let free_node = |n: &String| Node {
+            address: n.clone(),
+            proxy_address: address.to_owned(),
+            slots: Vec::new(),
+            repl: Repl { role: "master".into(), peers: Vec::new() },
+        };
+        return Some(Proxy {
+            cluster_name: None,
+            address: address.to_owned(),
+            epoch: store.global_epoch,
+            nodes: p.node_addresses.iter().map(free_node).collect(),
+            peers: Vec::new(),
+            cluster_config: None,
+        });
+    };
+    let nodes = cluster_nodes(c);
+    let mine: Vec<Node> = nodes.iter().filter(|n| n.proxy_address == address).cloned().collect();
+    let mut peers: Vec<Peer> = Vec::new();
+    for n in nodes.iter().filter(|n| n.proxy_address != address && n.repl.role == "master") {
+        match peers.iter_mut().find(|p| p.proxy_address == n.proxy_address) {
+            Some(peer) => peer.slots.extend(n.slots.iter().cloned()),
+            None => peers.push(Peer { proxy_address: n.proxy_address.clone(), slots: n.slots.clone() }),
+        }
+    }
+    Some(Proxy {
+        cluster_name: Some(c.name.clone()),
+        address: address.to_owned(),
+        epoch: c.epoch,
+        nodes: mine,
+        peers,
+        cluster_config: Some(c.config.clone()),
+    })
+}
