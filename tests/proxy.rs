@@ -303,20 +303,20 @@ fn blpop_is_woken_by_a_push() {
     // BRPOPLPUSH / BZPOPMIN / XREAD BLOCK
     other.cmd(&["ZADD", "z", "1", "m"]);
     assert_eq!(waiter.cmd(&["BZPOPMIN", "z", "1"]), Frame::Array(vec![bulk("z"), bulk("m"), bulk("1")]));
-    waiter.send(&["XREAD", "BLOCK", "5000", "STREAMS", "s", "$"]);
-    std::thread::sleep(Duration::from_millis(200));
+    let blocked = |r: &Redis| match r.conn().cmd(&["INFO", "clients"]) {
+        Frame::Bulk(b) => String::from_utf8_lossy(&b).contains("blocked_clients:1"),
+        _ => false,
+    };
+    let node_of = |k: &str| if key_slot(k.as_bytes()) <= 8191 { &env.a } else { &env.b };
+    waiter.send(&["XREAD", "BLOCK", "10000", "STREAMS", "s", "$"]);
+    assert!(eventually(Duration::from_secs(5), || blocked(node_of("s"))));
     assert!(matches!(other.cmd(&["XADD", "s", "*", "f", "v"]), Frame::Bulk(_)));
     assert!(matches!(waiter.read(), Frame::Array(_)));
     // a client that disconnects while blocked does not leave a blocked client behind
     let mut gone = env.proxy.conn();
     gone.send(&["BLPOP", "never", "0"]);
-    std::thread::sleep(Duration::from_millis(200));
-    let blocked = |r: &Redis| match r.conn().cmd(&["INFO", "clients"]) {
-        Frame::Bulk(b) => String::from_utf8_lossy(&b).contains("blocked_clients:1"),
-        _ => false,
-    };
-    let node = if key_slot(b"never") <= 8191 { &env.a } else { &env.b };
-    assert!(blocked(node));
+    let node = node_of("never");
+    assert!(eventually(Duration::from_secs(5), || blocked(node)));
     drop(gone);
     assert!(eventually(Duration::from_secs(5), || !blocked(node)));
 }
