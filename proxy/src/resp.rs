@@ -390,13 +390,15 @@ impl ReplyScanner {
                     let n = parse_int(line)
                         .filter(|n| *n >= -1 && *n <= MAX_MULTIBULK_LEN)
                         .ok_or_else(|| ProtocolError::new("invalid multibulk length"))?;
-                    if n > 0 {
-                        children = match kind {
-                            b'%' => n as usize * 2,
-                            // An attribute map is followed by the value it annotates.
-                            b'|' => n as usize * 2 + 1,
-                            _ => n as usize,
-                        };
+                    if kind == b'|' {
+                        // An attribute map (even an empty one) is followed by the value it
+                        // annotates.
+                        if n < 0 {
+                            return Err(ProtocolError::new("invalid attribute length"));
+                        }
+                        children = n as usize * 2 + 1;
+                    } else if n > 0 {
+                        children = if kind == b'%' { n as usize * 2 } else { n as usize };
                     }
                 }
                 other => {
@@ -962,6 +964,9 @@ mod tests {
         assert!(ReplyScanner::new(10).scan(b"\r\n\x0e").is_err());
         assert!(Frame::parse(b"\r\n").is_err());
         assert!(ReplyScanner::new(10).scan(b":~-****\r\r\n\n").is_err());
+        // an empty attribute still annotates the next value (cargo fuzz)
+        assert_eq!(ReplyScanner::new(10).scan(b"|0\r\n:1\r\n").unwrap(), Some(8));
+        assert_eq!(Frame::parse(b"|0\r\n:1\r\n").unwrap(), Some((Frame::Integer(1), 8)));
         assert!(ReplyScanner::new(10).scan(b"$3\r\nabcde").is_err());
     }
 
