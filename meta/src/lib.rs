@@ -5,6 +5,8 @@
 //! functions, so every member computes byte-identical state from the same log.
 
 pub mod error;
+pub mod failover;
+pub mod migration;
 pub mod slots;
 pub mod store;
 pub mod view;

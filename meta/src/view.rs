@@ -1,6 +1,7 @@
 //! The JSON views served to coordinators and operators, derived from the chunk model
 //! (`chunk-allocation.md` §2, `http-api.md` §2).
 
+use crate::migration::exposed;
 use crate::store::{ClusterConfig, ClusterStore, MigrationMeta, MigrationMetaStore, SlotRange, SlotTag, Store};
 use serde::{Deserialize, Serialize};
 
@@ -105,13 +106,14 @@ pub fn cluster_nodes(cluster: &ClusterStore) -> Vec<Node> {
     nodes
 }
 
-pub fn cluster(store: &Store, name: &str) -> Option<Cluster> {
-    let c = store.clusters.get(name)?;
+/// `GET /clusters/meta/{name}` on the exposed view (`migration_limit` tasks, 0 = all).
+pub fn cluster(store: &Store, name: &str, migration_limit: usize) -> Option<Cluster> {
+    let c = &exposed(store.clusters.get(name)?, migration_limit);
     Some(Cluster { name: c.name.clone(), epoch: c.epoch, nodes: cluster_nodes(c), config: c.config.clone() })
 }
 
-pub fn cluster_info(store: &Store, name: &str) -> Option<ClusterInfo> {
-    let c = store.clusters.get(name)?;
+pub fn cluster_info(store: &Store, name: &str, migration_limit: usize) -> Option<ClusterInfo> {
+    let c = &exposed(store.clusters.get(name)?, migration_limit);
     let with_slots = c
         .chunks
         .iter()
@@ -127,10 +129,10 @@ pub fn cluster_info(store: &Store, name: &str) -> Option<ClusterInfo> {
 }
 
 /// `GET /proxies/meta/{address}` (`chunk-allocation.md` §2.2).
-pub fn proxy(store: &Store, address: &str) -> Option<Proxy> {
+pub fn proxy(store: &Store, address: &str, migration_limit: usize) -> Option<Proxy> {
     let p = store.all_proxies.get(address)?;
-    let in_cluster = p.cluster.as_ref().and_then(|name| store.clusters.get(name));
-    let Some(c) = in_cluster else {
+    let in_cluster = p.cluster.as_ref().and_then(|name| store.clusters.get(name)).map(|c| exposed(c, migration_limit));
+    let Some(c) = in_cluster.as_ref() else {
         let free_node = |n: &String| Node {
             address: n.clone(),
             proxy_address: address.to_owned(),

@@ -63,7 +63,7 @@ fn create_cluster_like_the_walkthrough() {
     assert_eq!(s.global_epoch, 6);
     s.create_cluster("mycluster", 4, ClusterConfig::default()).unwrap();
     assert_eq!(s.global_epoch, 7);
-    let c = view::cluster(&s, "mycluster").unwrap();
+    let c = view::cluster(&s, "mycluster", 1).unwrap();
     assert_eq!(c.epoch, 7);
     assert_eq!(c.nodes.len(), 4);
     let proxies: BTreeSet<&str> = c.nodes.iter().map(|n| n.proxy_address.as_str()).collect();
@@ -78,7 +78,7 @@ fn create_cluster_like_the_walkthrough() {
     assert_eq!(c.nodes[1].repl.peers[0].node_address, c.nodes[2].address);
     // proxy view: its two nodes and the other proxy as a peer
     let first = &c.nodes[0].proxy_address;
-    let p = view::proxy(&s, first).unwrap();
+    let p = view::proxy(&s, first, 1).unwrap();
     assert_eq!(p.cluster_name.as_deref(), Some("mycluster"));
     assert_eq!(p.epoch, 7);
     assert_eq!(p.nodes.len(), 2);
@@ -86,7 +86,7 @@ fn create_cluster_like_the_walkthrough() {
     assert_eq!(p.peers[0].slots[0].range_list, vec![r(8192, 16383)]);
     // a free proxy's view
     let free = s.all_proxies.values().find(|p| p.cluster.is_none()).unwrap().proxy_address.clone();
-    let fp = view::proxy(&s, &free).unwrap();
+    let fp = view::proxy(&s, &free, 1).unwrap();
     assert_eq!(fp.cluster_name, None);
     assert_eq!(fp.epoch, 7);
     assert!(fp.nodes.iter().all(|n| n.repl.role == "master" && n.slots.is_empty()));
@@ -238,7 +238,7 @@ fn balance_resets_healthy_chunks() {
     assert_eq!(s.clusters["a"].chunks[0].role_position, RolePosition::Normal);
     assert_eq!(s.clusters["a"].chunks[1].role_position, RolePosition::SecondChunkMaster);
     // masters under SecondChunkMaster are nodes 2 and 3, on the second proxy
-    let nodes = view::cluster(&s, "a").unwrap().nodes;
+    let nodes = view::cluster(&s, "a", 1).unwrap().nodes;
     assert_eq!(nodes[6].repl.role, "master");
     assert_eq!(nodes[7].repl.role, "master");
     assert_eq!(nodes[7].slots[0].range_list, vec![r(8192, 12287)]);
@@ -405,7 +405,7 @@ proptest! {
             Ok(()) => {
                 prop_assert!(hosts * per_host * 2 >= nodes / 2);
                 let mut masters: BTreeMap<String, usize> = BTreeMap::new();
-                for n in view::cluster(&s, "c").unwrap().nodes.iter().filter(|n| n.repl.role == "master") {
+                for n in view::cluster(&s, "c", 1).unwrap().nodes.iter().filter(|n| n.repl.role == "master") {
                     *masters.entry(s.all_proxies[&n.proxy_address].host.clone()).or_default() += 1;
                 }
                 let max = *masters.values().max().unwrap();
