@@ -59,33 +59,33 @@ pub fn plan_expand(cluster: &ClusterStore) -> Result<Vec<PlannedTask>, MetaError
     let mut ranges: Vec<Vec<Range>> = (0..2 * src_chunks).map(|k| stable(cluster, master(k))).collect();
     let mut tasks = Vec::new();
     let (mut dst, mut got, mut collected) = (0usize, 0u32, Vec::new());
-    for s in 0..2 * src_chunks {
+    for (s, src_ranges) in ranges.iter_mut().enumerate() {
         let t_s = target(masters, s as u32);
         while dst < 2 * dst_chunks {
-            if count(&ranges[s]) <= t_s {
+            if count(src_ranges) <= t_s {
                 break;
             }
             let d = 2 * src_chunks + dst;
             let t_d = target(masters, d as u32);
-            let take = (t_d - got).min(count(&ranges[s]) - t_s);
-            let Some(last) = ranges[s].last_mut() else { break };
+            let take = (t_d - got).min(count(src_ranges) - t_s);
+            let Some(last) = src_ranges.last_mut() else { break };
             if take >= last.len() {
                 collected.push(*last);
                 got += last.len();
-                ranges[s].pop();
+                src_ranges.pop();
             } else {
                 let end = last.end;
                 last.end -= take as u16;
                 collected.push(Range { start: end - take as u16 + 1, end });
                 got += take;
             }
-            if got >= t_d || count(&ranges[s]) <= t_s {
+            if got >= t_d || count(src_ranges) <= t_s {
                 tasks.push(PlannedTask { src: master(s), dst: master(d), ranges: std::mem::take(&mut collected) });
                 if got >= t_d {
                     dst += 1;
                     got = 0;
                 }
-                if count(&ranges[s]) <= t_s {
+                if count(src_ranges) <= t_s {
                     break;
                 }
             }
