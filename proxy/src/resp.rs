@@ -86,6 +86,10 @@ pub fn parse_int(s: &[u8]) -> Option<i64> {
     if digits.is_empty() || digits.len() > 19 {
         return None;
     }
+    // Like Redis's string2ll: no leading zeros ("01") and no "-0".
+    if digits[0] == b'0' && (digits.len() > 1 || neg) {
+        return None;
+    }
     let mut v: i64 = 0;
     for &d in digits {
         if !d.is_ascii_digit() {
@@ -861,6 +865,20 @@ mod tests {
         assert!(parse_all(&long).is_err());
         // empty arrays are skipped like Redis does
         assert_eq!(parse_all(b"*0\r\n*-1\r\n*1\r\n$4\r\nPING\r\n").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn integers_parse_like_redis() {
+        assert_eq!(parse_int(b"0"), Some(0));
+        assert_eq!(parse_int(b"-12"), Some(-12));
+        assert_eq!(parse_int(b"01"), None);
+        assert_eq!(parse_int(b"-0"), None);
+        assert_eq!(parse_int(b"+1"), None);
+        assert_eq!(parse_int(b""), None);
+        assert_eq!(parse_int(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(parse_int(b"9223372036854775808"), None);
+        // found by cargo fuzz: "*01" was accepted, then forwarded in a form Redis rejects
+        assert!(parse_all(b"*01\r\n$1\r\n+\r\n").is_err());
     }
 
     #[test]
