@@ -1,7 +1,8 @@
 //! Error codes of the `/api/v3` surface (`http-api.md` §3).
 
 /// A refused operation. `code()` is the JSON `error` value, `status()` the HTTP status.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Serializable because it is part of a Raft command's deterministic result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum MetaError {
     #[error("INVALID_CLUSTER_NAME")]
     InvalidClusterName,
@@ -12,7 +13,7 @@ pub enum MetaError {
     #[error("INVALID_MIGRATION_TASK")]
     InvalidMigrationTask,
     #[error("INVALID_CONFIG")]
-    InvalidConfig { key: String, value: String, message: &'static str },
+    InvalidConfig { key: String, value: String, message: String },
     #[error("SLOTS_ALREADY_EVEN")]
     SlotsAlreadyEven,
     #[error("MISSING_SERVER_PROXY_INDEX")]

@@ -5,7 +5,7 @@ use crate::error::MetaError;
 use crate::store::{RolePosition, Store};
 use std::collections::BTreeSet;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FailoverOutcome {
     /// The proxy was in no cluster: it is now in the failed set.
     NotInCluster,

@@ -500,7 +500,11 @@ impl Store {
         }
         let mut config = cluster.config.clone();
         for (key, value) in changes {
-            let bad = |message| MetaError::InvalidConfig { key: key.clone(), value: value.clone(), message };
+            let bad = |message: &str| MetaError::InvalidConfig {
+                key: key.clone(),
+                value: value.clone(),
+                message: message.to_owned(),
+            };
             let num = || value.trim().parse::<u64>().map_err(|_| bad("INVALID_VALUE"));
             let m = &mut config.migration_config;
             match key.to_ascii_lowercase().as_str() {
