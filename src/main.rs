@@ -1,5 +1,6 @@
 //! `moonraft`: one binary, one subcommand per role.
 
+mod broker;
 mod settings;
 
 use anyhow::{Context, Result};
@@ -10,6 +11,7 @@ const USAGE: &str = "moonraft — self-managed Redis clustering
 
 USAGE:
     moonraft proxy [CONFIG.toml] [--<key> <value>]...   run a server proxy (Redis Cluster protocol)
+    moonraft broker [CONFIG.toml] [--<key> <value>]...  run a member of the Raft broker group (/api/v3)
     moonraft --version
 
 Every configuration key can be set in the TOML file, as MOONRAFT_<KEY> in the environment or
@@ -27,6 +29,7 @@ fn main() {
 fn run(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("proxy") => proxy(&args[1..]),
+        Some("broker") => broker(&args[1..]),
         Some("--version") | Some("-V") | Some("version") => {
             println!("moonraft {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -78,6 +81,34 @@ fn proxy(args: &[String]) -> Result<()> {
         let address = config.address.clone();
         tokio::select! {
             r = moonraft_proxy::server::run(config) => r.with_context(|| format!("proxy on {address} failed")),
+            _ = shutdown_signal() => Ok(()),
+        }
+    })
+}
+
+fn broker(args: &[String]) -> Result<()> {
+    use broker::config::{BrokerConfig, BROKER_KEYS, IGNORED_KEYS};
+    let keys: Vec<&str> = BROKER_KEYS.iter().chain(IGNORED_KEYS).copied().collect();
+    let cli = settings::parse_cli(args, &keys)?;
+    if cli.help {
+        println!("moonraft broker [CONFIG.toml] [--<key> <value>]...\n\nKeys (see shared spec raft-broker.md §3):");
+        for key in BROKER_KEYS {
+            println!("    --{:<30} MOONRAFT_{}", key.replace('_', "-"), key.to_ascii_uppercase());
+        }
+        return Ok(());
+    }
+    let mut config = BrokerConfig::default();
+    settings::apply(&cli, &keys, |k, v| config.set(k, v))?;
+    init_logging(&config.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("broker")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        tokio::select! {
+            r = broker::run(config) => r,
             _ = shutdown_signal() => Ok(()),
         }
     })

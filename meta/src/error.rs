@@ -40,6 +40,8 @@ pub enum MetaError {
     NodeNumAlreadyEnough,
     #[error("MIGRATION_RUNNING")]
     MigrationRunning,
+    #[error("NODE_NUMBER_CHANGING")]
+    NodeNumberChanging,
     #[error("INVALID_META_VERSION")]
     InvalidMetaVersion,
     #[error("EPOCH_SMALLER_THAN_CURRENT")]

@@ -375,3 +375,190 @@ impl TwoProxies {
         TwoProxies { p1, p2, redis }
     }
 }
+
+/// A minimal blocking HTTP/1.1 client for the broker tests (one request per connection).
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn error_code(&self) -> String {
+        self.json()["error"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> std::io::Result<HttpResponse> {
+    http_with(addr, method, path, body, &[])
+}
+
+pub fn http_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> std::io::Result<HttpResponse> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    let body = body.unwrap_or("");
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| std::io::Error::other("no header end"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("bad status line"))?;
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':').map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))).collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers.iter().any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        while let Some(nl) = rest.windows(2).position(|w| w == b"\r\n") {
+            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..nl]).trim(), 16).unwrap_or(0);
+            let Some(chunk) = rest.get(nl + 2..nl + 2 + size).filter(|_| size > 0) else { break };
+            out.extend_from_slice(chunk);
+            rest = rest.get(nl + 2 + size + 2..).unwrap_or_default();
+        }
+        body = out;
+    }
+    Ok(HttpResponse { status, headers, body })
+}
+
+/// One member of a broker group started as a real process.
+pub struct BrokerProc {
+    pub id: u64,
+    pub http: String,
+    pub grpc: String,
+    pub proc: Proc,
+    pub dir: PathBuf,
+    pub args: Vec<String>,
+    pub log: PathBuf,
+}
+
+impl BrokerProc {
+    pub fn spawn(&mut self) {
+        let child = Command::new(BIN)
+            .arg("broker")
+            .args(&self.args)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log"))
+            .spawn()
+            .expect("spawn moonraft broker");
+        self.proc = Proc { child: Some(child) };
+    }
+
+    pub fn status(&self) -> Option<serde_json::Value> {
+        http(&self.http, "GET", "/api/v3/raft/status", None).ok().filter(|r| r.status == 200).map(|r| r.json())
+    }
+}
+
+/// A broker group of `n` members on free ports with fast elections, bootstrapped from config.
+pub struct BrokerGroup {
+    pub members: Vec<BrokerProc>,
+    _dir: TempDir,
+}
+
+impl BrokerGroup {
+    pub fn start(n: usize) -> BrokerGroup {
+        let dir = TempDir::new("brokers");
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (h, g))| format!("{}=127.0.0.1:{g}/127.0.0.1:{h}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Vec::new();
+        for (i, (h, g)) in ports.iter().enumerate() {
+            let data = dir.0.join(format!("b{}", i + 1));
+            let args: Vec<String> = [
+                "--node-id",
+                &(i + 1).to_string(),
+                "--address",
+                &format!("127.0.0.1:{h}"),
+                "--grpc-address",
+                &format!("127.0.0.1:{g}"),
+                "--data-dir",
+                data.to_str().expect("utf8 path"),
+                "--bootstrap",
+                "true",
+                "--initial-members",
+                &initial,
+                "--heartbeat-interval-ms",
+                "100",
+                "--election-timeout-min-ms",
+                "400",
+                "--election-timeout-max-ms",
+                "800",
+                "--failure-purge-interval",
+                "1",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let mut m = BrokerProc {
+                id: i as u64 + 1,
+                http: format!("127.0.0.1:{h}"),
+                grpc: format!("127.0.0.1:{g}"),
+                proc: Proc { child: None },
+                log: dir.0.join(format!("b{}.log", i + 1)),
+                dir: data,
+                args,
+            };
+            m.spawn();
+            members.push(m);
+        }
+        let group = BrokerGroup { members, _dir: dir };
+        assert!(group.wait_leader(Duration::from_secs(20)).is_some(), "no leader elected:\n{}", group.logs());
+        group
+    }
+
+    /// Id of the leader every running member agrees on.
+    pub fn wait_leader(&self, timeout: Duration) -> Option<u64> {
+        let mut leader = None;
+        eventually(timeout, || {
+            let ids: Vec<Option<u64>> = self
+                .members
+                .iter()
+                .filter(|m| m.proc.child.is_some())
+                .map(|m| m.status().and_then(|s| s["leader_id"].as_u64()))
+                .collect();
+            leader = ids.first().copied().flatten();
+            leader.is_some() && ids.iter().all(|i| *i == leader)
+        });
+        leader
+    }
+
+    pub fn logs(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("--- broker {} ---\n{}", m.id, std::fs::read_to_string(&m.log).unwrap_or_default()))
+            .collect()
+    }
+}

@@ -1,0 +1,6 @@
+//! gRPC definitions shared by brokers, coordinators and `moonraft ctl`.
+
+#[allow(clippy::all)]
+pub mod raft {
+    tonic::include_proto!("moonraft.raft");
+}

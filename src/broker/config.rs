@@ -1,0 +1,323 @@
+//! Broker configuration (`raft-broker.md` §3), set key by key from strings like the proxy's.
+
+use moonraft_meta::store::ClusterConfig;
+use moonraft_raft::BrokerNode;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Member {
+    pub id: u64,
+    pub raft_address: String,
+    pub http_address: String,
+}
+
+impl Member {
+    pub fn node(&self) -> BrokerNode {
+        BrokerNode { raft_address: self.raft_address.clone(), http_address: self.http_address.clone() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    Linearizable,
+    Stale,
+}
+
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub node_id: u64,
+    pub address: String,
+    pub advertise_http_address: String,
+    pub grpc_address: String,
+    pub advertise_grpc_address: String,
+    pub data_dir: PathBuf,
+    pub bootstrap: bool,
+    pub initial_members: Vec<Member>,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    pub snapshot_logs_since_last: u64,
+    pub max_in_snapshot_log_to_keep: u64,
+    pub proposal_timeout_ms: u64,
+    pub forward_timeout_ms: u64,
+    pub read_mode: ReadMode,
+    pub failure_purge_interval: u64,
+    pub failure_ttl: u64,
+    pub failure_quorum: u64,
+    pub migration_limit: u64,
+    pub enable_ordered_proxy: bool,
+    /// Default config of new clusters, as the string fields of `PATCH /clusters/config`.
+    pub cluster_defaults: BTreeMap<String, String>,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    pub log: String,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            node_id: 0,
+            address: "127.0.0.1:7799".into(),
+            advertise_http_address: String::new(),
+            grpc_address: "127.0.0.1:7800".into(),
+            advertise_grpc_address: String::new(),
+            data_dir: PathBuf::from("./broker-data"),
+            bootstrap: false,
+            initial_members: Vec::new(),
+            heartbeat_interval_ms: 200,
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 2000,
+            snapshot_logs_since_last: 5000,
+            max_in_snapshot_log_to_keep: 1000,
+            proposal_timeout_ms: 5000,
+            forward_timeout_ms: 5000,
+            read_mode: ReadMode::Linearizable,
+            failure_purge_interval: 10,
+            failure_ttl: 60,
+            failure_quorum: 1,
+            migration_limit: 1,
+            enable_ordered_proxy: false,
+            cluster_defaults: BTreeMap::new(),
+            max_body_bytes: 16 * 1024 * 1024,
+            log: "info".into(),
+        }
+    }
+}
+
+pub const BROKER_KEYS: &[&str] = &[
+    "node_id",
+    "address",
+    "advertise_http_address",
+    "grpc_address",
+    "advertise_grpc_address",
+    "data_dir",
+    "bootstrap",
+    "initial_members",
+    "heartbeat_interval_ms",
+    "election_timeout_min_ms",
+    "election_timeout_max_ms",
+    "snapshot_logs_since_last",
+    "max_in_snapshot_log_to_keep",
+    "proposal_timeout_ms",
+    "forward_timeout_ms",
+    "read_mode",
+    "failure_purge_interval",
+    "failure_ttl",
+    "failure_quorum",
+    "migration_limit",
+    "enable_ordered_proxy",
+    "compression_strategy",
+    "migration_max_migration_time",
+    "migration_max_blocking_time",
+    "migration_scan_interval",
+    "migration_scan_count",
+    "max_body_bytes",
+    "log",
+];
+
+/// mem-broker keys that no longer apply: accepted with a warning.
+pub const IGNORED_KEYS: &[&str] = &[
+    "replica_addresses",
+    "sync_meta_interval",
+    "storage_type",
+    "recover_from_meta_file",
+    "meta_filename",
+    "auto_update_meta_file",
+    "update_meta_file_interval",
+    "storage_name",
+    "storage_password",
+    "http_storage_address",
+    "refresh_interval",
+    "debug",
+];
+
+fn num<T: std::str::FromStr>(v: &str) -> Result<T, String> {
+    v.trim().parse().map_err(|_| format!("expected a non-negative integer, got {v:?}"))
+}
+
+fn positive(v: &str) -> Result<u64, String> {
+    match num::<u64>(v)? {
+        0 => Err(format!("expected a positive integer, got {v:?}")),
+        n => Ok(n),
+    }
+}
+
+fn boolean(v: &str) -> Result<bool, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("expected true or false, got {v:?}")),
+    }
+}
+
+/// `initial_members` as JSON, as a TOML array of tables, or as `id=raft_addr/http_addr,…`.
+pub fn parse_members(v: &str) -> Result<Vec<Member>, String> {
+    let v = v.trim();
+    if v.is_empty() {
+        return Ok(Vec::new());
+    }
+    if let Ok(m) = serde_json::from_str::<Vec<Member>>(v) {
+        return Ok(m);
+    }
+    #[derive(Deserialize)]
+    struct Wrap {
+        v: Vec<Member>,
+    }
+    if let Ok(w) = toml::from_str::<Wrap>(&format!("v = {v}")) {
+        return Ok(w.v);
+    }
+    v.split(',')
+        .map(|item| {
+            let (id, addrs) = item.trim().split_once('=').ok_or("expected id=raft_address/http_address")?;
+            let (raft, http) = addrs.split_once('/').ok_or("expected id=raft_address/http_address")?;
+            Ok(Member { id: positive(id)?, raft_address: raft.to_owned(), http_address: http.to_owned() })
+        })
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|e: String| {
+            format!("{e} (initial_members: JSON, TOML array of {{id, raft_address, http_address}}, or id=raft/http,…)")
+        })
+}
+
+impl BrokerConfig {
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        match key {
+            "node_id" => self.node_id = positive(value)?,
+            "address" => {
+                moonraft_proxy::config::check_address(value)?;
+                self.address = value.to_owned();
+            }
+            "advertise_http_address" => self.advertise_http_address = value.to_owned(),
+            "grpc_address" => {
+                moonraft_proxy::config::check_address(value)?;
+                self.grpc_address = value.to_owned();
+            }
+            "advertise_grpc_address" => self.advertise_grpc_address = value.to_owned(),
+            "data_dir" => self.data_dir = PathBuf::from(value),
+            "bootstrap" => self.bootstrap = boolean(value)?,
+            "initial_members" => self.initial_members = parse_members(value)?,
+            "heartbeat_interval_ms" => self.heartbeat_interval_ms = positive(value)?,
+            "election_timeout_min_ms" => self.election_timeout_min_ms = positive(value)?,
+            "election_timeout_max_ms" => self.election_timeout_max_ms = positive(value)?,
+            "snapshot_logs_since_last" => self.snapshot_logs_since_last = positive(value)?,
+            "max_in_snapshot_log_to_keep" => self.max_in_snapshot_log_to_keep = num(value)?,
+            "proposal_timeout_ms" => self.proposal_timeout_ms = positive(value)?,
+            "forward_timeout_ms" => self.forward_timeout_ms = positive(value)?,
+            "read_mode" => {
+                self.read_mode = match value {
+                    "linearizable" => ReadMode::Linearizable,
+                    "stale" => ReadMode::Stale,
+                    _ => return Err(format!("expected linearizable or stale, got {value:?}")),
+                }
+            }
+            "failure_purge_interval" => self.failure_purge_interval = positive(value)?,
+            "failure_ttl" => self.failure_ttl = positive(value)?,
+            "failure_quorum" => self.failure_quorum = positive(value)?,
+            "migration_limit" => self.migration_limit = num(value)?,
+            "enable_ordered_proxy" => self.enable_ordered_proxy = boolean(value)?,
+            "compression_strategy"
+            | "migration_max_migration_time"
+            | "migration_max_blocking_time"
+            | "migration_scan_interval"
+            | "migration_scan_count" => {
+                let mut probe = self.cluster_defaults.clone();
+                probe.insert(key.to_owned(), value.to_owned());
+                cluster_config(&probe)?;
+                self.cluster_defaults = probe;
+            }
+            "max_body_bytes" => self.max_body_bytes = positive(value)? as usize,
+            "log" => self.log = value.to_owned(),
+            k if IGNORED_KEYS.contains(&k) => {
+                tracing::warn!("config key {k} does not apply to the Raft broker and is ignored")
+            }
+            _ => return Err(format!("unknown key {key:?}")),
+        }
+        Ok(())
+    }
+
+    /// Checks across keys; fills the advertise addresses.
+    pub fn finish(&mut self) -> Result<(), String> {
+        if self.node_id == 0 {
+            return Err("node_id: required (a positive integer unique in the group)".into());
+        }
+        if self.election_timeout_min_ms >= self.election_timeout_max_ms {
+            return Err("election_timeout_min_ms must be smaller than election_timeout_max_ms".into());
+        }
+        if self.heartbeat_interval_ms >= self.election_timeout_min_ms {
+            return Err("heartbeat_interval_ms must be smaller than election_timeout_min_ms".into());
+        }
+        if self.advertise_http_address.is_empty() {
+            self.advertise_http_address = self.address.clone();
+        }
+        if self.advertise_grpc_address.is_empty() {
+            self.advertise_grpc_address = self.grpc_address.clone();
+        }
+        if self.bootstrap && !self.initial_members.iter().any(|m| m.id == self.node_id) {
+            return Err(format!("initial_members: must include this member (node_id {})", self.node_id));
+        }
+        Ok(())
+    }
+
+    pub fn default_cluster_config(&self) -> ClusterConfig {
+        cluster_config(&self.cluster_defaults).unwrap_or_default()
+    }
+}
+
+/// Applies string fields to the default cluster config with the same rules as
+/// `PATCH /clusters/config`.
+fn cluster_config(fields: &BTreeMap<String, String>) -> Result<ClusterConfig, String> {
+    // Reuse the model's validation on a scratch cluster.
+    let scratch = moonraft_meta::store::ClusterStore {
+        name: "defaults".into(),
+        epoch: 0,
+        config: ClusterConfig::default(),
+        chunks: Vec::new(),
+    };
+    let mut store = moonraft_meta::Store::default();
+    store.clusters.insert(scratch.name.clone(), scratch);
+    store.change_config("defaults", fields).map_err(|e| match e {
+        moonraft_meta::MetaError::InvalidConfig { key, value, message } => format!("{key}={value:?}: {message}"),
+        other => other.to_string(),
+    })?;
+    Ok(store.clusters.get("defaults").map(|c| c.config.clone()).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_in_three_forms() {
+        let want = vec![
+            Member { id: 1, raft_address: "a:7800".into(), http_address: "a:7799".into() },
+            Member { id: 2, raft_address: "b:7800".into(), http_address: "b:7799".into() },
+        ];
+        let json = r#"[{"id":1,"raft_address":"a:7800","http_address":"a:7799"},{"id":2,"raft_address":"b:7800","http_address":"b:7799"}]"#;
+        assert_eq!(parse_members(json).unwrap(), want);
+        let toml = r#"[{ id = 1, raft_address = "a:7800", http_address = "a:7799" }, { id = 2, raft_address = "b:7800", http_address = "b:7799" }]"#;
+        assert_eq!(parse_members(toml).unwrap(), want);
+        assert_eq!(parse_members("1=a:7800/a:7799, 2=b:7800/b:7799").unwrap(), want);
+        assert!(parse_members("x").is_err());
+    }
+
+    #[test]
+    fn validation() {
+        let mut c = BrokerConfig::default();
+        assert!(c.finish().is_err(), "node_id is required");
+        c.set("node_id", "1").unwrap();
+        c.set("migration_scan_count", "0").unwrap_err();
+        c.set("compression_strategy", "set_get_only").unwrap();
+        assert_eq!(
+            c.default_cluster_config().compression_strategy,
+            moonraft_meta::store::CompressionStrategy::SetGetOnly
+        );
+        c.set("bootstrap", "true").unwrap();
+        assert!(c.finish().is_err(), "bootstrap needs this member in initial_members");
+        c.set("initial_members", "1=127.0.0.1:7800/127.0.0.1:7799").unwrap();
+        c.finish().unwrap();
+        assert_eq!(c.advertise_http_address, "127.0.0.1:7799");
+        c.set("sync_meta_interval", "10").unwrap();
+        assert!(c.set("nope", "1").is_err());
+    }
+}

@@ -1,0 +1,119 @@
+//! `moonraft broker`: one member of the Raft group that holds all metadata and serves
+//! `/api/v3` (HTTP) and the internal gRPC service.
+
+pub mod config;
+pub mod grpc;
+pub mod http;
+pub mod service;
+
+use anyhow::{Context, Result};
+use config::{BrokerConfig, Member};
+use moonraft_meta::command::Command;
+use moonraft_proto::raft::raft_internal_server::RaftInternalServer;
+use moonraft_raft::network::GrpcNetwork;
+use moonraft_raft::{storage, BrokerNode, Raft};
+use service::{ApiError, Broker};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
+
+fn raft_config(c: &BrokerConfig) -> Result<openraft::Config> {
+    let cfg = openraft::Config {
+        cluster_name: "moonraft".into(),
+        heartbeat_interval: c.heartbeat_interval_ms,
+        election_timeout_min: c.election_timeout_min_ms,
+        election_timeout_max: c.election_timeout_max_ms,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(c.snapshot_logs_since_last),
+        max_in_snapshot_log_to_keep: c.max_in_snapshot_log_to_keep,
+        ..Default::default()
+    };
+    cfg.validate().context("invalid raft timing settings")
+}
+
+/// Initialises the group with `members` (idempotent for the same member set).
+pub async fn initialize(broker: &Broker, members: &[Member]) -> Result<(), ApiError> {
+    let wanted: BTreeMap<u64, BrokerNode> = members.iter().map(|m| (m.id, m.node())).collect();
+    if broker.is_initialized() {
+        let current: BTreeMap<u64, BrokerNode> = broker.members().into_iter().map(|(id, n, _)| (id, n)).collect();
+        return if current == wanted { Ok(()) } else { Err(ApiError::AlreadyInitialized) };
+    }
+    match broker.raft.initialize(wanted).await {
+        Ok(()) => Ok(()),
+        Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(ApiError::InvalidMembership(e.to_string())),
+    }
+}
+
+/// Leader-only housekeeping: purge expired failure reports (reads never mutate) and record the
+/// ordered-proxy mode in a fresh group.
+async fn leader_duties(broker: Arc<Broker>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(broker.config.failure_purge_interval));
+    loop {
+        tick.tick().await;
+        if !broker.is_leader() {
+            continue;
+        }
+        let ttl = broker.config.failure_ttl;
+        let now = Broker::now();
+        let (expired, fresh) = broker.sm.read(|d| {
+            let expired = d.store.failures.values().flat_map(|r| r.values()).any(|t| now.saturating_sub(*t) >= ttl);
+            let fresh = d.store.global_epoch == 0 && d.store.all_proxies.is_empty();
+            (expired, fresh)
+        });
+        if expired {
+            if let Err(e) = broker.write(Command::PurgeFailures { now, failure_ttl: ttl }).await {
+                warn!("purging failure reports: {e}");
+            }
+        }
+        if fresh && broker.config.enable_ordered_proxy && !broker.sm.read(|d| d.store.enable_ordered_proxy) {
+            let _ = broker.write(Command::Initialize { enable_ordered_proxy: true }).await;
+        }
+    }
+}
+
+pub async fn run(mut config: BrokerConfig) -> Result<()> {
+    config.finish().map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    let (log, sm) = storage::open(&config.data_dir)?;
+    let raft = Raft::new(config.node_id, Arc::new(raft_config(&config)?), GrpcNetwork, log, sm.clone())
+        .await
+        .context("cannot start raft")?;
+    let http_listener = tokio::net::TcpListener::bind(&config.address)
+        .await
+        .with_context(|| format!("cannot listen on address {}", config.address))?;
+    let grpc_listener = tokio::net::TcpListener::bind(&config.grpc_address)
+        .await
+        .with_context(|| format!("cannot listen on grpc_address {}", config.grpc_address))?;
+    let broker = Arc::new(Broker { config, raft, sm, scale_lock: tokio::sync::Mutex::new(()) });
+    let router = http::router(broker.clone());
+    let grpc = tonic::transport::Server::builder()
+        .add_service(
+            RaftInternalServer::new(grpc::RaftService { broker: broker.clone(), router: router.clone() })
+                .max_decoding_message_size(256 * 1024 * 1024)
+                .max_encoding_message_size(256 * 1024 * 1024),
+        )
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener));
+    info!(
+        node_id = broker.node_id(),
+        http = %broker.config.address,
+        grpc = %broker.config.grpc_address,
+        data_dir = %broker.config.data_dir.display(),
+        "broker started"
+    );
+    if broker.config.bootstrap {
+        let members = broker.config.initial_members.clone();
+        if let Err(e) = initialize(&broker, &members).await {
+            warn!("bootstrap: {e} (the group was already initialised with other members)");
+        }
+    }
+    tokio::spawn(leader_duties(broker.clone()));
+    let http = axum::serve(http_listener, router);
+    tokio::select! {
+        r = http => r.context("http server failed")?,
+        r = grpc => r.context("grpc server failed")?,
+    }
+    let _ = broker.raft.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! The broker's service layer: proposes commands through Raft and reads the replicated store.
+//! HTTP (and later gRPC) handlers are thin adapters over it.
+
+use super::config::{BrokerConfig, ReadMode};
+use moonraft_meta::command::{Command, CommandOutput};
+use moonraft_meta::{MetaError, Store};
+use moonraft_raft::storage::StateMachine;
+use moonraft_raft::{BrokerNode, NodeId, Raft};
+use openraft::error::{ClientWriteError, RaftError};
+use std::time::Duration;
+use tracing::warn;
+
+/// Errors of the `/api/v3` surface beyond the model's own (`raft-broker.md` §5.3).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Meta(#[from] MetaError),
+    #[error("RETRY")]
+    Retry,
+    #[error("RAFT_NOT_INITIALIZED")]
+    NotInitialized,
+    #[error("RAFT_ALREADY_INITIALIZED")]
+    AlreadyInitialized,
+    #[error("INVALID_MEMBERSHIP")]
+    InvalidMembership(String),
+    #[error("INVALID_REQUEST")]
+    InvalidRequest(String),
+    #[error("USE_RAFT_MEMBERSHIP_API")]
+    UseRaftMembershipApi,
+}
+
+impl ApiError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::Meta(e) => e.status(),
+            ApiError::Retry | ApiError::AlreadyInitialized | ApiError::UseRaftMembershipApi => 409,
+            ApiError::NotInitialized => 503,
+            ApiError::InvalidMembership(_) | ApiError::InvalidRequest(_) => 400,
+        }
+    }
+}
+
+pub struct Broker {
+    pub config: BrokerConfig,
+    pub raft: Raft,
+    pub sm: StateMachine,
+    /// The scale lock of `http-api.md` §8; held on the leader only.
+    pub scale_lock: tokio::sync::Mutex<()>,
+}
+
+impl Broker {
+    pub fn node_id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.config.node_id)
+    }
+
+    /// The current leader and its addresses, if known.
+    pub fn leader(&self) -> Option<(NodeId, BrokerNode)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node))
+    }
+
+    pub fn members(&self) -> Vec<(NodeId, BrokerNode, bool)> {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        membership.nodes().map(|(id, n)| (*id, n.clone(), voters.contains(id))).collect()
+    }
+
+    pub fn is_initialized(&self) -> bool {
+        self.raft.metrics().borrow().membership_config.membership().nodes().next().is_some()
+    }
+
+    fn proposal_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.proposal_timeout_ms)
+    }
+
+    /// Proposes `cmd` and waits until it is committed by a majority and applied here.
+    pub async fn write(&self, cmd: Command) -> Result<CommandOutput, ApiError> {
+        if !self.is_initialized() {
+            return Err(ApiError::NotInitialized);
+        }
+        match tokio::time::timeout(self.proposal_timeout(), self.raft.client_write(cmd)).await {
+            Err(_) => Err(ApiError::Retry),
+            Ok(Ok(resp)) => resp.data.map_err(ApiError::Meta),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(ApiError::Retry),
+            Ok(Err(e)) => {
+                warn!("proposal failed: {e}");
+                Err(ApiError::Retry)
+            }
+        }
+    }
+
+    /// Reads the store; linearizable by default (the leader confirms its leadership first).
+    pub async fn read<T>(&self, f: impl FnOnce(&Store) -> T) -> Result<T, ApiError> {
+        if !self.is_initialized() {
+            return Err(ApiError::NotInitialized);
+        }
+        if self.config.read_mode == ReadMode::Linearizable {
+            match tokio::time::timeout(self.proposal_timeout(), self.raft.ensure_linearizable()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) | Err(_) => return Err(ApiError::Retry),
+            }
+        }
+        Ok(self.sm.read(|d| f(&d.store)))
+    }
+
+    /// Unix seconds on this member (the leader's clock goes into failure commands).
+    pub fn now() -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    }
+}

@@ -1,0 +1,324 @@
+//! `/api/v3` conformance against real broker processes: one suite, run against a 1-member and a
+//! 3-member group (the latter spreading requests over all members, so followers forward), plus
+//! restart and leader-kill checks with RocksDB on disk.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::cell::Cell;
+use std::time::Duration;
+
+/// Sends requests to the members in turn, retrying `409 RETRY` (transient during elections).
+struct Api {
+    addrs: Vec<String>,
+    next: Cell<usize>,
+}
+
+impl Api {
+    fn new(group: &BrokerGroup) -> Api {
+        Api {
+            addrs: group.members.iter().filter(|m| m.proc.child.is_some()).map(|m| m.http.clone()).collect(),
+            next: Cell::new(0),
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<&str>) -> HttpResponse {
+        self.call_with(method, path, body, &[])
+    }
+
+    fn call_with(&self, method: &str, path: &str, body: Option<&str>, headers: &[(&str, &str)]) -> HttpResponse {
+        for _ in 0..100 {
+            let i = self.next.get();
+            self.next.set(i + 1);
+            let addr = &self.addrs[i % self.addrs.len()];
+            match http_with(addr, method, &format!("/api/v3{path}"), body, headers) {
+                Ok(r) if r.status == 409 && r.body.starts_with(b"{\"error\":\"RETRY\"") => {}
+                Ok(r) if r.status == 503 => {}
+                Ok(r) => return r,
+                Err(_) => {}
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{method} {path}: no answer after retries");
+    }
+
+    fn ok(&self, method: &str, path: &str, body: Option<&str>) -> HttpResponse {
+        let r = self.call(method, path, body);
+        assert_eq!(r.status, 200, "{method} {path}: {} {}", r.status, String::from_utf8_lossy(&r.body));
+        r
+    }
+
+    fn err(&self, method: &str, path: &str, body: Option<&str>, status: u16, code: &str) {
+        let r = self.call(method, path, body);
+        assert_eq!((r.status, r.error_code()), (status, code.to_owned()), "{method} {path}");
+    }
+}
+
+fn register(api: &Api, i: u32) -> HttpResponse {
+    let body = json!({
+        "proxy_address": format!("server_proxy{i}:600{i}"),
+        "nodes": [format!("redis{}:6379", 2 * i - 1), format!("redis{}:6379", 2 * i)],
+    });
+    api.call("POST", "/proxies/meta", Some(&body.to_string()))
+}
+
+fn epoch(api: &Api) -> u64 {
+    api.ok("GET", "/epoch", None).json().as_u64().expect("epoch is a number")
+}
+
+/// The conformance suite: every endpoint, success and documented errors.
+fn conformance(api: &Api) {
+    assert_eq!(api.ok("GET", "/version", None).body, env!("CARGO_PKG_VERSION").as_bytes());
+    // register the walkthrough's six proxies
+    for i in 1..=6 {
+        assert_eq!(register(api, i).status, 200);
+    }
+    assert_eq!(epoch(api), 6);
+    let again = register(api, 1);
+    assert_eq!((again.status, again.error_code().as_str()), (409, "ALREADY_EXISTED"));
+    api.err(
+        "POST",
+        "/proxies/meta",
+        Some(r#"{"proxy_address":"nocolon","nodes":["a:1","a:2"]}"#),
+        400,
+        "INVALID_PROXY_ADDRESS",
+    );
+    api.err("POST", "/proxies/meta", Some(r#"{"proxy_address":"a:1","nodes":["a:1"]}"#), 400, "INVALID_REQUEST");
+    api.err("POST", "/proxies/meta", Some("{not json"), 400, "INVALID_REQUEST");
+    let addrs = api.ok("GET", "/proxies/addresses", None).json();
+    assert_eq!(addrs["addresses"].as_array().unwrap().len(), 6);
+    assert_eq!(addrs["addresses"][0], "server_proxy1:6001", "sorted");
+    let page = api.ok("GET", "/proxies/addresses?offset=2&limit=2", None).json();
+    assert_eq!(page["addresses"], json!(["server_proxy3:6003", "server_proxy4:6004"]));
+    // create a cluster
+    api.ok("POST", "/clusters/meta/mycluster", Some(r#"{"node_number": 4}"#));
+    assert_eq!(epoch(api), 7);
+    api.err("POST", "/clusters/meta/mycluster", Some(r#"{"node_number": 4}"#), 409, "ALREADY_EXISTED");
+    api.err("POST", "/clusters/meta/bad!name", Some(r#"{"node_number": 4}"#), 400, "INVALID_CLUSTER_NAME");
+    api.err("POST", "/clusters/meta/other", Some(r#"{"node_number": 6}"#), 400, "INVALID_NODE_NUMBER");
+    api.err("POST", "/clusters/meta/other", Some(r#"{"node_number": 12}"#), 409, "NO_AVAILABLE_RESOURCE");
+    api.err("POST", "/clusters/meta/other", Some(r#"{"nodes": 4}"#), 400, "INVALID_REQUEST");
+    let names = api.ok("GET", "/clusters/names", None).json();
+    assert_eq!(names, json!({"names": ["mycluster"]}));
+    let cluster = api.ok("GET", "/clusters/meta/mycluster", None).json();
+    let nodes = cluster["cluster"]["nodes"].as_array().unwrap().clone();
+    assert_eq!(nodes.len(), 4);
+    assert_eq!(cluster["cluster"]["epoch"], 7);
+    assert_eq!(nodes[0]["slots"][0]["range_list"], json!([[0, 8191]]));
+    assert_eq!(nodes[2]["slots"][0]["range_list"], json!([[8192, 16383]]));
+    assert!(nodes[0]["address"].as_str().unwrap().starts_with("redis"));
+    assert_eq!(api.ok("GET", "/clusters/meta/nosuch", None).json(), json!({"cluster": null}));
+    assert_eq!(api.ok("GET", "/clusters/meta/bad!name", None).json(), json!({"cluster": null}));
+    let info = api.ok("GET", "/clusters/info/mycluster", None).json();
+    assert_eq!(
+        info,
+        json!({"name": "mycluster", "node_number": 4, "node_number_with_slots": 4, "is_migrating": false})
+    );
+    api.err("GET", "/clusters/info/nosuch", None, 404, "CLUSTER_NOT_FOUND");
+    let first_proxy = nodes[0]["proxy_address"].as_str().unwrap().to_owned();
+    let p = api.ok("GET", &format!("/proxies/meta/{first_proxy}"), None).json();
+    assert_eq!(p["proxy"]["cluster_name"], "mycluster");
+    assert_eq!(p["proxy"]["peers"].as_array().unwrap().len(), 1);
+    assert_eq!(api.ok("GET", "/proxies/meta/nosuch:1", None).json(), json!({"proxy": null}));
+    // gzip only when asked
+    let gz = api.call_with("GET", "/clusters/meta/mycluster", None, &[("Accept-Encoding", "gzip")]);
+    assert_eq!(gz.header("content-encoding"), Some("gzip"));
+    assert_eq!(api.ok("GET", "/clusters/meta/mycluster", None).header("content-encoding"), None);
+    // scale out: PATCH + expand, one task exposed at a time, commit
+    let added = api.ok("PATCH", "/clusters/nodes/mycluster", Some(r#"{"node_number": 4}"#)).json();
+    assert_eq!(added.as_array().unwrap().len(), 4);
+    assert!(added.as_array().unwrap().iter().all(|n| n["slots"] == json!([])));
+    api.err("PUT", "/clusters/nodes/mycluster", Some(r#"{"cluster_node_number": 8}"#), 409, "NODE_NUM_ALREADY_ENOUGH");
+    api.err("POST", "/clusters/migrations/shrink/mycluster/4", None, 409, "FREE_NODE_FOUND");
+    api.ok("POST", "/clusters/migrations/expand/mycluster", None);
+    api.err("POST", "/clusters/migrations/expand/mycluster", None, 409, "MIGRATION_RUNNING");
+    api.err("PATCH", "/clusters/config/mycluster", Some(r#"{"migration_scan_count":"8"}"#), 409, "MIGRATION_RUNNING");
+    let c = api.ok("GET", "/clusters/meta/mycluster", None).json();
+    let tags: Vec<Value> = c["cluster"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|n| n["slots"].as_array().unwrap().clone())
+        .filter(|s| s["tag"] != "None")
+        .collect();
+    assert_eq!(tags.len(), 2, "one migrating and one importing range exposed: {tags:?}");
+    let migrating = tags.iter().find(|t| t["tag"].get("Migrating").is_some()).unwrap().clone();
+    let task = json!({"cluster_name": "mycluster", "slot_range": migrating});
+    api.ok("PUT", "/clusters/migrations", Some(&task.to_string()));
+    api.err("PUT", "/clusters/migrations", Some(&task.to_string()), 404, "MIGRATION_TASK_NOT_FOUND");
+    let none_tag = json!({"cluster_name": "mycluster", "slot_range": {"range_list": [[0, 1]], "tag": "None"}});
+    api.err("PUT", "/clusters/migrations", Some(&none_tag.to_string()), 400, "INVALID_MIGRATION_TASK");
+    // the second task is exposed now; commit it too
+    let c = api.ok("GET", "/clusters/meta/mycluster", None).json();
+    let next = c["cluster"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|n| n["slots"].as_array().unwrap().clone())
+        .find(|s| s["tag"].get("Importing").is_some())
+        .expect("second task exposed");
+    api.ok("PUT", "/clusters/migrations", Some(&json!({"cluster_name": "mycluster", "slot_range": next}).to_string()));
+    let info = api.ok("GET", "/clusters/info/mycluster", None).json();
+    assert_eq!(info["is_migrating"], false);
+    assert_eq!(info["node_number_with_slots"], 8);
+    // config
+    api.ok("PATCH", "/clusters/config/mycluster", Some(r#"{"compression_strategy":"set_get_only"}"#));
+    let bad = api.call("PATCH", "/clusters/config/mycluster", Some(r#"{"migration_scan_count":"0"}"#));
+    assert_eq!(bad.status, 400);
+    assert_eq!(
+        bad.json(),
+        json!({"error": "INVALID_CONFIG", "key": "migration_scan_count", "value": "0", "message": "INVALID_VALUE"})
+    );
+    // failures and failover
+    let victim = first_proxy.clone();
+    api.ok("POST", &format!("/failures/{victim}/coordinator1"), None);
+    assert_eq!(api.ok("GET", "/failures", None).json(), json!({"addresses": [victim]}));
+    let before = api.ok("GET", "/metadata", None).body;
+    api.ok("GET", "/failures", None);
+    assert_eq!(api.ok("GET", "/metadata", None).body, before, "GET /failures does not mutate");
+    let replaced = api.ok("POST", &format!("/proxies/failover/{victim}"), None).json();
+    let replacement = replaced["proxy"]["address"].as_str().expect("a replacement proxy").to_owned();
+    assert_ne!(replacement, victim);
+    assert_eq!(api.ok("POST", &format!("/proxies/failover/{victim}"), None).json(), json!({"proxy": null}));
+    assert_eq!(api.ok("GET", "/proxies/failed/addresses", None).json(), json!({"addresses": [victim]}));
+    api.err("POST", "/proxies/failover/nosuch:1", None, 404, "PROXY_NOT_FOUND");
+    api.err("DELETE", &format!("/proxies/meta/{replacement}"), None, 409, "IN_USE");
+    api.ok("DELETE", &format!("/proxies/meta/{victim}"), None);
+    api.err("DELETE", &format!("/proxies/meta/{victim}"), None, 404, "PROXY_NOT_FOUND");
+    api.ok("PUT", "/clusters/balance/mycluster", None);
+    api.err("PUT", "/clusters/balance/nosuch", None, 404, "CLUSTER_NOT_FOUND");
+    let check = api.ok("POST", "/resources/failures/check", None).json();
+    assert!(check["hosts_cannot_fail"].is_array());
+    // epochs
+    let e = epoch(api);
+    api.err("PUT", &format!("/epoch/{e}"), None, 409, "EPOCH_SMALLER_THAN_CURRENT");
+    api.ok("PUT", &format!("/epoch/{}", e + 10), None);
+    assert_eq!(epoch(api), e + 10);
+    // metadata dump and restore
+    let dump = api.ok("GET", "/metadata", None).json();
+    assert_eq!(dump["version"], "mem-broker-0.2");
+    assert_eq!(dump["global_epoch"], e + 10);
+    api.ok("PUT", "/metadata", Some(&dump.to_string()));
+    let mut old = dump.clone();
+    old["global_epoch"] = json!(1);
+    api.err("PUT", "/metadata", Some(&old.to_string()), 409, "EPOCH_SMALLER_THAN_CURRENT");
+    let mut wrong = dump.clone();
+    wrong["version"] = json!("mem-broker-0.1");
+    api.err("PUT", "/metadata", Some(&wrong.to_string()), 409, "INVALID_META_VERSION");
+    // shrink back and remove the drained chunk
+    api.ok("POST", "/clusters/migrations/shrink/mycluster/4", None);
+    loop {
+        let c = api.ok("GET", "/clusters/meta/mycluster", None).json();
+        let Some(t) = c["cluster"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|n| n["slots"].as_array().unwrap().clone())
+            .find(|s| s["tag"].get("Migrating").is_some())
+        else {
+            break;
+        };
+        api.ok("PUT", "/clusters/migrations", Some(&json!({"cluster_name": "mycluster", "slot_range": t}).to_string()));
+    }
+    api.ok("DELETE", "/clusters/free_nodes/mycluster", None);
+    api.err("DELETE", "/clusters/free_nodes/mycluster", None, 404, "FREE_NODE_NOT_FOUND");
+    assert_eq!(api.ok("GET", "/clusters/info/mycluster", None).json()["node_number"], 4);
+    // delete the cluster
+    api.ok("DELETE", "/clusters/meta/mycluster", None);
+    api.err("DELETE", "/clusters/meta/mycluster", None, 404, "CLUSTER_NOT_FOUND");
+    api.err("DELETE", "/clusters/meta/bad!name", None, 400, "INVALID_CLUSTER_NAME");
+    // compatibility endpoints
+    api.err("PUT", "/config", Some(r#"{"replica_addresses": []}"#), 409, "USE_RAFT_MEMBERSHIP_API");
+    let cfg = api.ok("GET", "/config", None).json();
+    assert_eq!(cfg["replica_addresses"].as_array().unwrap().len(), api.addrs.len() - 1);
+    // unknown routes and non-numeric path segments: 404
+    assert_eq!(api.call("GET", "/nope", None).status, 404);
+    assert_eq!(api.call("PUT", "/epoch/abc", None).status, 404);
+    assert_eq!(api.call("POST", "/clusters/migrations/shrink/mycluster/x", None).status, 404);
+}
+
+#[test]
+fn conformance_one_member() {
+    let group = BrokerGroup::start(1);
+    conformance(&Api::new(&group));
+}
+
+#[test]
+fn conformance_three_members_spread_over_all() {
+    let group = BrokerGroup::start(3);
+    let api = Api::new(&group);
+    conformance(&api);
+    // every member serves the same store (followers forward reads to the leader, and their
+    // own replicas converge)
+    let dumps: Vec<Vec<u8>> =
+        group.members.iter().map(|m| http(&m.http, "GET", "/api/v3/metadata", None).unwrap().body).collect();
+    assert!(dumps.windows(2).all(|w| w[0] == w[1]));
+    let status = group.members[0].status().unwrap();
+    assert_eq!(status["members"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn state_survives_restart_of_every_member() {
+    let mut group = BrokerGroup::start(3);
+    let api = Api::new(&group);
+    for i in 1..=4 {
+        assert_eq!(register(&api, i).status, 200);
+    }
+    api.ok("POST", "/clusters/meta/c1", Some(r#"{"node_number": 4}"#));
+    let before = api.ok("GET", "/metadata", None).body;
+    for m in &mut group.members {
+        m.proc.kill();
+    }
+    for m in &mut group.members {
+        m.spawn();
+    }
+    assert!(group.wait_leader(Duration::from_secs(20)).is_some(), "{}", group.logs());
+    let api = Api::new(&group);
+    assert_eq!(api.ok("GET", "/metadata", None).body, before, "state identical after a full restart");
+}
+
+#[test]
+fn killing_the_leader_loses_no_acknowledged_write() {
+    let mut group = BrokerGroup::start(3);
+    let leader = group.wait_leader(Duration::from_secs(10)).unwrap();
+    let api = Api::new(&group);
+    let mut acknowledged = Vec::new();
+    for i in 1..=20u32 {
+        if i == 10 {
+            let m = group.members.iter_mut().find(|m| m.id == leader).unwrap();
+            m.proc.kill();
+        }
+        let body =
+            json!({"proxy_address": format!("p{i}:6000"), "nodes": [format!("p{i}:7000"), format!("p{i}:7001")]});
+        let api = Api {
+            addrs: group.members.iter().filter(|m| m.proc.child.is_some()).map(|m| m.http.clone()).collect(),
+            next: api.next.clone(),
+        };
+        let r = api.call("POST", "/proxies/meta", Some(&body.to_string()));
+        if r.status == 200 || r.error_code() == "ALREADY_EXISTED" {
+            acknowledged.push(format!("p{i}:6000"));
+        }
+    }
+    assert_eq!(acknowledged.len(), 20);
+    let survivors = Api {
+        addrs: group.members.iter().filter(|m| m.proc.child.is_some()).map(|m| m.http.clone()).collect(),
+        next: Default::default(),
+    };
+    let addrs = survivors.ok("GET", "/proxies/addresses", None).json();
+    for a in &acknowledged {
+        assert!(addrs["addresses"].as_array().unwrap().contains(&json!(a)), "{a} lost");
+    }
+    // the killed member comes back and catches up
+    let m = group.members.iter_mut().find(|m| m.id == leader).unwrap();
+    m.spawn();
+    let back = m.http.clone();
+    assert!(eventually(Duration::from_secs(20), || {
+        http(&back, "GET", "/api/v3/raft/status", None)
+            .ok()
+            .map(|r| {
+                r.json()["last_applied_index"] == survivors.ok("GET", "/raft/status", None).json()["last_applied_index"]
+            })
+            .unwrap_or(false)
+    }));
+}
