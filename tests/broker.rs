@@ -322,3 +322,43 @@ fn killing_the_leader_loses_no_acknowledged_write() {
             .unwrap_or(false)
     }));
 }
+
+#[test]
+fn a_minority_refuses_writes_and_linearizable_reads() {
+    let mut group = BrokerGroup::start_with(3, &["--proposal-timeout-ms", "1000", "--forward-timeout-ms", "1000"]);
+    let api = Api::new(&group);
+    assert_eq!(register(&api, 1).status, 200);
+    // leave one member alone
+    for m in group.members.iter_mut().skip(1) {
+        m.proc.kill();
+    }
+    let alone = group.members[0].http.clone();
+    // wait until it has noticed (a lone former leader keeps its role until its lease runs out)
+    std::thread::sleep(Duration::from_millis(1500));
+    let body = json!({"proxy_address": "q:6000", "nodes": ["q:7000", "q:7001"]}).to_string();
+    for _ in 0..3 {
+        let w = http(&alone, "POST", "/api/v3/proxies/meta", Some(&body)).unwrap();
+        assert_eq!((w.status, w.error_code().as_str()), (409, "RETRY"), "write on a minority");
+        let r = http(&alone, "GET", "/api/v3/proxies/addresses", None).unwrap();
+        assert_eq!((r.status, r.error_code().as_str()), (409, "RETRY"), "linearizable read on a minority");
+    }
+    // bring one back: a majority again, and the refused write was never applied
+    group.members[1].spawn();
+    assert!(group.wait_leader(Duration::from_secs(20)).is_some(), "{}", group.logs());
+    let api = Api { addrs: vec![alone, group.members[1].http.clone()], next: Default::default() };
+    let addrs = api.ok("GET", "/proxies/addresses", None).json();
+    assert_eq!(addrs["addresses"], json!(["server_proxy1:6001"]));
+}
+
+#[test]
+fn oversized_and_malformed_bodies() {
+    let group = BrokerGroup::start_with(1, &["--max-body-bytes", "1024"]);
+    let api = Api::new(&group);
+    let big = format!(r#"{{"node_number": 4, "pad": "{}"}}"#, "x".repeat(4096));
+    assert_eq!(api.call("POST", "/clusters/meta/c", Some(&big)).status, 413);
+    api.err("POST", "/clusters/meta/c", Some(r#"{"node_number": "four"}"#), 400, "INVALID_REQUEST");
+    api.err("POST", "/clusters/meta/c", Some(r#"{"node_number": -4}"#), 400, "INVALID_REQUEST");
+    api.err("PUT", "/metadata", Some(r#"{"version": 3}"#), 400, "INVALID_REQUEST");
+    // nothing was applied
+    assert_eq!(epoch(&api), 0);
+}

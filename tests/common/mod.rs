@@ -486,6 +486,11 @@ pub struct BrokerGroup {
 
 impl BrokerGroup {
     pub fn start(n: usize) -> BrokerGroup {
+        BrokerGroup::start_with(n, &[])
+    }
+
+    /// Starts `n` members with `extra` flags added to each.
+    pub fn start_with(n: usize, extra: &[&str]) -> BrokerGroup {
         let dir = TempDir::new("brokers");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let initial = ports
@@ -520,6 +525,7 @@ impl BrokerGroup {
                 "1",
             ]
             .iter()
+            .chain(extra.iter())
             .map(|s| s.to_string())
             .collect();
             let mut m = BrokerProc {
