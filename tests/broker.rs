@@ -362,3 +362,65 @@ fn oversized_and_malformed_bodies() {
     // nothing was applied
     assert_eq!(epoch(&api), 0);
 }
+
+#[test]
+fn a_learner_catches_up_and_becomes_a_voter() {
+    let mut group = BrokerGroup::start(3);
+    let api = Api::new(&group);
+    for i in 1..=4 {
+        assert_eq!(register(&api, i).status, 200);
+    }
+    api.ok("POST", "/clusters/meta/c", Some(r#"{"node_number": 4}"#));
+    // a fourth broker, started empty (no bootstrap)
+    let (h, g) = (free_port(), free_port());
+    let dir = TempDir::new("learner");
+    let mut learner = BrokerProc {
+        id: 4,
+        http: format!("127.0.0.1:{h}"),
+        grpc: format!("127.0.0.1:{g}"),
+        proc: Proc { child: None },
+        dir: dir.0.join("data"),
+        log: dir.0.join("b4.log"),
+        args: [
+            "--node-id",
+            "4",
+            "--address",
+            &format!("127.0.0.1:{h}"),
+            "--grpc-address",
+            &format!("127.0.0.1:{g}"),
+            "--heartbeat-interval-ms",
+            "100",
+            "--election-timeout-min-ms",
+            "400",
+            "--election-timeout-max-ms",
+            "800",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["--data-dir".to_string(), dir.0.join("data").to_string_lossy().into_owned()])
+        .collect(),
+    };
+    learner.spawn();
+    assert!(eventually(Duration::from_secs(10), || learner.status().is_some()));
+    let uninit = http(&learner.http, "GET", "/api/v3/epoch", None).unwrap();
+    assert_eq!((uninit.status, uninit.error_code().as_str()), (503, "RAFT_NOT_INITIALIZED"));
+    let body = json!({"id": 4, "raft_address": learner.grpc, "http_address": learner.http}).to_string();
+    api.ok("POST", "/raft/learners", Some(&body));
+    // the learner's own replica reaches the same store: compare its state with the leader's
+    let want = api.ok("GET", "/metadata", None).body;
+    assert!(eventually(Duration::from_secs(20), || {
+        learner
+            .status()
+            .map(|s| s["last_applied_index"] == api.ok("GET", "/raft/status", None).json()["last_applied_index"])
+            .unwrap_or(false)
+    }));
+    // reads through the learner are forwarded; the dump is the same bytes
+    assert_eq!(http(&learner.http, "GET", "/api/v3/metadata", None).unwrap().body, want);
+    api.err("PUT", "/raft/membership", Some(r#"{"voters": [1, 2, 9]}"#), 400, "INVALID_MEMBERSHIP");
+    api.err("PUT", "/raft/membership", Some(r#"{"voters": []}"#), 400, "INVALID_MEMBERSHIP");
+    api.ok("PUT", "/raft/membership", Some(r#"{"voters": [1, 2, 3, 4]}"#));
+    let status = learner.status().unwrap();
+    assert!(status["members"].as_array().unwrap().iter().all(|m| m["voter"] == true), "{status}");
+    group.members[2].proc.kill();
+    assert_eq!(register(&Api { addrs: vec![learner.http.clone()], next: Default::default() }, 5).status, 200);
+}

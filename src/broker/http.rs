@@ -51,7 +51,9 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/resources/failures/check", post(resource_check))
         .route("/config", get(get_config).put(put_config))
         .route("/raft/status", get(raft_status))
-        .route("/raft/init", post(raft_init));
+        .route("/raft/init", post(raft_init))
+        .route("/raft/learners", post(raft_add_learner))
+        .route("/raft/membership", put(raft_change_membership));
     Router::new()
         .nest("/api/v3", api)
         .layer(middleware::from_fn_with_state(broker.clone(), forward_to_leader))
@@ -402,6 +404,62 @@ async fn raft_init(State(b): Shared, body: Bytes) -> ApiResult {
         }
         super::initialize(&b, &req.members).await?;
         Ok(empty())
+    };
+    ApiResult(run.await)
+}
+
+async fn raft_add_learner(State(b): Shared, body: Bytes) -> ApiResult {
+    let run = async {
+        let m: super::config::Member = parse_body(&body)?;
+        if m.id == 0 {
+            return Err(ApiError::InvalidMembership("id must be positive".into()));
+        }
+        if !b.is_initialized() {
+            return Err(ApiError::NotInitialized);
+        }
+        let timeout = std::time::Duration::from_millis(b.config.proposal_timeout_ms * 4);
+        match tokio::time::timeout(timeout, b.raft.add_learner(m.id, m.node(), true)).await {
+            Err(_) => Err(ApiError::Retry),
+            Ok(Ok(_)) => Ok(empty()),
+            Ok(Err(openraft::error::RaftError::APIError(e))) => match e {
+                openraft::error::ClientWriteError::ForwardToLeader(_) => Err(ApiError::Retry),
+                other => Err(ApiError::InvalidMembership(other.to_string())),
+            },
+            Ok(Err(_)) => Err(ApiError::Retry),
+        }
+    };
+    ApiResult(run.await)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MembershipRequest {
+    voters: Vec<u64>,
+    #[serde(default)]
+    remove: bool,
+}
+
+async fn raft_change_membership(State(b): Shared, body: Bytes) -> ApiResult {
+    let run = async {
+        let req: MembershipRequest = parse_body(&body)?;
+        let known: std::collections::BTreeSet<u64> = b.members().into_iter().map(|(id, _, _)| id).collect();
+        let voters: std::collections::BTreeSet<u64> = req.voters.iter().copied().collect();
+        if voters.is_empty() {
+            return Err(ApiError::InvalidMembership("the voter set is empty".into()));
+        }
+        if let Some(unknown) = voters.iter().find(|v| !known.contains(v)) {
+            return Err(ApiError::InvalidMembership(format!("{unknown} is not a member or learner")));
+        }
+        let timeout = std::time::Duration::from_millis(b.config.proposal_timeout_ms * 4);
+        match tokio::time::timeout(timeout, b.raft.change_membership(voters, !req.remove)).await {
+            Err(_) => Err(ApiError::Retry),
+            Ok(Ok(_)) => Ok(empty()),
+            Ok(Err(openraft::error::RaftError::APIError(e))) => match e {
+                openraft::error::ClientWriteError::ForwardToLeader(_) => Err(ApiError::Retry),
+                other => Err(ApiError::InvalidMembership(other.to_string())),
+            },
+            Ok(Err(_)) => Err(ApiError::Retry),
+        }
     };
     ApiResult(run.await)
 }
