@@ -76,13 +76,25 @@ pub async fn forward(broker: &Broker, leader: &BrokerNode, req: Request) -> Resu
     let path_and_query = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
     let msg = ForwardRequest { method: parts.method.as_str().to_owned(), path_and_query, headers, body: body.to_vec() };
     let timeout = Duration::from_millis(broker.config.forward_timeout_ms);
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", leader.raft_address))
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(timeout);
-    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    let channel = {
+        let mut channels = broker.forward_channels.lock().unwrap_or_else(|e| e.into_inner());
+        match channels.get(&leader.raft_address) {
+            Some(c) => c.clone(),
+            None => {
+                let c = tonic::transport::Endpoint::from_shared(format!("http://{}", leader.raft_address))
+                    .map_err(|e| e.to_string())?
+                    .connect_timeout(Duration::from_secs(1))
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                channels.insert(leader.raft_address.clone(), c.clone());
+                c
+            }
+        }
+    };
     let mut client = RaftInternalClient::new(channel).max_decoding_message_size(usize::MAX);
-    let reply = client.forward(msg).await.map_err(|e| e.to_string())?.into_inner();
+    let mut request = tonic::Request::new(msg);
+    request.set_timeout(timeout);
+    let reply = client.forward(request).await.map_err(|e| e.to_string())?.into_inner();
     let mut resp = Response::new(Body::from(reply.body));
     *resp.status_mut() = StatusCode::from_u16(reply.status as u16).map_err(|e| e.to_string())?;
     for h in reply.headers {

@@ -86,15 +86,24 @@ pub async fn run(mut config: BrokerConfig) -> Result<()> {
     let grpc_listener = tokio::net::TcpListener::bind(&config.grpc_address)
         .await
         .with_context(|| format!("cannot listen on grpc_address {}", config.grpc_address))?;
-    let broker = Arc::new(Broker { config, raft, sm, scale_lock: tokio::sync::Mutex::new(()) });
+    let broker = Arc::new(Broker {
+        config,
+        raft,
+        sm,
+        scale_lock: tokio::sync::Mutex::new(()),
+        forward_channels: std::sync::Mutex::new(std::collections::HashMap::new()),
+    });
     let router = http::router(broker.clone());
+    // No Nagle on Raft and forwarding traffic either.
+    let grpc_incoming = tonic::transport::server::TcpIncoming::from_listener(grpc_listener, true, None)
+        .map_err(|e| anyhow::anyhow!("grpc listener: {e}"))?;
     let grpc = tonic::transport::Server::builder()
         .add_service(
             RaftInternalServer::new(grpc::RaftService { broker: broker.clone(), router: router.clone() })
                 .max_decoding_message_size(256 * 1024 * 1024)
                 .max_encoding_message_size(256 * 1024 * 1024),
         )
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener));
+        .serve_with_incoming(grpc_incoming);
     info!(
         node_id = broker.node_id(),
         http = %broker.config.address,
@@ -109,7 +118,8 @@ pub async fn run(mut config: BrokerConfig) -> Result<()> {
         }
     }
     tokio::spawn(leader_duties(broker.clone()));
-    let http = axum::serve(http_listener, router);
+    // No Nagle: small JSON replies must not wait for a delayed ACK.
+    let http = axum::serve(http_listener, router).tcp_nodelay(true);
     tokio::select! {
         r = http => r.context("http server failed")?,
         r = grpc => r.context("grpc server failed")?,

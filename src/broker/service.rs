@@ -46,6 +46,9 @@ pub struct Broker {
     pub sm: StateMachine,
     /// The scale lock of `http-api.md` §8; held on the leader only.
     pub scale_lock: tokio::sync::Mutex<()>,
+    /// gRPC channels to the leader for forwarding, by raft address (they reconnect by
+    /// themselves, so one per address is enough).
+    pub forward_channels: std::sync::Mutex<std::collections::HashMap<String, tonic::transport::Channel>>,
 }
 
 impl Broker {
