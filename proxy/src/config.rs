@@ -103,7 +103,8 @@ fn number<T: std::str::FromStr>(v: &str) -> Result<T, String> {
     v.trim().parse::<T>().map_err(|_| format!("expected an integer, got {v:?}"))
 }
 
-fn boolean(v: &str) -> Result<bool, String> {
+/// `true/false`, `1/0`, `yes/no`, `on/off` (case-insensitive).
+pub fn boolean(v: &str) -> Result<bool, String> {
     match v.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),

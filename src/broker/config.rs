@@ -1,6 +1,7 @@
 //! Broker configuration (`raft-broker.md` §3), set key by key from strings like the proxy's.
 
 use moonraft_meta::store::ClusterConfig;
+use moonraft_proxy::config::boolean;
 use moonraft_raft::BrokerNode;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -143,14 +144,6 @@ fn positive(v: &str) -> Result<u64, String> {
     match num::<u64>(v)? {
         0 => Err(format!("expected a positive integer, got {v:?}")),
         n => Ok(n),
-    }
-}
-
-fn boolean(v: &str) -> Result<bool, String> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(format!("expected true or false, got {v:?}")),
     }
 }
 

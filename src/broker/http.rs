@@ -417,18 +417,31 @@ async fn raft_add_learner(State(b): Shared, body: Bytes) -> ApiResult {
         if !b.is_initialized() {
             return Err(ApiError::NotInitialized);
         }
-        let timeout = std::time::Duration::from_millis(b.config.proposal_timeout_ms * 4);
-        match tokio::time::timeout(timeout, b.raft.add_learner(m.id, m.node(), true)).await {
-            Err(_) => Err(ApiError::Retry),
-            Ok(Ok(_)) => Ok(empty()),
-            Ok(Err(openraft::error::RaftError::APIError(e))) => match e {
-                openraft::error::ClientWriteError::ForwardToLeader(_) => Err(ApiError::Retry),
-                other => Err(ApiError::InvalidMembership(other.to_string())),
-            },
-            Ok(Err(_)) => Err(ApiError::Retry),
-        }
+        membership_change(&b, b.raft.add_learner(m.id, m.node(), true)).await
     };
     ApiResult(run.await)
+}
+
+type MembershipResult = Result<
+    openraft::raft::ClientWriteResponse<moonraft_raft::TypeConfig>,
+    openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, moonraft_raft::BrokerNode>>,
+>;
+
+/// Waits (bounded) for a membership change; a lost leadership is a `RETRY`.
+async fn membership_change(
+    b: &Broker,
+    change: impl std::future::Future<Output = MembershipResult>,
+) -> Result<Response, ApiError> {
+    let timeout = std::time::Duration::from_millis(b.config.proposal_timeout_ms * 4);
+    match tokio::time::timeout(timeout, change).await {
+        Err(_) => Err(ApiError::Retry),
+        Ok(Ok(_)) => Ok(empty()),
+        Ok(Err(openraft::error::RaftError::APIError(e))) => match e {
+            openraft::error::ClientWriteError::ForwardToLeader(_) => Err(ApiError::Retry),
+            other => Err(ApiError::InvalidMembership(other.to_string())),
+        },
+        Ok(Err(_)) => Err(ApiError::Retry),
+    }
 }
 
 #[derive(Deserialize)]
@@ -450,16 +463,7 @@ async fn raft_change_membership(State(b): Shared, body: Bytes) -> ApiResult {
         if let Some(unknown) = voters.iter().find(|v| !known.contains(v)) {
             return Err(ApiError::InvalidMembership(format!("{unknown} is not a member or learner")));
         }
-        let timeout = std::time::Duration::from_millis(b.config.proposal_timeout_ms * 4);
-        match tokio::time::timeout(timeout, b.raft.change_membership(voters, !req.remove)).await {
-            Err(_) => Err(ApiError::Retry),
-            Ok(Ok(_)) => Ok(empty()),
-            Ok(Err(openraft::error::RaftError::APIError(e))) => match e {
-                openraft::error::ClientWriteError::ForwardToLeader(_) => Err(ApiError::Retry),
-                other => Err(ApiError::InvalidMembership(other.to_string())),
-            },
-            Ok(Err(_)) => Err(ApiError::Retry),
-        }
+        membership_change(&b, b.raft.change_membership(voters, !req.remove)).await
     };
     ApiResult(run.await)
 }
