@@ -424,3 +424,20 @@ fn a_learner_catches_up_and_becomes_a_voter() {
     group.members[2].proc.kill();
     assert_eq!(register(&Api { addrs: vec![learner.http.clone()], next: Default::default() }, 5).status, 200);
 }
+
+#[test]
+fn epoch_recovery_jumps_past_every_proxy() {
+    let group = BrokerGroup::start(1);
+    let api = Api::new(&group);
+    // a real proxy that has seen epoch 100 (e.g. the broker was restored from an old backup)
+    let proxy = Proxy::start(&[]);
+    let set = proxy.conn().cmd(&["UMCTL", "SETCLUSTER", "v2", "100", "NOFLAG", ""]);
+    assert_eq!(set, simple("OK"));
+    let body = json!({"proxy_address": proxy.addr(), "nodes": ["127.0.0.1:1", "127.0.0.1:2"]}).to_string();
+    api.ok("POST", "/proxies/meta", Some(&body));
+    let gone = json!({"proxy_address": "127.0.0.1:1", "nodes": ["127.0.0.1:3", "127.0.0.1:4"]}).to_string();
+    api.ok("POST", "/proxies/meta", Some(&gone));
+    let r = api.ok("PUT", "/epoch/recovery", None).json();
+    assert_eq!(r, json!({"failed_addresses": ["127.0.0.1:1"]}));
+    assert_eq!(epoch(&api), 102);
+}

@@ -47,6 +47,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/failures/:addr/:reporter", post(report_failure))
         .route("/failures", get(failures))
         .route("/epoch", get(get_epoch))
+        .route("/epoch/recovery", put(recover_epoch))
         .route("/epoch/:n", put(force_epoch))
         .route("/resources/failures/check", post(resource_check))
         .route("/config", get(get_config).put(put_config))
@@ -355,6 +356,33 @@ async fn get_epoch(State(b): Shared) -> ApiResult {
 async fn force_epoch(State(b): Shared, Path(n): Path<String>) -> ApiResult {
     let Ok(n) = n.parse::<u64>() else { return ApiResult(Ok(not_found())) };
     ApiResult(b.write(Command::ForceEpoch { new_epoch: n }).await.map(|_| empty()))
+}
+
+/// `PUT /epoch/recovery` (`http-api.md` §5.19): ask every registered proxy for its epoch and
+/// jump past the largest one.
+async fn recover_epoch(State(b): Shared) -> ApiResult {
+    let run = async {
+        let proxies = b.read(|s| s.all_proxies.keys().cloned().collect::<Vec<_>>()).await?;
+        let mut tasks = tokio::task::JoinSet::new();
+        for p in proxies {
+            tasks.spawn(async move {
+                let epoch = super::proxy_epoch(&p, std::time::Duration::from_secs(1)).await;
+                (p, epoch)
+            });
+        }
+        let (mut max, mut failed) = (0u64, Vec::new());
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((_, Some(e))) => max = max.max(e),
+                Ok((p, None)) => failed.push(p),
+                Err(_) => {}
+            }
+        }
+        failed.sort();
+        b.write(Command::RecoverEpoch { observed_max_epoch: max }).await?;
+        Ok(json_ok(&json!({"failed_addresses": failed})))
+    };
+    ApiResult(run.await)
 }
 
 async fn resource_check(State(b): Shared) -> ApiResult {

@@ -31,6 +31,23 @@ fn raft_config(c: &BrokerConfig) -> Result<openraft::Config> {
     cfg.validate().context("invalid raft timing settings")
 }
 
+/// `UMCTL GETEPOCH` on a proxy, bounded by `timeout`; `None` if it cannot be asked.
+pub async fn proxy_epoch(address: &str, timeout: Duration) -> Option<u64> {
+    use tokio::io::AsyncWriteExt;
+    let ask = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+        let req = moonraft_proxy::resp::Request::from_strs(&["UMCTL", "GETEPOCH"]);
+        stream.write_all(&req.raw).await.ok()?;
+        let mut buf = bytes::BytesMut::new();
+        let reply = moonraft_proxy::backend::read_reply(&mut stream, &mut buf, 1 << 16).await.ok()?;
+        match moonraft_proxy::resp::Frame::parse(&reply) {
+            Ok(Some((moonraft_proxy::resp::Frame::Integer(e), _))) if e >= 0 => Some(e as u64),
+            _ => None,
+        }
+    };
+    tokio::time::timeout(timeout, ask).await.ok().flatten()
+}
+
 /// Initialises the group with `members` (idempotent for the same member set).
 pub async fn initialize(broker: &Broker, members: &[Member]) -> Result<(), ApiError> {
     let wanted: BTreeMap<u64, BrokerNode> = members.iter().map(|m| (m.id, m.node())).collect();
