@@ -441,3 +441,43 @@ fn epoch_recovery_jumps_past_every_proxy() {
     assert_eq!(r, json!({"failed_addresses": ["127.0.0.1:1"]}));
     assert_eq!(epoch(&api), 102);
 }
+
+#[test]
+fn auto_scales_out_after_proxies_sync_and_gives_up_when_they_do_not() {
+    let group = BrokerGroup::start_with(1, &["--auto-sync-timeout-ms", "1500"]);
+    let api = Api::new(&group);
+    let proxies: Vec<Proxy> = (0..6).map(|_| Proxy::start(&[])).collect();
+    for (i, p) in proxies.iter().enumerate() {
+        let body = json!({
+            "proxy_address": p.addr(),
+            "nodes": [format!("127.0.0.{}:7000", i + 1), format!("127.0.0.{}:7001", i + 1)],
+            "host": format!("host{i}"),
+        });
+        api.ok("POST", "/proxies/meta", Some(&body.to_string()));
+    }
+    api.ok("POST", "/clusters/meta/c", Some(r#"{"node_number": 4}"#));
+    api.ok("POST", "/clusters/migrations/auto/c/4", None); // same size: nothing to do
+                                                           // no coordinator pushes metadata, so the proxies never reach the new epoch: bounded wait
+    let r = api.call("POST", "/clusters/migrations/auto/c/8", None);
+    assert_eq!((r.status, r.error_code().as_str()), (500, "PROXY_NOT_SYNC"));
+    assert_eq!(api.ok("GET", "/clusters/info/c", None).json()["node_number"], 8);
+    // a retry first removes the chunks the failed call added, then adds them again
+    let addrs: Vec<String> = proxies.iter().map(Proxy::addr).collect();
+    let target = api.addrs[0].clone();
+    let caller = std::thread::spawn(move || {
+        http(&target, "POST", "/api/v3/clusters/migrations/auto/c/8", None).expect("auto call")
+    });
+    // play the coordinator: every proxy gets a newer epoch
+    std::thread::sleep(Duration::from_millis(300));
+    for a in &addrs {
+        let port: u16 = a.rsplit(':').next().unwrap().parse().unwrap();
+        assert_eq!(Conn::connect(port).cmd(&["UMCTL", "SETCLUSTER", "v2", "1000", "NOFLAG", ""]), simple("OK"));
+    }
+    let r = caller.join().unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let info = api.ok("GET", "/clusters/info/c", None).json();
+    assert_eq!(info["node_number"], 8, "chunks were not added twice");
+    assert_eq!(info["is_migrating"], true, "expand started");
+    api.err("POST", "/clusters/migrations/auto/c/8", None, 409, "MIGRATION_RUNNING");
+    assert_eq!(api.call("POST", "/clusters/migrations/auto/c/x", None).status, 404);
+}

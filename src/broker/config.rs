@@ -53,6 +53,9 @@ pub struct BrokerConfig {
     pub cluster_defaults: BTreeMap<String, String>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// How long `auto` waits for proxies to reach the new epoch (undermoon waited forever,
+    /// weak point 17).
+    pub auto_sync_timeout_ms: u64,
     pub log: String,
 }
 
@@ -84,6 +87,7 @@ impl Default for BrokerConfig {
             enable_ordered_proxy: false,
             cluster_defaults: BTreeMap::new(),
             max_body_bytes: 16 * 1024 * 1024,
+            auto_sync_timeout_ms: 60_000,
             log: "info".into(),
         }
     }
@@ -117,6 +121,7 @@ pub const BROKER_KEYS: &[&str] = &[
     "migration_scan_interval",
     "migration_scan_count",
     "max_body_bytes",
+    "auto_sync_timeout_ms",
     "log",
 ];
 
@@ -222,6 +227,7 @@ impl BrokerConfig {
                 self.cluster_defaults = probe;
             }
             "max_body_bytes" => self.max_body_bytes = positive(value)? as usize,
+            "auto_sync_timeout_ms" => self.auto_sync_timeout_ms = positive(value)?,
             "log" => self.log = value.to_owned(),
             k if IGNORED_KEYS.contains(&k) => {
                 tracing::warn!("config key {k} does not apply to the Raft broker and is ignored")

@@ -9,7 +9,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::Router;
-use moonraft_meta::command::{Command, CommandOutput};
+use moonraft_meta::command::{AutoStep, Command, CommandOutput};
 use moonraft_meta::failover::FailoverOutcome;
 use moonraft_meta::store::{RegisterProxy, SlotRange};
 use moonraft_meta::{view, MetaError, Store};
@@ -36,6 +36,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/clusters/free_nodes/:name", delete(delete_free_nodes))
         .route("/clusters/migrations/shrink/:name/:n", post(shrink))
         .route("/clusters/migrations/expand/:name", post(expand))
+        .route("/clusters/migrations/auto/:name/:n", post(auto_scale))
         .route("/clusters/migrations", put(commit_migration))
         .route("/clusters/config/:name", axum::routing::patch(change_config))
         .route("/clusters/balance/:name", put(balance))
@@ -252,6 +253,49 @@ async fn shrink(State(b): Shared, Path((name, n)): Path<(String, String)>) -> Ap
 
 async fn expand(State(b): Shared, Path(name): Path<String>) -> ApiResult {
     ApiResult(scaling(&b, Command::ExpandSlots { name }).await.map(|_| empty()))
+}
+
+/// `POST /clusters/migrations/auto/{name}/{n}` (`http-api.md` §5.12): one retry-friendly call
+/// to resize a cluster. Holds the scale lock for the whole call; the wait for proxies is
+/// bounded (`auto_sync_timeout_ms`).
+async fn auto_scale(State(b): Shared, Path((name, n)): Path<(String, String)>) -> ApiResult {
+    let Ok(n) = n.parse::<u64>() else { return ApiResult(Ok(not_found())) };
+    let run = async {
+        let Ok(_guard) = b.scale_lock.try_lock() else {
+            return Err(ApiError::Meta(MetaError::NodeNumberChanging));
+        };
+        let step = b.write(Command::AutoPhase1 { name: name.clone(), node_number: n }).await?;
+        let CommandOutput::Auto(AutoStep::WaitForProxies { proxies, epoch }) = step else {
+            return Ok(empty());
+        };
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(b.config.auto_sync_timeout_ms);
+        let mut failed_rounds = 0;
+        loop {
+            let mut all_synced = true;
+            let mut any_failed = false;
+            for p in &proxies {
+                match super::proxy_epoch(p, std::time::Duration::from_secs(1)).await {
+                    Some(e) if e >= epoch => {}
+                    Some(_) => all_synced = false,
+                    None => {
+                        all_synced = false;
+                        any_failed = true;
+                    }
+                }
+            }
+            if all_synced {
+                break;
+            }
+            failed_rounds += usize::from(any_failed);
+            if failed_rounds >= 30 || tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::ProxyNotSync);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        b.write(Command::AutoPhase2 { name, node_number: n }).await?;
+        Ok(empty())
+    };
+    ApiResult(run.await)
 }
 
 #[derive(Deserialize)]

@@ -27,6 +27,8 @@ pub enum ApiError {
     InvalidRequest(String),
     #[error("USE_RAFT_MEMBERSHIP_API")]
     UseRaftMembershipApi,
+    #[error("PROXY_NOT_SYNC")]
+    ProxyNotSync,
 }
 
 impl ApiError {
@@ -36,6 +38,7 @@ impl ApiError {
             ApiError::Retry | ApiError::AlreadyInitialized | ApiError::UseRaftMembershipApi => 409,
             ApiError::NotInitialized => 503,
             ApiError::InvalidMembership(_) | ApiError::InvalidRequest(_) => 400,
+            ApiError::ProxyNotSync => 500,
         }
     }
 }
