@@ -481,3 +481,18 @@ fn auto_scales_out_after_proxies_sync_and_gives_up_when_they_do_not() {
     api.err("POST", "/clusters/migrations/auto/c/8", None, 409, "MIGRATION_RUNNING");
     assert_eq!(api.call("POST", "/clusters/migrations/auto/c/x", None).status, 404);
 }
+
+#[test]
+fn a_broker_refuses_another_members_data_dir() {
+    let mut group = BrokerGroup::start(1);
+    group.members[0].proc.kill();
+    let data = group.members[0].dir.clone();
+    let out = std::process::Command::new(BIN)
+        .args(["broker", "--node-id", "7", "--address", &format!("127.0.0.1:{}", free_port())])
+        .args(["--grpc-address", &format!("127.0.0.1:{}", free_port()), "--data-dir", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("belongs to broker node_id 1, not 7"), "{err}");
+}

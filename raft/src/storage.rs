@@ -35,6 +35,7 @@ const KEY_VOTE: &[u8] = b"vote";
 const KEY_PURGED: &[u8] = b"last_purged_log_id";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_SNAPSHOT: &[u8] = b"current";
+const KEY_NODE_ID: &[u8] = b"node_id";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -42,6 +43,8 @@ pub enum OpenError {
     Rocks { dir: String, source: rocksdb::Error },
     #[error("the snapshot in {dir} cannot be read ({source}); the data dir is corrupt or from another version: move it away and let this member catch up from the others")]
     Snapshot { dir: String, source: serde_json::Error },
+    #[error("data dir {dir} belongs to broker node_id {stored}, not {configured}: point data_dir at this member's own directory, or move it away to start this member empty")]
+    Foreign { dir: String, stored: u64, configured: u64 },
 }
 
 fn sync_writes() -> WriteOptions {
@@ -58,6 +61,26 @@ fn index_of(key: &[u8]) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&key[..8.min(key.len())]);
     u64::from_be_bytes(b)
+}
+
+/// Opens the data dir of broker `node_id`, refusing one that another member created.
+pub fn open_for(dir: &Path, node_id: NodeId) -> Result<(LogStore, StateMachine), OpenError> {
+    let (log, sm) = open(dir)?;
+    let d = dir.display().to_string();
+    let cf = log.cf(CF_META);
+    match log.db.get_cf(cf, KEY_NODE_ID).map_err(|source| OpenError::Rocks { dir: d.clone(), source })? {
+        Some(raw) => {
+            let stored = (raw.len() == 8).then(|| index_of(&raw)).unwrap_or(0);
+            if stored != node_id {
+                return Err(OpenError::Foreign { dir: d, stored, configured: node_id });
+            }
+        }
+        None => log
+            .db
+            .put_cf_opt(cf, KEY_NODE_ID, node_id.to_be_bytes(), &sync_writes())
+            .map_err(|source| OpenError::Rocks { dir: d, source })?,
+    }
+    Ok((log, sm))
 }
 
 /// Opens (or creates) the data dir and returns the two halves openraft needs.

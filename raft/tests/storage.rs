@@ -3,7 +3,7 @@
 
 use moonraft_meta::command::Command;
 use moonraft_meta::store::{ClusterConfig, RegisterProxy};
-use moonraft_raft::storage::{open, LogStore, StateMachine};
+use moonraft_raft::storage::{open, open_for, LogStore, StateMachine};
 use moonraft_raft::{StorageError, TypeConfig};
 use openraft::storage::RaftStateMachine;
 use openraft::testing::{StoreBuilder, Suite};
@@ -98,4 +98,14 @@ fn a_file_in_place_of_the_data_dir_is_a_clear_error() {
     std::fs::write(&file, b"x").unwrap();
     let err = open(&file).err().expect("must fail");
     assert!(err.to_string().contains("cannot open RocksDB"), "{err}");
+}
+
+#[test]
+fn a_data_dir_of_another_member_is_refused() {
+    let dir = TempDir::new();
+    drop(open_for(&dir.0, 1).unwrap());
+    drop(open_for(&dir.0, 1).expect("the same member reopens its own dir"));
+    let err = open_for(&dir.0, 2).err().expect("must refuse");
+    let msg = err.to_string();
+    assert!(msg.contains("belongs to broker node_id 1, not 2") && msg.contains("move it away"), "{msg}");
 }

@@ -93,7 +93,7 @@ pub async fn run(mut config: BrokerConfig) -> Result<()> {
     config.finish().map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-    let (log, sm) = storage::open(&config.data_dir)?;
+    let (log, sm) = storage::open_for(&config.data_dir, config.node_id)?;
     let raft = Raft::new(config.node_id, Arc::new(raft_config(&config)?), GrpcNetwork, log, sm.clone())
         .await
         .context("cannot start raft")?;
