@@ -70,7 +70,7 @@ pub fn open_for(dir: &Path, node_id: NodeId) -> Result<(LogStore, StateMachine),
     let cf = log.cf(CF_META);
     match log.db.get_cf(cf, KEY_NODE_ID).map_err(|source| OpenError::Rocks { dir: d.clone(), source })? {
         Some(raw) => {
-            let stored = (raw.len() == 8).then(|| index_of(&raw)).unwrap_or(0);
+            let stored = if raw.len() == 8 { index_of(&raw) } else { 0 };
             if stored != node_id {
                 return Err(OpenError::Foreign { dir: d, stored, configured: node_id });
             }
