@@ -374,32 +374,7 @@ fn a_learner_catches_up_and_becomes_a_voter() {
     // a fourth broker, started empty (no bootstrap)
     let (h, g) = (free_port(), free_port());
     let dir = TempDir::new("learner");
-    let mut learner = BrokerProc {
-        id: 4,
-        http: format!("127.0.0.1:{h}"),
-        grpc: format!("127.0.0.1:{g}"),
-        proc: Proc { child: None },
-        dir: dir.0.join("data"),
-        log: dir.0.join("b4.log"),
-        args: [
-            "--node-id",
-            "4",
-            "--address",
-            &format!("127.0.0.1:{h}"),
-            "--grpc-address",
-            &format!("127.0.0.1:{g}"),
-            "--heartbeat-interval-ms",
-            "100",
-            "--election-timeout-min-ms",
-            "400",
-            "--election-timeout-max-ms",
-            "800",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(["--data-dir".to_string(), dir.0.join("data").to_string_lossy().into_owned()])
-        .collect(),
-    };
+    let mut learner = BrokerProc::new(4, (h, g), &dir.0, &[]);
     learner.spawn();
     assert!(eventually(Duration::from_secs(10), || learner.status().is_some()));
     let uninit = http(&learner.http, "GET", "/api/v3/epoch", None).unwrap();

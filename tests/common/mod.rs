@@ -461,6 +461,43 @@ pub struct BrokerProc {
 }
 
 impl BrokerProc {
+    /// A member with id `id` on the given (http, grpc) ports, its data dir and log under
+    /// `dir`, fast Raft timing, plus `extra` flags. Not started yet.
+    pub fn new(id: u64, (h, g): (u16, u16), dir: &std::path::Path, extra: &[&str]) -> BrokerProc {
+        let data = dir.join(format!("b{id}"));
+        let args: Vec<String> = [
+            "--node-id",
+            &id.to_string(),
+            "--address",
+            &format!("127.0.0.1:{h}"),
+            "--grpc-address",
+            &format!("127.0.0.1:{g}"),
+            "--data-dir",
+            data.to_str().expect("utf8 path"),
+            "--heartbeat-interval-ms",
+            "100",
+            "--election-timeout-min-ms",
+            "400",
+            "--election-timeout-max-ms",
+            "800",
+            "--failure-purge-interval",
+            "1",
+        ]
+        .iter()
+        .chain(extra.iter())
+        .map(|s| s.to_string())
+        .collect();
+        BrokerProc {
+            id,
+            http: format!("127.0.0.1:{h}"),
+            grpc: format!("127.0.0.1:{g}"),
+            proc: Proc { child: None },
+            log: dir.join(format!("b{id}.log")),
+            dir: data,
+            args,
+        }
+    }
+
     pub fn spawn(&mut self) {
         let child = Command::new(BIN)
             .arg("broker")
@@ -501,42 +538,9 @@ impl BrokerGroup {
             .join(",");
         let mut members = Vec::new();
         for (i, (h, g)) in ports.iter().enumerate() {
-            let data = dir.0.join(format!("b{}", i + 1));
-            let args: Vec<String> = [
-                "--node-id",
-                &(i + 1).to_string(),
-                "--address",
-                &format!("127.0.0.1:{h}"),
-                "--grpc-address",
-                &format!("127.0.0.1:{g}"),
-                "--data-dir",
-                data.to_str().expect("utf8 path"),
-                "--bootstrap",
-                "true",
-                "--initial-members",
-                &initial,
-                "--heartbeat-interval-ms",
-                "100",
-                "--election-timeout-min-ms",
-                "400",
-                "--election-timeout-max-ms",
-                "800",
-                "--failure-purge-interval",
-                "1",
-            ]
-            .iter()
-            .chain(extra.iter())
-            .map(|s| s.to_string())
-            .collect();
-            let mut m = BrokerProc {
-                id: i as u64 + 1,
-                http: format!("127.0.0.1:{h}"),
-                grpc: format!("127.0.0.1:{g}"),
-                proc: Proc { child: None },
-                log: dir.0.join(format!("b{}.log", i + 1)),
-                dir: data,
-                args,
-            };
+            let mut flags: Vec<&str> = vec!["--bootstrap", "true", "--initial-members", &initial];
+            flags.extend_from_slice(extra);
+            let mut m = BrokerProc::new(i as u64 + 1, (*h, *g), &dir.0, &flags);
             m.spawn();
             members.push(m);
         }
