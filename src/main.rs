@@ -1,6 +1,7 @@
 //! `moonraft`: one binary, one subcommand per role.
 
 mod broker;
+mod ctl;
 mod settings;
 
 use anyhow::{Context, Result};
@@ -12,6 +13,7 @@ const USAGE: &str = "moonraft — self-managed Redis clustering
 USAGE:
     moonraft proxy [CONFIG.toml] [--<key> <value>]...   run a server proxy (Redis Cluster protocol)
     moonraft broker [CONFIG.toml] [--<key> <value>]...  run a member of the Raft broker group (/api/v3)
+    moonraft ctl [--broker ADDR] [--json] <COMMAND>     administer the broker group (`moonraft ctl --help`)
     moonraft --version
 
 Every configuration key can be set in the TOML file, as MOONRAFT_<KEY> in the environment or
@@ -30,6 +32,13 @@ fn run(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("proxy") => proxy(&args[1..]),
         Some("broker") => broker(&args[1..]),
+        Some("ctl") => {
+            if let Err(f) = ctl::main(&args[1..]) {
+                eprintln!("{}", f.message);
+                std::process::exit(f.code);
+            }
+            Ok(())
+        }
         Some("--version") | Some("-V") | Some("version") => {
             println!("moonraft {}", env!("CARGO_PKG_VERSION"));
             Ok(())

@@ -55,6 +55,11 @@ impl Api {
     }
 }
 
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|x| format!("{x:02x}")).collect()
+}
+
 fn register(api: &Api, i: u32) -> HttpResponse {
     let body = json!({
         "proxy_address": format!("server_proxy{i}:600{i}"),
@@ -391,6 +396,13 @@ fn a_learner_catches_up_and_becomes_a_voter() {
     }));
     // reads through the learner are forwarded; the dump is the same bytes
     assert_eq!(http(&learner.http, "GET", "/api/v3/metadata", None).unwrap().body, want);
+    // and its own replica hashes to the same SHA-256 as the dump
+    let own = learner.status().unwrap()["state_sha256"].as_str().unwrap().to_owned();
+    assert_eq!(own, sha256_hex(&want));
+    for m in &group.members {
+        let same = || m.status().is_some_and(|s| s["state_sha256"] == own.as_str());
+        assert!(eventually(Duration::from_secs(5), same), "member {} differs", m.id);
+    }
     api.err("PUT", "/raft/membership", Some(r#"{"voters": [1, 2, 9]}"#), 400, "INVALID_MEMBERSHIP");
     api.err("PUT", "/raft/membership", Some(r#"{"voters": []}"#), 400, "INVALID_MEMBERSHIP");
     api.ok("PUT", "/raft/membership", Some(r#"{"voters": [1, 2, 3, 4]}"#));
@@ -470,4 +482,149 @@ fn a_broker_refuses_another_members_data_dir() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("belongs to broker node_id 1, not 7"), "{err}");
+}
+
+/// A data dir left over by another group (same node id, same addresses) cannot vote in or be
+/// overwritten by a new group: the new group's RPCs are refused with FOREIGN_GROUP, and the
+/// two majority members serve on.
+#[test]
+fn a_data_dir_of_another_group_is_refused() {
+    let dir = TempDir::new("foreign-group");
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let member = |i: usize| format!("{}=127.0.0.1:{}/127.0.0.1:{}", i + 1, ports[i].1, ports[i].0);
+    // Group A: member 3 alone, with some state.
+    let old_init = member(2);
+    let mut old = BrokerProc::new(3, ports[2], &dir.0, &["--bootstrap", "true", "--initial-members", &old_init]);
+    old.spawn();
+    assert!(eventually(Duration::from_secs(20), || old.status().is_some_and(|s| s["leader_id"] == 3)));
+    let body = r#"{"proxy_address":"old:6000","nodes":["o1:1","o2:1"]}"#;
+    assert!(eventually(Duration::from_secs(10), || {
+        http(&old.http, "POST", "/api/v3/proxies/meta", Some(body)).is_ok_and(|r| r.status == 200)
+    }));
+    let old_group = old.status().unwrap()["group_id"].as_str().unwrap().to_owned();
+    old.proc.kill();
+
+    // Group B: members 1, 2 fresh and member 3 on A's data dir, all bootstrapping {1, 2, 3}.
+    let init = (0..3).map(member).collect::<Vec<_>>().join(",");
+    let flags = ["--bootstrap", "true", "--initial-members", init.as_str()];
+    let mut members: Vec<BrokerProc> =
+        (0..3).map(|i| BrokerProc::new(i as u64 + 1, ports[i], &dir.0, &flags)).collect();
+    for m in &mut members {
+        m.spawn();
+    }
+    let leader_of = |m: &BrokerProc| m.status().and_then(|s| s["leader_id"].as_u64());
+    assert!(eventually(Duration::from_secs(20), || {
+        let (a, b) = (leader_of(&members[0]), leader_of(&members[1]));
+        a.is_some() && a == b && a != Some(3)
+    }));
+    let new_group = members[0].status().unwrap()["group_id"].as_str().unwrap().to_owned();
+    assert_ne!(new_group, old_group);
+    let body = r#"{"proxy_address":"new:6000","nodes":["n1:1","n2:1"]}"#;
+    assert!(eventually(Duration::from_secs(10), || {
+        http(&members[1].http, "POST", "/api/v3/proxies/meta", Some(body)).is_ok_and(|r| r.status == 200)
+    }));
+    // Member 3 kept its own group and data, and says why it refuses.
+    let log = std::fs::read_to_string(&members[2].log).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(10), || std::fs::read_to_string(&members[2].log)
+            .unwrap_or_default()
+            .contains("FOREIGN_GROUP")),
+        "{log}"
+    );
+    let status = members[2].status().expect("member 3 answers");
+    assert_eq!(status["group_id"], old_group.as_str());
+    let addrs = http(&members[2].http, "GET", "/api/v3/proxies/addresses", None).unwrap().json();
+    assert_eq!(addrs["addresses"], json!(["old:6000"]));
+    let addrs = http(&members[0].http, "GET", "/api/v3/proxies/addresses", None).unwrap().json();
+    assert_eq!(addrs["addresses"], json!(["new:6000"]));
+}
+
+/// Unmounts a test tmpfs even when the test fails.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A member whose disk fills up answers `500 STORAGE_ERROR` (no hang, no panic), keeps
+/// answering status, and after space is freed and it restarts has every acknowledged write.
+#[test]
+fn a_full_disk_answers_storage_error_and_loses_nothing_acknowledged() {
+    let dir = TempDir::new("disk-full");
+    let mnt = dir.0.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=32m", "tmpfs"])
+        .arg(&mnt)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    let _mount = Mount(mnt.clone());
+    let (h, g) = (free_port(), free_port());
+    let init = format!("1=127.0.0.1:{g}/127.0.0.1:{h}");
+    let mut m = BrokerProc::new(1, (h, g), &mnt, &["--bootstrap", "true", "--initial-members", &init]);
+    m.log = dir.0.join("b1.log");
+    m.spawn();
+    assert!(eventually(Duration::from_secs(20), || m.status().is_some_and(|s| s["leader_id"] == 1)));
+    let addr = m.http.clone();
+    let register = |i: usize| {
+        let body = format!(r#"{{"proxy_address":"p{i}:6000","nodes":["r{i}:1","r{i}:2"]}}"#);
+        http(&addr, "POST", "/api/v3/proxies/meta", Some(&body)).expect("an answer")
+    };
+    let mut acked = vec![];
+    for i in 0..5 {
+        assert_eq!(register(i).status, 200);
+        acked.push(format!("p{i}:6000"));
+    }
+    // Fill the disk.
+    {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(mnt.join("filler")).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while filler.write_all(&chunk).is_ok() {}
+        let _ = filler.sync_all();
+    }
+    let mut storage_errors = 0;
+    for i in 5..200 {
+        let r = register(i);
+        match r.status {
+            200 => acked.push(format!("p{i}:6000")),
+            500 => {
+                assert_eq!(r.error_code(), "STORAGE_ERROR", "{}", String::from_utf8_lossy(&r.body));
+                storage_errors += 1;
+                if storage_errors == 3 {
+                    break;
+                }
+            }
+            other => panic!("unexpected {other}: {}", String::from_utf8_lossy(&r.body)),
+        }
+    }
+    assert_eq!(storage_errors, 3, "the full disk was never reported");
+    assert_eq!(http(&m.http, "GET", "/api/v3/raft/status", None).unwrap().status, 200);
+    let log = std::fs::read_to_string(&m.log).unwrap_or_default();
+    assert!(!log.contains("panicked"), "{log}");
+
+    // Free the space and restart: every acknowledged write is there, and writes work again.
+    std::fs::remove_file(mnt.join("filler")).unwrap();
+    m.proc.kill();
+    m.spawn();
+    assert!(eventually(Duration::from_secs(20), || m.status().is_some_and(|s| s["leader_id"] == 1)));
+    let mut addrs = None;
+    assert!(eventually(Duration::from_secs(10), || {
+        addrs =
+            http(&m.http, "GET", "/api/v3/proxies/addresses", None).ok().filter(|r| r.status == 200).map(|r| r.json());
+        addrs.is_some()
+    }));
+    let addrs = addrs.unwrap();
+    let listed: Vec<&str> = addrs["addresses"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
+    for a in &acked {
+        assert!(listed.contains(&a.as_str()), "acknowledged {a} lost: {listed:?}");
+    }
+    assert_eq!(register(1000).status, 200);
 }

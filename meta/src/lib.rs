@@ -4,6 +4,7 @@
 //! no I/O, ordered maps only. The Raft state machine applies commands by calling these
 //! functions, so every member computes byte-identical state from the same log.
 
+pub mod change;
 pub mod command;
 pub mod error;
 pub mod failover;

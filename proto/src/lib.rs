@@ -4,3 +4,8 @@
 pub mod raft {
     tonic::include_proto!("moonraft.raft");
 }
+
+#[allow(clippy::all)]
+pub mod broker {
+    tonic::include_proto!("moonraft.broker");
+}

@@ -2,6 +2,7 @@
 //! replies are openraft's own types serialized as JSON inside a bytes field, so the wire
 //! format follows the openraft version without hand-written conversions.
 
+use crate::storage::GroupIdentity;
 use crate::{BrokerNode, NodeId, TypeConfig};
 use moonraft_proto::raft::raft_internal_client::RaftInternalClient;
 use moonraft_proto::raft::RaftMessage;
@@ -13,19 +14,25 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
 /// Creates one connection object per peer; channels connect lazily and reconnect by
 /// themselves.
-#[derive(Clone, Default)]
-pub struct GrpcNetwork;
+#[derive(Clone)]
+pub struct GrpcNetwork {
+    pub identity: Arc<GroupIdentity>,
+}
+
+/// gRPC metadata key carrying the sender's group id on every Raft RPC.
+pub const GROUP_HEADER: &str = "x-moonraft-group";
 
 impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &BrokerNode) -> PeerConnection {
-        PeerConnection { target, address: node.raft_address.clone(), client: None }
+        PeerConnection { target, address: node.raft_address.clone(), client: None, identity: self.identity.clone() }
     }
 }
 
@@ -33,6 +40,7 @@ pub struct PeerConnection {
     target: NodeId,
     address: String,
     client: Option<RaftInternalClient<Channel>>,
+    identity: Arc<GroupIdentity>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +83,9 @@ impl PeerConnection {
         let mut client = self.client().map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let mut request = tonic::Request::new(RaftMessage { payload });
         request.set_timeout(timeout);
+        if let Some(v) = self.identity.get().and_then(|id| id.parse().ok()) {
+            request.metadata_mut().insert(GROUP_HEADER, v);
+        }
         let reply = match rpc {
             Rpc::AppendEntries => client.append_entries(request).await,
             Rpc::Vote => client.vote(request).await,

@@ -12,6 +12,7 @@
 #![allow(clippy::result_large_err)]
 
 use crate::{BrokerNode, Entry, LogId, NodeId, StorageError, TypeConfig};
+use moonraft_meta::change::{Change, Digest};
 use moonraft_meta::command::CommandOutput;
 use moonraft_meta::Store;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
@@ -26,7 +27,7 @@ use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 const CF_LOGS: &str = "logs";
 const CF_META: &str = "meta";
@@ -36,6 +37,7 @@ const KEY_PURGED: &[u8] = b"last_purged_log_id";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_SNAPSHOT: &[u8] = b"current";
 const KEY_NODE_ID: &[u8] = b"node_id";
+const KEY_GROUP_ID: &[u8] = b"group_id";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -102,7 +104,69 @@ pub struct LogStore {
     db: Arc<DB>,
 }
 
+/// Which broker group this data dir belongs to (`group_id` in the `meta` column family).
+///
+/// The id is derived from the initial membership when the group is initialised (so every
+/// member bootstrapping with the same `initial_members` computes the same one) and learnt from
+/// the leader's first Raft RPC by members that join later. Every Raft RPC carries it; a member
+/// refuses RPCs of another group, so a data dir copied from (or left over by) another group
+/// can neither vote in nor be overwritten by this one.
+pub struct GroupIdentity {
+    db: Arc<DB>,
+    current: RwLock<Option<String>>,
+}
+
+/// A Raft RPC from another group.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("FOREIGN_GROUP: this member's data dir belongs to broker group {mine}, but a member of group {theirs} contacted it: if this member should join {theirs}, stop it, move its data_dir away and add it again as a learner")]
+pub struct ForeignGroup {
+    pub mine: String,
+    pub theirs: String,
+}
+
+impl GroupIdentity {
+    /// The id of a group initialised with these members (`(id, raft address, http address)`).
+    pub fn derive(members: &[(NodeId, String, String)], group_name: &str) -> String {
+        let mut sorted = members.to_vec();
+        sorted.sort();
+        let mut text = group_name.to_owned();
+        for (id, raft, http) in sorted {
+            text.push_str(&format!(";{id}={raft}/{http}"));
+        }
+        let crc = crc::Crc::<u64>::new(&crc::CRC_64_ECMA_182);
+        format!("g{:016x}", crc.checksum(text.as_bytes()))
+    }
+
+    pub fn get(&self) -> Option<String> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records `id` if this dir has none yet; refuses a different one.
+    pub fn adopt(&self, id: &str) -> Result<(), ForeignGroup> {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        match current.as_deref() {
+            Some(mine) if mine == id => Ok(()),
+            Some(mine) => Err(ForeignGroup { mine: mine.to_owned(), theirs: id.to_owned() }),
+            None => {
+                let cf = self.db.cf_handle(CF_META).expect("column family created at open");
+                if let Err(e) = self.db.put_cf_opt(cf, KEY_GROUP_ID, id.as_bytes(), &sync_writes()) {
+                    tracing::warn!("cannot record the group id: {e}");
+                }
+                *current = Some(id.to_owned());
+                Ok(())
+            }
+        }
+    }
+}
+
 impl LogStore {
+    /// This data dir's group identity.
+    pub fn group_identity(&self) -> Arc<GroupIdentity> {
+        let cf = self.cf(CF_META);
+        let stored = self.db.get_cf(cf, KEY_GROUP_ID).ok().flatten().map(|v| String::from_utf8_lossy(&v).into_owned());
+        Arc::new(GroupIdentity { db: self.db.clone(), current: RwLock::new(stored) })
+    }
+
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
         // The column families are created in `open`.
         self.db.cf_handle(name).expect("column family created at open")
@@ -240,7 +304,14 @@ pub struct StateMachine {
     data: Arc<RwLock<StateMachineData>>,
     /// Last applied log index, for waiters (requests waiting for their entry, watch streams).
     applied: Arc<watch::Sender<u64>>,
+    /// Every applied change to what proxies depend on, for gRPC watch streams.
+    changes: broadcast::Sender<Change>,
+    /// Digest of the store as of the last applied entry (what the next change is compared to).
+    digest: Arc<std::sync::Mutex<Digest>>,
 }
+
+/// How many changes a slow watcher may fall behind before it is told to resync.
+const CHANGE_BUFFER: usize = 4096;
 
 impl StateMachine {
     fn load(db: Arc<DB>) -> Result<StateMachine, serde_json::Error> {
@@ -253,7 +324,14 @@ impl StateMachine {
             data.last_membership = snap.meta.last_membership;
         }
         let applied = data.last_applied.map(|l| l.index).unwrap_or(0);
-        Ok(StateMachine { db, data: Arc::new(RwLock::new(data)), applied: Arc::new(watch::channel(applied).0) })
+        let digest = Arc::new(std::sync::Mutex::new(Digest::of(&data.store)));
+        Ok(StateMachine {
+            db,
+            data: Arc::new(RwLock::new(data)),
+            applied: Arc::new(watch::channel(applied).0),
+            changes: broadcast::channel(CHANGE_BUFFER).0,
+            digest,
+        })
     }
 
     /// Read access to the current state.
@@ -264,6 +342,26 @@ impl StateMachine {
     /// Index of the last applied entry, updated after each apply.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.applied.subscribe()
+    }
+
+    /// Committed changes from now on (a lagging receiver gets `RecvError::Lagged`).
+    pub fn changes(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    /// Compares the store with the digest of the previous entry and publishes what changed.
+    fn publish_change(&self, store: &Store, log_index: u64, resync: bool) {
+        let after = Digest::of(store);
+        let mut before = self.digest.lock().unwrap_or_else(|e| e.into_inner());
+        let diff = before.diff(&after);
+        if diff.is_none() && !resync {
+            return;
+        }
+        let (clusters, proxies) = diff.unwrap_or_default();
+        let change = Change { log_index, global_epoch: after.global_epoch(), clusters, proxies, resync };
+        *before = after;
+        // No receivers is fine.
+        let _ = self.changes.send(change);
     }
 
     fn persist_snapshot(&self, snap: &StoredSnapshot) -> Result<(), StorageError> {
@@ -319,7 +417,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 last = Some(entry.log_id.index);
                 results.push(match entry.payload {
                     EntryPayload::Blank => Ok(CommandOutput::Done),
-                    EntryPayload::Normal(cmd) => d.store.apply(&cmd),
+                    EntryPayload::Normal(cmd) => {
+                        let result = d.store.apply(&cmd);
+                        self.publish_change(&d.store, entry.log_id.index, false);
+                        result
+                    }
                     EntryPayload::Membership(m) => {
                         d.last_membership = StoredMembership::new(Some(entry.log_id), m);
                         Ok(CommandOutput::Done)
@@ -355,6 +457,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             d.store = store;
             d.last_applied = meta.last_log_id;
             d.last_membership = meta.last_membership.clone();
+            let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+            self.publish_change(&d.store, index, true);
         }
         self.applied.send_replace(meta.last_log_id.map(|l| l.index).unwrap_or(0));
         Ok(())

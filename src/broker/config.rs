@@ -56,6 +56,9 @@ pub struct BrokerConfig {
     /// How long `auto` waits for proxies to reach the new epoch (undermoon waited forever,
     /// weak point 17).
     pub auto_sync_timeout_ms: u64,
+    /// Mixed into the group id derived at initialisation; give groups that are re-created on
+    /// the same addresses distinct names so that leftover data dirs are recognised as foreign.
+    pub group_name: String,
     pub log: String,
 }
 
@@ -88,6 +91,7 @@ impl Default for BrokerConfig {
             cluster_defaults: BTreeMap::new(),
             max_body_bytes: 16 * 1024 * 1024,
             auto_sync_timeout_ms: 60_000,
+            group_name: String::new(),
             log: "info".into(),
         }
     }
@@ -122,6 +126,7 @@ pub const BROKER_KEYS: &[&str] = &[
     "migration_scan_count",
     "max_body_bytes",
     "auto_sync_timeout_ms",
+    "group_name",
     "log",
 ];
 
@@ -228,6 +233,7 @@ impl BrokerConfig {
             }
             "max_body_bytes" => self.max_body_bytes = positive(value)? as usize,
             "auto_sync_timeout_ms" => self.auto_sync_timeout_ms = positive(value)?,
+            "group_name" => self.group_name = value.to_owned(),
             "log" => self.log = value.to_owned(),
             k if IGNORED_KEYS.contains(&k) => {
                 tracing::warn!("config key {k} does not apply to the Raft broker and is ignored")

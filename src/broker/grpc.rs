@@ -11,7 +11,7 @@ use axum::Router;
 use moonraft_proto::raft::raft_internal_client::RaftInternalClient;
 use moonraft_proto::raft::raft_internal_server::RaftInternal;
 use moonraft_proto::raft::{ForwardRequest, ForwardResponse, Header, RaftMessage};
-use moonraft_raft::network::serve_raft_rpc;
+use moonraft_raft::network::{serve_raft_rpc, GROUP_HEADER};
 use moonraft_raft::BrokerNode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +24,14 @@ pub struct RaftService {
 
 impl RaftService {
     async fn raft_rpc(&self, kind: &str, req: GrpcRequest<RaftMessage>) -> Result<GrpcResponse<RaftMessage>, Status> {
+        // A sender without an id has not been initialised yet (nothing to protect).
+        let sender_group = req.metadata().get(GROUP_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        if let Some(theirs) = sender_group {
+            if let Err(e) = self.broker.identity.adopt(&theirs) {
+                tracing::warn!("refused a {kind} RPC: {e}");
+                return Err(Status::failed_precondition(e.to_string()));
+            }
+        }
         let payload = serve_raft_rpc(&self.broker.raft, kind, &req.into_inner().payload)
             .await
             .map_err(Status::invalid_argument)?;
@@ -63,6 +71,22 @@ impl RaftInternal for RaftService {
     }
 }
 
+/// A (lazily connecting, self-reconnecting) channel to the leader's gRPC address, one per
+/// address.
+pub fn leader_channel(broker: &Broker, leader: &BrokerNode) -> Result<tonic::transport::Channel, String> {
+    let mut channels = broker.forward_channels.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = channels.get(&leader.raft_address) {
+        return Ok(c.clone());
+    }
+    let c = tonic::transport::Endpoint::from_shared(format!("http://{}", leader.raft_address))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .connect_lazy();
+    channels.insert(leader.raft_address.clone(), c.clone());
+    Ok(c)
+}
+
 /// Sends an HTTP request to the leader over gRPC and rebuilds its response.
 pub async fn forward(broker: &Broker, leader: &BrokerNode, req: Request) -> Result<Response, String> {
     let (parts, body) = req.into_parts();
@@ -76,21 +100,7 @@ pub async fn forward(broker: &Broker, leader: &BrokerNode, req: Request) -> Resu
     let path_and_query = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
     let msg = ForwardRequest { method: parts.method.as_str().to_owned(), path_and_query, headers, body: body.to_vec() };
     let timeout = Duration::from_millis(broker.config.forward_timeout_ms);
-    let channel = {
-        let mut channels = broker.forward_channels.lock().unwrap_or_else(|e| e.into_inner());
-        match channels.get(&leader.raft_address) {
-            Some(c) => c.clone(),
-            None => {
-                let c = tonic::transport::Endpoint::from_shared(format!("http://{}", leader.raft_address))
-                    .map_err(|e| e.to_string())?
-                    .connect_timeout(Duration::from_secs(1))
-                    .tcp_nodelay(true)
-                    .connect_lazy();
-                channels.insert(leader.raft_address.clone(), c.clone());
-                c
-            }
-        }
-    };
+    let channel = leader_channel(broker, leader)?;
     let mut client = RaftInternalClient::new(channel).max_decoding_message_size(usize::MAX);
     let mut request = tonic::Request::new(msg);
     request.set_timeout(timeout);

@@ -1,6 +1,7 @@
 //! `/api/v3` over HTTP (`http-api.md`): thin handlers over the service layer. Followers pass
 //! every request except `/raft/status` and `/raft/init` to the leader (gRPC `Forward`).
 
+use super::api;
 use super::service::{ApiError, Broker};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
@@ -9,13 +10,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::Router;
-use moonraft_meta::command::{AutoStep, Command, CommandOutput};
-use moonraft_meta::failover::FailoverOutcome;
-use moonraft_meta::store::{RegisterProxy, SlotRange};
-use moonraft_meta::{view, MetaError, Store};
+use moonraft_meta::store::SlotRange;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -65,13 +63,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
 
 fn error_response(e: &ApiError, broker: Option<&Broker>) -> Response {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = match e {
-        ApiError::Meta(MetaError::InvalidConfig { key, value, message }) => {
-            json!({"error": "INVALID_CONFIG", "key": key, "value": value, "message": message})
-        }
-        other => json!({"error": other.to_string()}),
-    };
-    let mut resp = (status, axum::Json(body)).into_response();
+    let mut resp = (status, axum::Json(e.body())).into_response();
     if matches!(e, ApiError::Retry) {
         if let Some((_, node)) = broker.and_then(Broker::leader) {
             if let Ok(v) = HeaderValue::from_str(&node.http_address) {
@@ -128,55 +120,41 @@ fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::InvalidRequest(e.to_string()))
 }
 
-fn limit(broker: &Broker) -> usize {
-    broker.config.migration_limit as usize
-}
-
 #[derive(Deserialize)]
 struct Page {
     offset: Option<usize>,
     limit: Option<usize>,
 }
 
-fn page<T: Clone>(items: &[T], p: &Page) -> Vec<T> {
-    items.iter().skip(p.offset.unwrap_or(0)).take(p.limit.unwrap_or(usize::MAX)).cloned().collect()
+/// An empty 200 for operations without a result.
+fn done(r: Result<(), ApiError>) -> ApiResult {
+    ApiResult(r.map(|_| empty()))
 }
 
 async fn version() -> Response {
-    env!("CARGO_PKG_VERSION").into_response()
+    api::version().into_response()
 }
 
 async fn get_metadata(State(b): Shared, headers: HeaderMap) -> ApiResult {
-    ApiResult(b.read(|s| s.clone()).await.map(|s| json_maybe_gzip(&headers, &s)))
+    ApiResult(api::metadata(&b).await.map(|s| json_maybe_gzip(&headers, &s)))
 }
 
 async fn put_metadata(State(b): Shared, body: Bytes) -> ApiResult {
-    let run = async {
-        let store: Store = parse_body(&body)?;
-        b.write(Command::RestoreStore { store: Box::new(store) }).await?;
-        Ok(empty())
-    };
-    ApiResult(run.await)
+    let run = async { api::restore_metadata(&b, parse_body(&body)?).await };
+    done(run.await)
 }
 
 async fn cluster_names(State(b): Shared, Query(p): Query<Page>) -> ApiResult {
-    let names = b.read(|s| s.clusters.keys().cloned().collect::<Vec<_>>()).await;
-    ApiResult(names.map(|n| json_ok(&json!({"names": page(&n, &p)}))))
+    let names = api::cluster_names(&b).await;
+    ApiResult(names.map(|n| json_ok(&json!({"names": api::page(&n, p.offset, p.limit)}))))
 }
 
 async fn get_cluster(State(b): Shared, Path(name): Path<String>, headers: HeaderMap) -> ApiResult {
-    let lim = limit(&b);
-    let c = b.read(|s| view::cluster(s, &name, lim)).await;
-    ApiResult(c.map(|c| json_maybe_gzip(&headers, &json!({"cluster": c}))))
+    ApiResult(api::cluster(&b, &name).await.map(|c| json_maybe_gzip(&headers, &json!({"cluster": c}))))
 }
 
 async fn cluster_info(State(b): Shared, Path(name): Path<String>) -> ApiResult {
-    let lim = limit(&b);
-    let run = async {
-        let info = b.read(|s| view::cluster_info(s, &name, lim)).await?;
-        info.map(|i| json_ok(&i)).ok_or(ApiError::Meta(MetaError::ClusterNotFound))
-    };
-    ApiResult(run.await)
+    ApiResult(api::cluster_info(&b, &name).await.map(|i| json_ok(&i)))
 }
 
 #[derive(Deserialize)]
@@ -194,51 +172,33 @@ struct ClusterNodeNumber {
 async fn create_cluster(State(b): Shared, Path(name): Path<String>, body: Bytes) -> ApiResult {
     let run = async {
         let req: NodeNumber = parse_body(&body)?;
-        let default_config = b.config.default_cluster_config();
-        b.write(Command::CreateCluster { name, node_number: req.node_number, default_config }).await?;
-        Ok(empty())
+        api::create_cluster(&b, name, req.node_number).await
     };
-    ApiResult(run.await)
+    done(run.await)
 }
 
 async fn delete_cluster(State(b): Shared, Path(name): Path<String>) -> ApiResult {
-    ApiResult(b.write(Command::RemoveCluster { name }).await.map(|_| empty()))
-}
-
-/// Runs a scaling command under the scale lock (`http-api.md` §8).
-async fn scaling(b: &Broker, cmd: Command) -> Result<CommandOutput, ApiError> {
-    let Ok(_guard) = b.scale_lock.try_lock() else {
-        return Err(ApiError::Meta(MetaError::NodeNumberChanging));
-    };
-    b.write(cmd).await
-}
-
-fn added_nodes(out: CommandOutput) -> Response {
-    match out {
-        CommandOutput::AddedNodes(nodes) => json_ok(&nodes),
-        _ => json_ok(&Vec::<Value>::new()),
-    }
+    done(api::delete_cluster(&b, name).await)
 }
 
 async fn add_nodes(State(b): Shared, Path(name): Path<String>, body: Bytes) -> ApiResult {
     let run = async {
         let req: NodeNumber = parse_body(&body)?;
-        Ok(added_nodes(scaling(&b, Command::AddNodes { name, node_number: req.node_number }).await?))
+        api::add_nodes(&b, name, req.node_number).await
     };
-    ApiResult(run.await)
+    ApiResult(run.await.map(|n| json_ok(&n)))
 }
 
 async fn scale_up_nodes(State(b): Shared, Path(name): Path<String>, body: Bytes) -> ApiResult {
     let run = async {
         let req: ClusterNodeNumber = parse_body(&body)?;
-        let cmd = Command::ScaleUpNodes { name, cluster_node_number: req.cluster_node_number };
-        Ok(added_nodes(scaling(&b, cmd).await?))
+        api::scale_up_nodes(&b, name, req.cluster_node_number).await
     };
-    ApiResult(run.await)
+    ApiResult(run.await.map(|n| json_ok(&n)))
 }
 
 async fn delete_free_nodes(State(b): Shared, Path(name): Path<String>) -> ApiResult {
-    ApiResult(scaling(&b, Command::DeleteFreeNodes { name }).await.map(|_| empty()))
+    done(api::delete_free_nodes(&b, name).await)
 }
 
 /// Numeric path segments that do not parse make the route not match (`http-api.md` §1).
@@ -248,54 +208,16 @@ fn not_found() -> Response {
 
 async fn shrink(State(b): Shared, Path((name, n)): Path<(String, String)>) -> ApiResult {
     let Ok(n) = n.parse::<u64>() else { return ApiResult(Ok(not_found())) };
-    ApiResult(scaling(&b, Command::ShrinkSlots { name, new_node_number: n }).await.map(|_| empty()))
+    done(api::shrink(&b, name, n).await)
 }
 
 async fn expand(State(b): Shared, Path(name): Path<String>) -> ApiResult {
-    ApiResult(scaling(&b, Command::ExpandSlots { name }).await.map(|_| empty()))
+    done(api::expand(&b, name).await)
 }
 
-/// `POST /clusters/migrations/auto/{name}/{n}` (`http-api.md` §5.12): one retry-friendly call
-/// to resize a cluster. Holds the scale lock for the whole call; the wait for proxies is
-/// bounded (`auto_sync_timeout_ms`).
 async fn auto_scale(State(b): Shared, Path((name, n)): Path<(String, String)>) -> ApiResult {
     let Ok(n) = n.parse::<u64>() else { return ApiResult(Ok(not_found())) };
-    let run = async {
-        let Ok(_guard) = b.scale_lock.try_lock() else {
-            return Err(ApiError::Meta(MetaError::NodeNumberChanging));
-        };
-        let step = b.write(Command::AutoPhase1 { name: name.clone(), node_number: n }).await?;
-        let CommandOutput::Auto(AutoStep::WaitForProxies { proxies, epoch }) = step else {
-            return Ok(empty());
-        };
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(b.config.auto_sync_timeout_ms);
-        let mut failed_rounds = 0;
-        loop {
-            let mut all_synced = true;
-            let mut any_failed = false;
-            for p in &proxies {
-                match super::proxy_epoch(p, std::time::Duration::from_secs(1)).await {
-                    Some(e) if e >= epoch => {}
-                    Some(_) => all_synced = false,
-                    None => {
-                        all_synced = false;
-                        any_failed = true;
-                    }
-                }
-            }
-            if all_synced {
-                break;
-            }
-            failed_rounds += usize::from(any_failed);
-            if failed_rounds >= 30 || tokio::time::Instant::now() >= deadline {
-                return Err(ApiError::ProxyNotSync);
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
-        b.write(Command::AutoPhase2 { name, node_number: n }).await?;
-        Ok(empty())
-    };
-    ApiResult(run.await)
+    done(api::auto_scale(&b, name, n).await)
 }
 
 #[derive(Deserialize)]
@@ -307,138 +229,76 @@ struct MigrationTaskMeta {
 async fn commit_migration(State(b): Shared, body: Bytes) -> ApiResult {
     let run = async {
         let task: MigrationTaskMeta = parse_body(&body)?;
-        if !moonraft_meta::store::valid_cluster_name(&task.cluster_name) {
-            return Err(ApiError::InvalidRequest("invalid cluster name".into()));
-        }
-        let cmd = Command::CommitMigration {
-            cluster_name: task.cluster_name,
-            range_list: task.slot_range.range_list,
-            tag: task.slot_range.tag,
-        };
-        b.write(cmd).await?;
-        Ok(empty())
+        api::commit_migration(&b, task.cluster_name, task.slot_range).await
     };
-    ApiResult(run.await)
+    done(run.await)
 }
 
 async fn change_config(State(b): Shared, Path(name): Path<String>, body: Bytes) -> ApiResult {
     let run = async {
         let changes: BTreeMap<String, String> = parse_body(&body)?;
-        b.write(Command::ChangeConfig { name, changes }).await?;
-        Ok(empty())
+        api::change_config(&b, name, changes).await
     };
-    ApiResult(run.await)
+    done(run.await)
 }
 
 async fn balance(State(b): Shared, Path(name): Path<String>) -> ApiResult {
-    ApiResult(b.write(Command::BalanceMasters { name }).await.map(|_| empty()))
+    done(api::balance(&b, name).await)
 }
 
 async fn proxy_addresses(State(b): Shared, Query(p): Query<Page>) -> ApiResult {
-    let addrs = b.read(|s| s.all_proxies.keys().cloned().collect::<Vec<_>>()).await;
-    ApiResult(addrs.map(|a| json_ok(&json!({"addresses": page(&a, &p)}))))
+    let addrs = api::proxy_addresses(&b).await;
+    ApiResult(addrs.map(|a| json_ok(&json!({"addresses": api::page(&a, p.offset, p.limit)}))))
 }
 
 async fn register_proxy(State(b): Shared, body: Bytes) -> ApiResult {
-    let run = async {
-        let req: RegisterProxy = parse_body(&body)?;
-        b.write(Command::AddProxy(req)).await?;
-        Ok(empty())
-    };
-    ApiResult(run.await)
+    let run = async { api::register_proxy(&b, parse_body(&body)?).await };
+    done(run.await)
 }
 
 async fn get_proxy(State(b): Shared, Path(addr): Path<String>, headers: HeaderMap) -> ApiResult {
-    let lim = limit(&b);
-    let p = b.read(|s| view::proxy(s, &addr, lim)).await;
-    ApiResult(p.map(|p| json_maybe_gzip(&headers, &json!({"proxy": p}))))
+    ApiResult(api::proxy(&b, &addr).await.map(|p| json_maybe_gzip(&headers, &json!({"proxy": p}))))
 }
 
 async fn delete_proxy(State(b): Shared, Path(addr): Path<String>) -> ApiResult {
-    ApiResult(b.write(Command::RemoveProxy { address: addr }).await.map(|_| empty()))
+    done(api::delete_proxy(&b, addr).await)
 }
 
 async fn failover(State(b): Shared, Path(addr): Path<String>) -> ApiResult {
-    let run = async {
-        let out = b.write(Command::ReplaceFailedProxy { address: addr }).await?;
-        match out {
-            CommandOutput::Failover(FailoverOutcome::Replaced { replacement, .. }) => {
-                let lim = limit(&b);
-                let p = b.sm.read(|d| view::proxy(&d.store, &replacement, lim));
-                Ok(json_ok(&json!({"proxy": p})))
-            }
-            CommandOutput::Failover(FailoverOutcome::NoReplacement { .. }) => {
-                Err(ApiError::Meta(MetaError::NoAvailableResource))
-            }
-            _ => Ok(json_ok(&json!({"proxy": null}))),
-        }
-    };
-    ApiResult(run.await)
+    ApiResult(api::failover(&b, addr).await.map(|p| json_ok(&json!({"proxy": p}))))
 }
 
 async fn failed_proxies(State(b): Shared) -> ApiResult {
-    let addrs = b.read(|s| s.failed_proxies.iter().cloned().collect::<Vec<_>>()).await;
-    ApiResult(addrs.map(|a| json_ok(&json!({"addresses": a}))))
+    ApiResult(api::failed_proxies(&b).await.map(|a| json_ok(&json!({"addresses": a}))))
 }
 
 async fn report_failure(State(b): Shared, Path((addr, reporter)): Path<(String, String)>) -> ApiResult {
-    let cmd = Command::AddFailure { address: addr, reporter_id: reporter, now: Broker::now() };
-    ApiResult(b.write(cmd).await.map(|_| empty()))
+    done(api::report_failure(&b, addr, reporter).await)
 }
 
 async fn failures(State(b): Shared) -> ApiResult {
-    let (ttl, quorum) = (b.config.failure_ttl, b.config.failure_quorum as usize);
-    let now = Broker::now();
-    let list = b.read(|s| s.failures(now, ttl, quorum)).await;
-    ApiResult(list.map(|l| json_ok(&json!({"addresses": l}))))
+    ApiResult(api::failures(&b).await.map(|l| json_ok(&json!({"addresses": l}))))
 }
 
 async fn get_epoch(State(b): Shared) -> ApiResult {
-    ApiResult(b.read(|s| s.global_epoch).await.map(|e| json_ok(&e)))
+    ApiResult(api::epoch(&b).await.map(|e| json_ok(&e)))
 }
 
 async fn force_epoch(State(b): Shared, Path(n): Path<String>) -> ApiResult {
     let Ok(n) = n.parse::<u64>() else { return ApiResult(Ok(not_found())) };
-    ApiResult(b.write(Command::ForceEpoch { new_epoch: n }).await.map(|_| empty()))
+    done(api::force_epoch(&b, n).await)
 }
 
-/// `PUT /epoch/recovery` (`http-api.md` §5.19): ask every registered proxy for its epoch and
-/// jump past the largest one.
 async fn recover_epoch(State(b): Shared) -> ApiResult {
-    let run = async {
-        let proxies = b.read(|s| s.all_proxies.keys().cloned().collect::<Vec<_>>()).await?;
-        let mut tasks = tokio::task::JoinSet::new();
-        for p in proxies {
-            tasks.spawn(async move {
-                let epoch = super::proxy_epoch(&p, std::time::Duration::from_secs(1)).await;
-                (p, epoch)
-            });
-        }
-        let (mut max, mut failed) = (0u64, Vec::new());
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok((_, Some(e))) => max = max.max(e),
-                Ok((p, None)) => failed.push(p),
-                Err(_) => {}
-            }
-        }
-        failed.sort();
-        b.write(Command::RecoverEpoch { observed_max_epoch: max }).await?;
-        Ok(json_ok(&json!({"failed_addresses": failed})))
-    };
-    ApiResult(run.await)
+    ApiResult(api::recover_epoch(&b).await.map(|f| json_ok(&json!({"failed_addresses": f}))))
 }
 
 async fn resource_check(State(b): Shared) -> ApiResult {
-    let hosts = b.read(|s| s.hosts_that_cannot_fail()).await;
-    ApiResult(hosts.map(|h| json_ok(&json!({"hosts_cannot_fail": h}))))
+    ApiResult(api::hosts_that_cannot_fail(&b).await.map(|h| json_ok(&json!({"hosts_cannot_fail": h}))))
 }
 
 async fn get_config(State(b): Shared) -> ApiResult {
-    let me = b.node_id();
-    let others: Vec<String> =
-        b.members().into_iter().filter(|(id, _, _)| *id != me).map(|(_, n, _)| n.http_address).collect();
-    ApiResult(Ok(json_ok(&json!({"replica_addresses": others}))))
+    ApiResult(Ok(json_ok(&json!({"replica_addresses": api::other_members(&b)}))))
 }
 
 async fn put_config() -> ApiResult {
@@ -446,21 +306,7 @@ async fn put_config() -> ApiResult {
 }
 
 async fn raft_status(State(b): Shared) -> Response {
-    let m = b.raft.metrics().borrow().clone();
-    let members: Vec<Value> = b
-        .members()
-        .into_iter()
-        .map(|(id, n, voter)| json!({"id": id, "raft_address": n.raft_address, "http_address": n.http_address, "voter": voter}))
-        .collect();
-    json_ok(&json!({
-        "node_id": b.node_id(),
-        "state": format!("{:?}", m.state),
-        "current_term": m.current_term,
-        "leader_id": m.current_leader,
-        "last_log_index": m.last_log_index,
-        "last_applied_index": m.last_applied.map(|l| l.index),
-        "members": members,
-    }))
+    json_ok(&api::raft_status(&b))
 }
 
 #[derive(Deserialize)]
@@ -471,49 +317,14 @@ struct InitRequest {
 async fn raft_init(State(b): Shared, body: Bytes) -> ApiResult {
     let run = async {
         let req: InitRequest = parse_body(&body)?;
-        if !req.members.iter().any(|m| m.id == b.node_id()) {
-            return Err(ApiError::InvalidMembership("the members must include the receiving broker".into()));
-        }
-        super::initialize(&b, &req.members).await?;
-        Ok(empty())
+        api::raft_init(&b, &req.members).await
     };
-    ApiResult(run.await)
+    done(run.await)
 }
 
 async fn raft_add_learner(State(b): Shared, body: Bytes) -> ApiResult {
-    let run = async {
-        let m: super::config::Member = parse_body(&body)?;
-        if m.id == 0 {
-            return Err(ApiError::InvalidMembership("id must be positive".into()));
-        }
-        if !b.is_initialized() {
-            return Err(ApiError::NotInitialized);
-        }
-        membership_change(&b, b.raft.add_learner(m.id, m.node(), true)).await
-    };
-    ApiResult(run.await)
-}
-
-type MembershipResult = Result<
-    openraft::raft::ClientWriteResponse<moonraft_raft::TypeConfig>,
-    openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, moonraft_raft::BrokerNode>>,
->;
-
-/// Waits (bounded) for a membership change; a lost leadership is a `RETRY`.
-async fn membership_change(
-    b: &Broker,
-    change: impl std::future::Future<Output = MembershipResult>,
-) -> Result<Response, ApiError> {
-    let timeout = std::time::Duration::from_millis(b.config.proposal_timeout_ms * 4);
-    match tokio::time::timeout(timeout, change).await {
-        Err(_) => Err(ApiError::Retry),
-        Ok(Ok(_)) => Ok(empty()),
-        Ok(Err(openraft::error::RaftError::APIError(e))) => match e {
-            openraft::error::ClientWriteError::ForwardToLeader(_) => Err(ApiError::Retry),
-            other => Err(ApiError::InvalidMembership(other.to_string())),
-        },
-        Ok(Err(_)) => Err(ApiError::Retry),
-    }
+    let run = async { api::add_learner(&b, parse_body(&body)?).await };
+    done(run.await)
 }
 
 #[derive(Deserialize)]
@@ -527,17 +338,9 @@ struct MembershipRequest {
 async fn raft_change_membership(State(b): Shared, body: Bytes) -> ApiResult {
     let run = async {
         let req: MembershipRequest = parse_body(&body)?;
-        let known: std::collections::BTreeSet<u64> = b.members().into_iter().map(|(id, _, _)| id).collect();
-        let voters: std::collections::BTreeSet<u64> = req.voters.iter().copied().collect();
-        if voters.is_empty() {
-            return Err(ApiError::InvalidMembership("the voter set is empty".into()));
-        }
-        if let Some(unknown) = voters.iter().find(|v| !known.contains(v)) {
-            return Err(ApiError::InvalidMembership(format!("{unknown} is not a member or learner")));
-        }
-        membership_change(&b, b.raft.change_membership(voters, !req.remove)).await
+        api::change_membership(&b, req.voters, req.remove).await
     };
-    ApiResult(run.await)
+    done(run.await)
 }
 
 /// Followers hand requests to the leader; the leader answers them itself.

@@ -1,14 +1,18 @@
 //! `moonraft broker`: one member of the Raft group that holds all metadata and serves
 //! `/api/v3` (HTTP) and the internal gRPC service.
 
+pub mod api;
 pub mod config;
 pub mod grpc;
+pub mod grpc_api;
 pub mod http;
 pub mod service;
 
 use anyhow::{Context, Result};
 use config::{BrokerConfig, Member};
 use moonraft_meta::command::Command;
+use moonraft_proto::broker::broker_api_server::BrokerApiServer;
+use moonraft_proto::broker::raft_admin_server::RaftAdminServer;
 use moonraft_proto::raft::raft_internal_server::RaftInternalServer;
 use moonraft_raft::network::GrpcNetwork;
 use moonraft_raft::{storage, BrokerNode, Raft};
@@ -55,6 +59,10 @@ pub async fn initialize(broker: &Broker, members: &[Member]) -> Result<(), ApiEr
         let current: BTreeMap<u64, BrokerNode> = broker.members().into_iter().map(|(id, n, _)| (id, n)).collect();
         return if current == wanted { Ok(()) } else { Err(ApiError::AlreadyInitialized) };
     }
+    let list: Vec<(u64, String, String)> =
+        members.iter().map(|m| (m.id, m.raft_address.clone(), m.http_address.clone())).collect();
+    let group = storage::GroupIdentity::derive(&list, &broker.config.group_name);
+    broker.identity.adopt(&group).map_err(|e| ApiError::InvalidMembership(e.to_string()))?;
     match broker.raft.initialize(wanted).await {
         Ok(()) => Ok(()),
         Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
@@ -94,7 +102,9 @@ pub async fn run(mut config: BrokerConfig) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let (log, sm) = storage::open_for(&config.data_dir, config.node_id)?;
-    let raft = Raft::new(config.node_id, Arc::new(raft_config(&config)?), GrpcNetwork, log, sm.clone())
+    let identity = log.group_identity();
+    let network = GrpcNetwork { identity: identity.clone() };
+    let raft = Raft::new(config.node_id, Arc::new(raft_config(&config)?), network, log, sm.clone())
         .await
         .context("cannot start raft")?;
     let http_listener = tokio::net::TcpListener::bind(&config.address)
@@ -109,6 +119,7 @@ pub async fn run(mut config: BrokerConfig) -> Result<()> {
         sm,
         scale_lock: tokio::sync::Mutex::new(()),
         forward_channels: std::sync::Mutex::new(std::collections::HashMap::new()),
+        identity,
     });
     let router = http::router(broker.clone());
     // No Nagle on Raft and forwarding traffic either.
@@ -120,6 +131,12 @@ pub async fn run(mut config: BrokerConfig) -> Result<()> {
                 .max_decoding_message_size(256 * 1024 * 1024)
                 .max_encoding_message_size(256 * 1024 * 1024),
         )
+        .add_service(
+            BrokerApiServer::new(grpc_api::GrpcApi { broker: broker.clone() })
+                .max_decoding_message_size(broker.config.max_body_bytes)
+                .max_encoding_message_size(256 * 1024 * 1024),
+        )
+        .add_service(RaftAdminServer::new(grpc_api::GrpcApi { broker: broker.clone() }))
         .serve_with_incoming(grpc_incoming);
     info!(
         node_id = broker.node_id(),

@@ -10,6 +10,19 @@ use openraft::error::{ClientWriteError, RaftError};
 use std::time::Duration;
 use tracing::warn;
 
+/// A stopped Raft core: storage failures are reported as such; a shutdown in progress is a
+/// `RETRY` (another member answers).
+fn fatal(f: openraft::error::Fatal<NodeId>) -> ApiError {
+    match f {
+        openraft::error::Fatal::StorageError(e) => {
+            tracing::error!("raft stopped on a storage error: {e}");
+            ApiError::StorageError(e.to_string())
+        }
+        openraft::error::Fatal::Stopped => ApiError::Retry,
+        other => ApiError::StorageError(other.to_string()),
+    }
+}
+
 /// Errors of the `/api/v3` surface beyond the model's own (`raft-broker.md` §5.3).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
@@ -29,16 +42,34 @@ pub enum ApiError {
     UseRaftMembershipApi,
     #[error("PROXY_NOT_SYNC")]
     ProxyNotSync,
+    /// This member's Raft core stopped on a storage failure (disk full, I/O error): it serves
+    /// no more writes or linearizable reads until it is restarted; the others elect a leader.
+    #[error("STORAGE_ERROR")]
+    StorageError(String),
 }
 
 impl ApiError {
+    /// The JSON error body of both surfaces (`{"error": CODE, ...}`).
+    pub fn body(&self) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            ApiError::Meta(MetaError::InvalidConfig { key, value, message }) => {
+                json!({"error": "INVALID_CONFIG", "key": key, "value": value, "message": message})
+            }
+            ApiError::InvalidMembership(m) | ApiError::InvalidRequest(m) | ApiError::StorageError(m) => {
+                json!({"error": self.to_string(), "message": m})
+            }
+            other => json!({"error": other.to_string()}),
+        }
+    }
+
     pub fn status(&self) -> u16 {
         match self {
             ApiError::Meta(e) => e.status(),
             ApiError::Retry | ApiError::AlreadyInitialized | ApiError::UseRaftMembershipApi => 409,
             ApiError::NotInitialized => 503,
             ApiError::InvalidMembership(_) | ApiError::InvalidRequest(_) => 400,
-            ApiError::ProxyNotSync => 500,
+            ApiError::ProxyNotSync | ApiError::StorageError(_) => 500,
         }
     }
 }
@@ -52,6 +83,8 @@ pub struct Broker {
     /// gRPC channels to the leader for forwarding, by raft address (they reconnect by
     /// themselves, so one per address is enough).
     pub forward_channels: std::sync::Mutex<std::collections::HashMap<String, tonic::transport::Channel>>,
+    /// Which group this member's data dir belongs to.
+    pub identity: std::sync::Arc<moonraft_raft::storage::GroupIdentity>,
 }
 
 impl Broker {
@@ -95,6 +128,7 @@ impl Broker {
             Err(_) => Err(ApiError::Retry),
             Ok(Ok(resp)) => resp.data.map_err(ApiError::Meta),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(ApiError::Retry),
+            Ok(Err(RaftError::Fatal(f))) => Err(fatal(f)),
             Ok(Err(e)) => {
                 warn!("proposal failed: {e}");
                 Err(ApiError::Retry)
@@ -110,6 +144,7 @@ impl Broker {
         if self.config.read_mode == ReadMode::Linearizable {
             match tokio::time::timeout(self.proposal_timeout(), self.raft.ensure_linearizable()).await {
                 Ok(Ok(_)) => {}
+                Ok(Err(RaftError::Fatal(f))) => return Err(fatal(f)),
                 Ok(Err(_)) | Err(_) => return Err(ApiError::Retry),
             }
         }
