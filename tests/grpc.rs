@@ -114,7 +114,8 @@ fn grpc_api_conformance_three_members() {
             index: None,
         };
         assert_error(call!(m, api.add_proxy(dup)).unwrap_err(), Code::AlreadyExists, "ALREADY_EXISTED");
-        let bad = pb::AddProxyRequest { proxy_address: "p9:6009".into(), nodes: vec!["x:1".into()], host: None, index: None };
+        let bad =
+            pb::AddProxyRequest { proxy_address: "p9:6009".into(), nodes: vec!["x:1".into()], host: None, index: None };
         assert_error(call!(m, api.add_proxy(bad)).unwrap_err(), Code::InvalidArgument, "INVALID_REQUEST");
         let bad = pb::AddProxyRequest {
             proxy_address: "no-port".into(),
@@ -134,9 +135,21 @@ fn grpc_api_conformance_three_members() {
         // Clusters.
         call!(m, api.create_cluster(nn("c", 4))).unwrap();
         assert_error(call!(m, api.create_cluster(nn("c", 4))).unwrap_err(), Code::AlreadyExists, "ALREADY_EXISTED");
-        assert_error(call!(m, api.create_cluster(nn("d", 3))).unwrap_err(), Code::InvalidArgument, "INVALID_NODE_NUMBER");
-        assert_error(call!(m, api.create_cluster(nn("bad name", 4))).unwrap_err(), Code::InvalidArgument, "INVALID_CLUSTER_NAME");
-        assert_error(call!(m, api.create_cluster(nn("big", 400))).unwrap_err(), Code::FailedPrecondition, "NO_AVAILABLE_RESOURCE");
+        assert_error(
+            call!(m, api.create_cluster(nn("d", 3))).unwrap_err(),
+            Code::InvalidArgument,
+            "INVALID_NODE_NUMBER",
+        );
+        assert_error(
+            call!(m, api.create_cluster(nn("bad name", 4))).unwrap_err(),
+            Code::InvalidArgument,
+            "INVALID_CLUSTER_NAME",
+        );
+        assert_error(
+            call!(m, api.create_cluster(nn("big", 400))).unwrap_err(),
+            Code::FailedPrecondition,
+            "NO_AVAILABLE_RESOURCE",
+        );
         let names = call!(m, api.get_cluster_names(pb::Page::default())).unwrap();
         assert_eq!(names.names, vec!["c".to_owned()]);
         let c = call!(m, api.get_cluster(cn("c"))).unwrap().cluster.expect("cluster");
@@ -210,11 +223,18 @@ fn grpc_api_conformance_three_members() {
             Code::FailedPrecondition,
             "MIGRATION_RUNNING",
         );
-        assert_error(call!(m, api.scale_up_nodes(nn("c", 12))).unwrap_err(), Code::FailedPrecondition, "MIGRATION_RUNNING");
+        assert_error(
+            call!(m, api.scale_up_nodes(nn("c", 12))).unwrap_err(),
+            Code::FailedPrecondition,
+            "MIGRATION_RUNNING",
+        );
 
         // Failures and failover.
-        call!(m, api.report_failure(pb::ReportFailureRequest { proxy_address: "p6:6006".into(), reporter_id: "co1".into() }))
-            .unwrap();
+        call!(
+            m,
+            api.report_failure(pb::ReportFailureRequest { proxy_address: "p6:6006".into(), reporter_id: "co1".into() })
+        )
+        .unwrap();
         let failures = call!(m, api.get_failures(e)).unwrap();
         assert!(failures.addresses.contains(&"p6:6006".to_owned()));
         let hosts = call!(m, api.check_resource_for_failures(e)).unwrap();
@@ -251,10 +271,12 @@ fn grpc_api_conformance_three_members() {
         assert_error(call!(m, api.restore_metadata(garbage)).unwrap_err(), Code::InvalidArgument, "INVALID_REQUEST");
 
         // Membership errors.
-        let st = call!(m, admin.change_membership(pb::MembershipRequest { voters: vec![1, 9], remove: false })).unwrap_err();
+        let st =
+            call!(m, admin.change_membership(pb::MembershipRequest { voters: vec![1, 9], remove: false })).unwrap_err();
         assert_error(st, Code::InvalidArgument, "INVALID_MEMBERSHIP");
-        let st = call!(m, admin.add_learner(pb::Member { id: 0, raft_address: "x:1".into(), http_address: "x:2".into() }))
-            .unwrap_err();
+        let st =
+            call!(m, admin.add_learner(pb::Member { id: 0, raft_address: "x:1".into(), http_address: "x:2".into() }))
+                .unwrap_err();
         assert_error(st, Code::InvalidArgument, "INVALID_MEMBERSHIP");
         let other = pb::InitRequest {
             members: vec![pb::Member { id: 1, raft_address: "a:1".into(), http_address: "a:2".into() }],
