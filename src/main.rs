@@ -1,6 +1,7 @@
 //! `moonraft`: one binary, one subcommand per role.
 
 mod broker;
+mod coordinator;
 mod ctl;
 mod settings;
 
@@ -13,6 +14,7 @@ const USAGE: &str = "moonraft — self-managed Redis clustering
 USAGE:
     moonraft proxy [CONFIG.toml] [--<key> <value>]...   run a server proxy (Redis Cluster protocol)
     moonraft broker [CONFIG.toml] [--<key> <value>]...  run a member of the Raft broker group (/api/v3)
+    moonraft coordinator [CONFIG.toml] [--<key> <value>]...  keep proxies in sync, detect failures, fail over
     moonraft ctl [--broker ADDR] [--json] <COMMAND>     administer the broker group (`moonraft ctl --help`)
     moonraft --version
 
@@ -32,6 +34,7 @@ fn run(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("proxy") => proxy(&args[1..]),
         Some("broker") => broker(&args[1..]),
+        Some("coordinator") => coordinator(&args[1..]),
         Some("ctl") => {
             if let Err(f) = ctl::main(&args[1..]) {
                 eprintln!("{}", f.message);
@@ -118,6 +121,33 @@ fn broker(args: &[String]) -> Result<()> {
     runtime.block_on(async move {
         tokio::select! {
             r = broker::run(config) => r,
+            _ = shutdown_signal() => Ok(()),
+        }
+    })
+}
+
+fn coordinator(args: &[String]) -> Result<()> {
+    use coordinator::config::{CoordinatorConfig, COORDINATOR_KEYS};
+    let cli = settings::parse_cli(args, COORDINATOR_KEYS)?;
+    if cli.help {
+        println!("moonraft coordinator [CONFIG.toml] [--<key> <value>]...\n\nKeys (see shared spec failover-and-coordinator.md §1; broker_address lists the brokers' gRPC addresses):");
+        for key in COORDINATOR_KEYS {
+            println!("    --{:<30} MOONRAFT_{}", key.replace('_', "-"), key.to_ascii_uppercase());
+        }
+        return Ok(());
+    }
+    let mut config = CoordinatorConfig::default();
+    settings::apply(&cli, COORDINATOR_KEYS, |k, v| config.set(k, v))?;
+    init_logging(&config.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.thread_number)
+        .thread_name("coordinator")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        tokio::select! {
+            r = coordinator::run(config) => r,
             _ = shutdown_signal() => Ok(()),
         }
     })

@@ -33,6 +33,8 @@ pub struct ProxyConfig {
     pub client_query_buffer_limit: usize,
     /// Re-assert replication roles (REPLICAOF) this often, milliseconds.
     pub replication_interval: u64,
+    /// Honour the write lease coordinators grant with `UMCTL HEALTH` (see `lease.rs`).
+    pub coordinator_lease: bool,
     /// Log filter (tracing `EnvFilter` syntax).
     pub log: String,
 }
@@ -61,6 +63,7 @@ impl Default for ProxyConfig {
             proto_max_bulk_len: crate::resp::DEFAULT_MAX_BULK_LEN,
             client_query_buffer_limit: 1024 * 1024 * 1024,
             replication_interval: 5000,
+            coordinator_lease: true,
             log: "info".into(),
         }
     }
@@ -89,6 +92,7 @@ pub const PROXY_KEYS: &[&str] = &[
     "proto_max_bulk_len",
     "client_query_buffer_limit",
     "replication_interval",
+    "coordinator_lease",
     "log",
 ];
 
@@ -171,6 +175,7 @@ impl ProxyConfig {
             "proto_max_bulk_len" => self.proto_max_bulk_len = positive(value)?,
             "client_query_buffer_limit" => self.client_query_buffer_limit = positive(value)?,
             "replication_interval" => self.replication_interval = positive(value)?,
+            "coordinator_lease" => self.coordinator_lease = boolean(value)?,
             "log" => self.log = value.to_owned(),
             _ => return Err(format!("unknown key {key:?}")),
         }

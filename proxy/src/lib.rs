@@ -4,6 +4,7 @@ pub mod backend;
 pub mod cluster;
 pub mod command;
 pub mod config;
+pub mod lease;
 pub mod replication;
 pub mod resp;
 pub mod server;

@@ -185,6 +185,9 @@ impl Session {
             "command" => self.command(req),
             "info" => Pending::Ready(resp::bulk(self.info().as_bytes())),
             "client" => self.client(args),
+            "umctl" if args.get(1).is_some_and(|a| a.eq_ignore_ascii_case(b"health")) => {
+                Pending::Task(Box::pin(umctl::health(self.state.clone(), args[2..].to_vec())))
+            }
             "umctl" => Pending::Ready(umctl::handle(&self.state, &args[1..], self.proto)),
             _ => err(&format!(
                 "ERR_COMMAND_NOT_SUPPORTED: '{}' is not supported by the moonraft proxy (it cannot be routed to one slot or changes connection state)",
@@ -196,6 +199,9 @@ impl Session {
     async fn data_command(&mut self, spec: &'static CommandSpec, req: Request, asking: bool) -> Pending {
         if !self.authenticated {
             return err("NOAUTH Password not given by AUTH command");
+        }
+        if self.state.config.coordinator_lease && self.state.lease.expired() {
+            return err("CLUSTERDOWN this proxy lost its coordinator lease (no coordinator reached it in time, or it was failed over)");
         }
         let args = &req.args;
         if !spec.check_arity(args.len()) {

@@ -58,6 +58,11 @@ pub struct ProxyState {
     pub connected_clients: AtomicUsize,
     pub total_commands: AtomicU64,
     pub total_connections: AtomicU64,
+    /// The write lease granted by coordinators.
+    pub lease: crate::lease::Lease,
+    /// Pools kept for the nodes `UMCTL HEALTH` pings (replicas have no other pool); replaced
+    /// by each probe's node list, so it stays as small as that list.
+    pub health_pools: Mutex<std::collections::HashMap<String, Arc<crate::backend::NodePool>>>,
 }
 
 impl ProxyState {
@@ -83,6 +88,8 @@ impl ProxyState {
             connected_clients: AtomicUsize::new(0),
             total_commands: AtomicU64::new(0),
             total_connections: AtomicU64::new(0),
+            lease: crate::lease::Lease::default(),
+            health_pools: Mutex::new(std::collections::HashMap::new()),
         })
     }
 

@@ -342,3 +342,67 @@ fn switch(state: &ProxyState, args: &[Bytes], to: TaskState) -> Bytes {
     }
     resp::error("TASK_NOT_FOUND")
 }
+
+/// Most nodes one `UMCTL HEALTH` may name.
+const HEALTH_MAX_NODES: usize = 64;
+
+/// `UMCTL HEALTH <lease_ms> <epoch> [node…]` (moonraft): pings each named Redis node through
+/// the proxy and, when they all answer and this proxy has at least metadata `epoch`, renews
+/// the coordinator lease (`lease.rs`) for `lease_ms` (0: no lease). Replies `+OK`,
+/// `-ERR_NODE_DOWN <node> <reason>` or `-STALE_EPOCH <epoch it has>` (no renewal for either).
+pub async fn health(state: std::sync::Arc<ProxyState>, args: Vec<Bytes>) -> Bytes {
+    let num = |i: usize| args.get(i).and_then(|a| parse_u64(a));
+    let (Some(lease_ms), Some(epoch)) = (num(0), num(1)) else {
+        return resp::error("ERR usage: UMCTL HEALTH <lease_ms> <epoch> [node ...]");
+    };
+    let nodes: Vec<String> = args[2..].iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    if nodes.len() > HEALTH_MAX_NODES {
+        return resp::error(&format!("ERR at most {HEALTH_MAX_NODES} nodes"));
+    }
+    let pools: Vec<std::sync::Arc<crate::backend::NodePool>> = {
+        let mut cache = state.health_pools.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = std::collections::HashMap::new();
+        for n in &nodes {
+            let pool = cache.remove(n).unwrap_or_else(|| state.registry.pool(n, 2));
+            next.insert(n.clone(), pool);
+        }
+        *cache = next;
+        nodes.iter().filter_map(|n| cache.get(n).cloned()).collect()
+    };
+    // Concurrently, so one hung node costs one timeout, not one per node.
+    let checks: Vec<_> = pools
+        .into_iter()
+        .map(|p| {
+            tokio::spawn(async move {
+                let ping = resp::Request::from_strs(&["PING"]);
+                match tokio::time::timeout(std::time::Duration::from_secs(1), p.call(&ping)).await {
+                    Err(_) => Err(format!("{} timeout", p.address())),
+                    Ok(Err(e)) => Err(format!("{} {}", p.address(), one_line(&e.to_string()))),
+                    Ok(Ok(r)) if r.starts_with(b"-") => {
+                        Err(format!("{} {}", p.address(), one_line(&String::from_utf8_lossy(&r[1..]))))
+                    }
+                    Ok(Ok(_)) => Ok(()),
+                }
+            })
+        })
+        .collect();
+    for check in checks {
+        match check.await {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => return resp::error(&format!("ERR_NODE_DOWN {reason}")),
+            Err(_) => return resp::error("ERR_NODE_DOWN health check failed"),
+        }
+    }
+    let mine = state.epoch();
+    if mine < epoch {
+        return resp::error(&format!("STALE_EPOCH {mine}"));
+    }
+    if lease_ms > 0 && state.config.coordinator_lease {
+        state.lease.renew(std::time::Duration::from_millis(lease_ms));
+    }
+    Bytes::from_static(resp::OK)
+}
+
+fn one_line(s: &str) -> String {
+    s.trim_end().replace(['\r', '\n'], " ")
+}

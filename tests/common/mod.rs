@@ -572,3 +572,177 @@ impl BrokerGroup {
             .collect()
     }
 }
+
+impl BrokerGroup {
+    /// An `/api/v3` call to any running member, retrying `RETRY`, `503` and connection errors
+    /// for up to 10 s.
+    pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> HttpResponse {
+        let live: Vec<&BrokerProc> = self.members.iter().filter(|m| m.proc.child.is_some()).collect();
+        for attempt in 0..100 {
+            let m = live[attempt % live.len()];
+            match http(&m.http, method, &format!("/api/v3{path}"), body) {
+                Ok(r) if r.status == 409 && r.body.starts_with(b"{\"error\":\"RETRY\"") => {}
+                Ok(r) if r.status == 503 => {}
+                Ok(r) => return r,
+                Err(_) => {}
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{method} {path}: no answer from the broker group");
+    }
+
+    pub fn grpc_addresses(&self) -> String {
+        self.members.iter().map(|m| m.grpc.clone()).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// One "host": a proxy in front of two redis-servers.
+pub struct Host {
+    pub proxy: Proxy,
+    pub redis: [Redis; 2],
+}
+
+/// A `moonraft coordinator` process with its admin port.
+pub struct Coordinator {
+    pub proc: Proc,
+    pub admin: u16,
+    pub log: PathBuf,
+}
+
+impl Coordinator {
+    pub fn start(brokers: &str, dir: &std::path::Path, id: &str, extra: &[&str]) -> Coordinator {
+        let admin = free_port();
+        let log = dir.join(format!("coordinator-{id}.log"));
+        let child = Command::new(BIN)
+            .arg("coordinator")
+            .args(["--address", &format!("127.0.0.1:{admin}"), "--broker-address", brokers, "--reporter-id", id])
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn moonraft coordinator");
+        let mut proc = Proc { child: Some(child) };
+        assert!(
+            wait_ping(admin, &mut proc),
+            "coordinator did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        Coordinator { proc, admin, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// The whole system on loopback: a 3-member broker group, `hosts` proxies (each registered as
+/// its own host, with two redis-servers) and coordinators.
+pub struct Stack {
+    pub brokers: BrokerGroup,
+    pub hosts: Vec<Host>,
+    pub coordinators: Vec<Coordinator>,
+    pub dir: TempDir,
+}
+
+impl Stack {
+    pub fn start(hosts: usize, coordinators: usize, coordinator_flags: &[&str]) -> Stack {
+        let brokers = BrokerGroup::start(3);
+        let dir = TempDir::new("stack");
+        let mut list = Vec::new();
+        for i in 0..hosts {
+            let redis = [Redis::start(), Redis::start()];
+            let proxy = Proxy::start(&[]);
+            let body = serde_json::json!({
+                "proxy_address": proxy.addr(),
+                "nodes": [redis[0].addr(), redis[1].addr()],
+                "host": format!("host{i}"),
+            })
+            .to_string();
+            let r = brokers.call("POST", "/proxies/meta", Some(&body));
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            list.push(Host { proxy, redis });
+        }
+        let grpc = brokers.grpc_addresses();
+        let coordinators = (0..coordinators)
+            .map(|i| Coordinator::start(&grpc, &dir.0, &format!("co{i}"), coordinator_flags))
+            .collect();
+        Stack { brokers, hosts: list, coordinators, dir }
+    }
+
+    pub fn host(&mut self, proxy_address: &str) -> &mut Host {
+        self.hosts.iter_mut().find(|h| h.proxy.addr() == proxy_address).expect("a host of this stack")
+    }
+
+    /// The cluster's JSON (`GET /clusters/meta/{name}`).
+    pub fn cluster(&self, name: &str) -> serde_json::Value {
+        self.brokers.call("GET", &format!("/clusters/meta/{name}"), None).json()["cluster"].clone()
+    }
+
+    pub fn logs(&self) -> String {
+        let mut s = self.brokers.logs();
+        for (i, c) in self.coordinators.iter().enumerate() {
+            s.push_str(&format!("--- coordinator {i} ---\n{}", c.log_text()));
+        }
+        for h in &self.hosts {
+            s.push_str(&format!("--- proxy {} ---\n{}", h.proxy.addr(), h.proxy.log_text()));
+        }
+        s
+    }
+}
+
+/// A minimal Redis Cluster client: follows MOVED/ASK, retries TRYAGAIN/CLUSTERDOWN and
+/// connection errors on another entry point until `deadline`.
+pub struct ClusterClient {
+    pub entry: Vec<u16>,
+}
+
+fn port_of(addr: &str) -> Option<u16> {
+    addr.rsplit(':').next()?.parse().ok()
+}
+
+impl ClusterClient {
+    pub fn cmd(&self, args: &[&str], timeout: Duration) -> Result<Frame, String> {
+        let deadline = Instant::now() + timeout;
+        let mut next = 0usize;
+        let mut target: Option<u16> = None;
+        let mut asking = false;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let port = target.unwrap_or(self.entry[next % self.entry.len()]);
+            let reply = Conn::try_connect(port).and_then(|mut c| {
+                c.set_timeout(Duration::from_secs(2));
+                if asking {
+                    c.try_cmd(&["ASKING"])?;
+                }
+                c.try_cmd(args)
+            });
+            asking = false;
+            match reply {
+                Ok(Frame::Error(e)) if e.starts_with("MOVED") || e.starts_with("ASK") => {
+                    asking = e.starts_with("ASK");
+                    target = e.split(' ').nth(2).and_then(port_of);
+                    last = e;
+                    continue;
+                }
+                Ok(Frame::Error(e))
+                    if e.starts_with("TRYAGAIN")
+                        || e.starts_with("CLUSTERDOWN")
+                        || e.starts_with("ERR_BACKEND")
+                        || e.starts_with("ERR_CLUSTER_NOT_FOUND")
+                        || e.starts_with("LOADING")
+                        || e.starts_with("MASTERDOWN")
+                        || e.starts_with("READONLY") =>
+                {
+                    last = e;
+                }
+                Ok(f) => return Ok(f),
+                Err(e) => last = e.to_string(),
+            }
+            target = None;
+            next += 1;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!("{args:?}: no answer before the deadline (last: {last})"))
+    }
+}

@@ -1,0 +1,161 @@
+//! Coordinator configuration (`failover-and-coordinator.md` §1 plus moonraft's timing keys),
+//! set key by key from strings like the proxy's and the broker's.
+
+use moonraft_proxy::config::{boolean, check_address};
+
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// Admin port (Redis protocol, §8).
+    pub address: String,
+    /// The brokers' gRPC addresses (`grpc_address`); any member answers, the list is tried in
+    /// turn when one is down.
+    pub brokers: Vec<String>,
+    pub reporter_id: String,
+    pub thread_number: usize,
+    /// Connect and per-command timeout towards proxies.
+    pub proxy_timeout_ms: u64,
+    /// How often each proxy is probed (`UMCTL HEALTH`).
+    pub probe_interval_ms: u64,
+    /// Consecutive failed probes before a proxy is reported.
+    pub failure_probes: u32,
+    /// The write lease granted with each successful probe (0: no lease). Must be shorter than
+    /// the detection time so a failed-over proxy has stopped serving before its slots move.
+    pub proxy_lease_ms: u64,
+    /// Full reconcile of every proxy's metadata (the watch stream does the fast path).
+    pub reconcile_interval_ms: u64,
+    pub disable_failover: bool,
+    pub enable_compression: bool,
+    pub log: String,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            address: "127.0.0.1:6699".into(),
+            brokers: vec!["127.0.0.1:7800".into()],
+            reporter_id: String::new(),
+            thread_number: 2,
+            proxy_timeout_ms: 1000,
+            probe_interval_ms: 200,
+            failure_probes: 2,
+            proxy_lease_ms: 1500,
+            reconcile_interval_ms: 2000,
+            disable_failover: false,
+            enable_compression: false,
+            log: "info".into(),
+        }
+    }
+}
+
+pub const COORDINATOR_KEYS: &[&str] = &[
+    "address",
+    "broker_address",
+    "reporter_id",
+    "thread_number",
+    "proxy_timeout",
+    "proxy_timeout_ms",
+    "probe_interval_ms",
+    "failure_probes",
+    "proxy_lease_ms",
+    "reconcile_interval_ms",
+    "disable_failover",
+    "enable_compression",
+    "log",
+];
+
+fn num(v: &str) -> Result<u64, String> {
+    v.trim().parse().map_err(|_| format!("expected a non-negative integer, got {v:?}"))
+}
+
+fn positive(v: &str) -> Result<u64, String> {
+    match num(v)? {
+        0 => Err(format!("expected a positive integer, got {v:?}")),
+        n => Ok(n),
+    }
+}
+
+/// `a:1,b:2`, or a TOML array `["a:1", "b:2"]`.
+pub fn parse_addresses(v: &str) -> Result<Vec<String>, String> {
+    let list: Vec<String> = v
+        .trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .split(',')
+        .map(|s| s.trim().trim_matches('"').trim_matches('\'').to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if list.is_empty() {
+        return Err("expected at least one broker address".into());
+    }
+    for a in &list {
+        check_address(a)?;
+    }
+    Ok(list)
+}
+
+impl CoordinatorConfig {
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        match key {
+            "address" => {
+                check_address(value)?;
+                self.address = value.to_owned();
+            }
+            "broker_address" => self.brokers = parse_addresses(value)?,
+            "reporter_id" => self.reporter_id = value.to_owned(),
+            "thread_number" => self.thread_number = positive(value)? as usize,
+            // The spec's key, in seconds.
+            "proxy_timeout" => self.proxy_timeout_ms = positive(value)? * 1000,
+            "proxy_timeout_ms" => self.proxy_timeout_ms = positive(value)?,
+            "probe_interval_ms" => self.probe_interval_ms = positive(value)?,
+            "failure_probes" => self.failure_probes = positive(value)?.min(1000) as u32,
+            "proxy_lease_ms" => self.proxy_lease_ms = num(value)?,
+            "reconcile_interval_ms" => self.reconcile_interval_ms = positive(value)?,
+            "disable_failover" => self.disable_failover = boolean(value)?,
+            "enable_compression" => self.enable_compression = boolean(value)?,
+            "log" => self.log = value.to_owned(),
+            other => return Err(format!("unknown key {other}")),
+        }
+        Ok(())
+    }
+
+    /// Checks the keys together and fills defaults that depend on others.
+    pub fn finish(&mut self) -> Result<(), String> {
+        if self.reporter_id.is_empty() {
+            self.reporter_id = self.address.clone();
+        }
+        // A hung proxy is reported after `failure_probes` probes that each waited for
+        // `proxy_timeout_ms`: its lease must have run out by then.
+        let detection = u64::from(self.failure_probes) * self.proxy_timeout_ms;
+        if self.proxy_lease_ms >= detection {
+            return Err(format!(
+                "proxy_lease_ms ({}) must be shorter than failure_probes × proxy_timeout_ms ({detection}): a proxy must lose its lease before it can be failed over",
+                self.proxy_lease_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_lists_and_the_lease_rule() {
+        let mut c = CoordinatorConfig::default();
+        c.set("broker_address", r#"["127.0.0.1:7800", "127.0.0.1:7900"]"#).unwrap();
+        assert_eq!(c.brokers, vec!["127.0.0.1:7800", "127.0.0.1:7900"]);
+        c.set("broker_address", "a:1,b:2").unwrap();
+        assert_eq!(c.brokers.len(), 2);
+        assert!(c.set("broker_address", "").is_err());
+        assert!(c.set("broker_address", "nohost").is_err());
+        c.finish().unwrap();
+        assert_eq!(c.reporter_id, c.address);
+        c.set("proxy_lease_ms", "5000").unwrap();
+        assert!(c.finish().unwrap_err().contains("shorter than"));
+        c.set("proxy_timeout", "3").unwrap();
+        assert_eq!(c.proxy_timeout_ms, 3000);
+        c.finish().unwrap();
+        assert!(c.set("nope", "1").is_err());
+    }
+}

@@ -1,0 +1,228 @@
+//! What a coordinator pushes to a proxy (`failover-and-coordinator.md` §4): `UMCTL SETREPL`
+//! and `UMCTL SETCLUSTER` built from the broker's view of that proxy. Pure: unit tested
+//! against the spec's examples.
+
+use moonraft_proto::broker as pb;
+
+fn range_list(out: &mut Vec<String>, r: &pb::SlotRange) {
+    out.push(r.range_list.len().to_string());
+    for x in &r.range_list {
+        out.push(format!("{}-{}", x.start, x.end));
+    }
+}
+
+/// One `<address> <slot-range>` entry.
+fn entry(out: &mut Vec<String>, address: &str, r: &pb::SlotRange) {
+    out.push(address.to_owned());
+    let meta = match &r.tag {
+        Some(pb::slot_range::Tag::Migrating(m)) => Some(("MIGRATING", m)),
+        Some(pb::slot_range::Tag::Importing(m)) => Some(("IMPORTING", m)),
+        _ => None,
+    };
+    match meta {
+        None => range_list(out, r),
+        Some((kind, m)) => {
+            out.push(kind.to_owned());
+            range_list(out, r);
+            out.extend([
+                m.epoch.to_string(),
+                m.src_proxy_address.clone(),
+                m.src_node_address.clone(),
+                m.dst_proxy_address.clone(),
+                m.dst_node_address.clone(),
+            ]);
+        }
+    }
+}
+
+fn is_master(n: &pb::Node) -> bool {
+    n.repl.as_ref().is_some_and(|r| r.role == "master")
+}
+
+/// `UMCTL SETREPL <epoch> NOFLAG (<role> <cluster> <node> <n> (<peer_node> <peer_proxy>)*)*`.
+pub fn setrepl(p: &pb::Proxy) -> Vec<String> {
+    let mut out: Vec<String> = vec!["UMCTL".into(), "SETREPL".into(), p.epoch.to_string(), "NOFLAG".into()];
+    let cluster = p.cluster_name.clone().unwrap_or_default();
+    for n in &p.nodes {
+        if cluster.is_empty() {
+            out.extend(["master".into(), String::new(), n.address.clone(), "0".into()]);
+            continue;
+        }
+        let role = if is_master(n) { "master" } else { "replica" };
+        let peers = n.repl.as_ref().map(|r| r.peers.as_slice()).unwrap_or_default();
+        out.extend([role.to_owned(), cluster.clone(), n.address.clone(), peers.len().to_string()]);
+        for peer in peers {
+            out.extend([peer.node_address.clone(), peer.proxy_address.clone()]);
+        }
+    }
+    out
+}
+
+/// `UMCTL SETCLUSTER v2 <epoch> NOFLAG <cluster> <local>* [PEER <peer>*] CONFIG <5 fields>`.
+pub fn setcluster(p: &pb::Proxy) -> Vec<String> {
+    let mut out: Vec<String> = vec![
+        "UMCTL".into(),
+        "SETCLUSTER".into(),
+        "v2".into(),
+        p.epoch.to_string(),
+        "NOFLAG".into(),
+        p.cluster_name.clone().unwrap_or_default(),
+    ];
+    for n in p.nodes.iter().filter(|n| is_master(n)) {
+        for r in &n.slots {
+            entry(&mut out, &n.address, r);
+        }
+    }
+    let peers: Vec<&pb::Peer> = p.peers.iter().filter(|x| !x.slots.is_empty()).collect();
+    if !peers.is_empty() {
+        out.push("PEER".into());
+        for peer in peers {
+            for r in &peer.slots {
+                entry(&mut out, &peer.proxy_address, r);
+            }
+        }
+    }
+    let config = p
+        .cluster_config
+        .clone()
+        .unwrap_or_else(|| pb::ClusterConfig { compression_strategy: "disabled".into(), migration_config: None });
+    let m = config.migration_config.unwrap_or(pb::MigrationConfig {
+        max_migration_time: 10800,
+        max_blocking_time: 10000,
+        scan_interval: 500,
+        scan_count: 16,
+    });
+    let strategy = if config.compression_strategy.is_empty() { "disabled".into() } else { config.compression_strategy };
+    out.extend([
+        "CONFIG".into(),
+        "compression_strategy".into(),
+        strategy,
+        "migration_max_migration_time".into(),
+        m.max_migration_time.to_string(),
+        "migration_max_blocking_time".into(),
+        m.max_blocking_time.to_string(),
+        "migration_scan_interval".into(),
+        m.scan_interval.to_string(),
+        "migration_scan_count".into(),
+        m.scan_count.to_string(),
+    ]);
+    out
+}
+
+/// The Redis nodes a proxy fronts (what `UMCTL HEALTH` pings).
+pub fn nodes(p: &pb::Proxy) -> Vec<String> {
+    p.nodes.iter().map(|n| n.address.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(start: u32, end: u32, tag: pb::slot_range::Tag) -> pb::SlotRange {
+        pb::SlotRange { range_list: vec![pb::Range { start, end }], tag: Some(tag) }
+    }
+
+    fn none() -> pb::slot_range::Tag {
+        pb::slot_range::Tag::None(pb::Empty {})
+    }
+
+    fn node(address: &str, role: &str, slots: Vec<pb::SlotRange>, peer: (&str, &str)) -> pb::Node {
+        pb::Node {
+            address: address.into(),
+            proxy_address: "server_proxy5:6005".into(),
+            slots,
+            repl: Some(pb::Repl {
+                role: role.into(),
+                peers: vec![pb::ReplPeer { node_address: peer.0.into(), proxy_address: peer.1.into() }],
+            }),
+        }
+    }
+
+    fn config() -> pb::ClusterConfig {
+        pb::ClusterConfig {
+            compression_strategy: "disabled".into(),
+            migration_config: Some(pb::MigrationConfig {
+                max_migration_time: 10800,
+                max_blocking_time: 10000,
+                scan_interval: 500,
+                scan_count: 16,
+            }),
+        }
+    }
+
+    /// The spec's examples (`proxy.md` §9.1, §9.2).
+    #[test]
+    fn builds_the_spec_examples() {
+        let p = pb::Proxy {
+            cluster_name: Some("mycluster".into()),
+            address: "server_proxy5:6005".into(),
+            epoch: 7,
+            nodes: vec![
+                node(
+                    "server_proxy5:7009",
+                    "master",
+                    vec![range(0, 8191, none())],
+                    ("server_proxy6:7012", "server_proxy6:6006"),
+                ),
+                node("server_proxy5:7010", "replica", vec![], ("server_proxy6:7011", "server_proxy6:6006")),
+            ],
+            peers: vec![pb::Peer {
+                proxy_address: "server_proxy6:6006".into(),
+                slots: vec![range(8192, 16383, none())],
+            }],
+            cluster_config: Some(config()),
+        };
+        assert_eq!(
+            setcluster(&p).join(" "),
+            "UMCTL SETCLUSTER v2 7 NOFLAG mycluster server_proxy5:7009 1 0-8191 PEER server_proxy6:6006 1 8192-16383 CONFIG compression_strategy disabled migration_max_migration_time 10800 migration_max_blocking_time 10000 migration_scan_interval 500 migration_scan_count 16"
+        );
+        assert_eq!(
+            setrepl(&p).join(" "),
+            "UMCTL SETREPL 7 NOFLAG master mycluster server_proxy5:7009 1 server_proxy6:7012 server_proxy6:6006 replica mycluster server_proxy5:7010 1 server_proxy6:7011 server_proxy6:6006"
+        );
+    }
+
+    #[test]
+    fn migrating_ranges_carry_their_meta() {
+        let meta = pb::MigrationMeta {
+            epoch: 9,
+            src_proxy_address: "server_proxy5:6005".into(),
+            src_node_address: "server_proxy5:7009".into(),
+            dst_proxy_address: "server_proxy2:6002".into(),
+            dst_node_address: "server_proxy2:7003".into(),
+        };
+        let p = pb::Proxy {
+            cluster_name: Some("mycluster".into()),
+            address: "server_proxy5:6005".into(),
+            epoch: 9,
+            nodes: vec![node(
+                "server_proxy5:7009",
+                "master",
+                vec![range(0, 4095, none()), range(4096, 8191, pb::slot_range::Tag::Migrating(meta))],
+                ("x:1", "y:1"),
+            )],
+            peers: vec![],
+            cluster_config: Some(config()),
+        };
+        let cmd = setcluster(&p).join(" ");
+        assert!(cmd.starts_with("UMCTL SETCLUSTER v2 9 NOFLAG mycluster server_proxy5:7009 1 0-4095 server_proxy5:7009 MIGRATING 1 4096-8191 9 server_proxy5:6005 server_proxy5:7009 server_proxy2:6002 server_proxy2:7003 CONFIG"), "{cmd}");
+    }
+
+    #[test]
+    fn a_free_proxy_gets_no_slots_and_master_nodes() {
+        let p = pb::Proxy {
+            cluster_name: None,
+            address: "p:6000".into(),
+            epoch: 6,
+            nodes: vec![node("r:1", "master", vec![], ("", "")), node("r:2", "master", vec![], ("", ""))],
+            peers: vec![],
+            cluster_config: None,
+        };
+        let c = setcluster(&p);
+        assert_eq!(&c[..7], &["UMCTL", "SETCLUSTER", "v2", "6", "NOFLAG", "", "CONFIG"]);
+        assert_eq!(setrepl(&p).join(" "), "UMCTL SETREPL 6 NOFLAG master  r:1 0 master  r:2 0");
+        // What the proxy parses is what we meant.
+        let args: Vec<bytes::Bytes> = c[2..].iter().map(|s| bytes::Bytes::from(s.clone())).collect();
+        assert!(moonraft_proxy::cluster::SetCluster::parse(&args).is_ok());
+    }
+}

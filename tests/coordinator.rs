@@ -1,0 +1,170 @@
+//! Coordinators end to end with real processes: 3 brokers, 2 coordinators, 6 proxies and their
+//! 12 redis-servers. Metadata reaches proxies through the watch stream (the periodic reconcile
+//! is set to a minute, so it cannot be what delivers it), failures of a proxy process, of a
+//! Redis master behind a live proxy and of a hung proxy are failed over with the data intact,
+//! a merely slow proxy is left alone, and a failed-over proxy that resumes refuses writes.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::time::Duration;
+
+fn port(addr: &str) -> u16 {
+    addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("host:port")
+}
+
+fn proxies(cluster: &Value) -> Vec<String> {
+    let mut v: Vec<String> =
+        cluster["nodes"].as_array().unwrap().iter().map(|n| n["proxy_address"].as_str().unwrap().to_owned()).collect();
+    v.dedup();
+    v
+}
+
+/// The proxy holding the master of the first slot range.
+fn first_master_proxy(cluster: &Value) -> String {
+    cluster["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["repl"]["role"] == "master" && n["slots"].as_array().is_some_and(|s| !s.is_empty()))
+        .map(|n| n["proxy_address"].as_str().unwrap().to_owned())
+        .expect("a master")
+}
+
+fn client(s: &Stack) -> ClusterClient {
+    ClusterClient { entry: proxies(&s.cluster("c")).iter().map(|p| port(p)).collect() }
+}
+
+fn dbsize(addr: &str) -> Option<i64> {
+    let mut c = Conn::try_connect(port(addr)).ok()?;
+    c.set_timeout(Duration::from_secs(1));
+    match c.try_cmd(&["DBSIZE"]).ok()? {
+        moonraft_proxy::resp::Frame::Integer(n) => Some(n),
+        _ => None,
+    }
+}
+
+/// Every replica of the cluster holds as many keys as its master (replication completed).
+fn wait_replicated(s: &Stack) {
+    let ok = eventually(Duration::from_secs(30), || {
+        let c = s.cluster("c");
+        c["nodes"].as_array().unwrap().iter().filter(|n| n["repl"]["role"] == "replica").all(|n| {
+            let master = n["repl"]["peers"][0]["node_address"].as_str().unwrap();
+            let (m, r) = (dbsize(master), dbsize(n["address"].as_str().unwrap()));
+            m.is_some() && m == r && m > Some(0)
+        })
+    });
+    assert!(ok, "replication did not complete:\n{}", s.logs());
+}
+
+fn assert_all_keys(s: &Stack, n: usize, round: &str) {
+    let c = client(s);
+    for i in 0..n {
+        let got = c.cmd(&["GET", &format!("key{i}")], Duration::from_secs(20));
+        assert_eq!(got, Ok(bulk(&format!("{round}{i}"))), "key{i} after {round}:\n{}", s.logs());
+    }
+}
+
+fn write_all_keys(s: &Stack, n: usize, round: &str) {
+    let c = client(s);
+    for i in 0..n {
+        let r = c.cmd(&["SET", &format!("key{i}"), &format!("{round}{i}")], Duration::from_secs(20));
+        assert_eq!(r, Ok(simple("OK")), "SET key{i} ({round}):\n{}", s.logs());
+    }
+}
+
+/// Waits until `proxy` has left the cluster and is in the failed set.
+fn wait_failed_over(s: &Stack, proxy: &str) {
+    let ok = eventually(Duration::from_secs(30), || {
+        let failed = s.brokers.call("GET", "/proxies/failed/addresses", None).json();
+        let in_failed = failed["addresses"].as_array().unwrap().iter().any(|a| a == proxy);
+        in_failed && !proxies(&s.cluster("c")).contains(&proxy.to_owned())
+    });
+    assert!(ok, "{proxy} was not failed over:\n{}", s.logs());
+}
+
+#[test]
+fn coordinators_sync_detect_and_fail_over() {
+    let mut s = Stack::start(6, 2, &["--reconcile-interval-ms", "60000"]);
+    let r = s.brokers.call("POST", "/clusters/meta/c", Some(r#"{"node_number": 4}"#));
+    assert_eq!(r.status, 200);
+    let cluster = s.cluster("c");
+    let epoch = cluster["epoch"].as_u64().unwrap();
+    let members = proxies(&cluster);
+    assert_eq!(members.len(), 2);
+
+    // The new cluster reaches its proxies through the watch stream.
+    let synced = eventually(Duration::from_secs(10), || {
+        members.iter().all(|p| {
+            Conn::try_connect(port(p))
+                .ok()
+                .and_then(|mut c| c.try_cmd(&["UMCTL", "GETEPOCH"]).ok())
+                .is_some_and(|f| matches!(f, moonraft_proxy::resp::Frame::Integer(e) if e as u64 >= epoch))
+        })
+    });
+    assert!(synced, "metadata did not reach the proxies:\n{}", s.logs());
+    let (pa, pb) = (port(&members[0]), port(&members[1]));
+    assert_eq!(redis_cli(&["-c", "-p", &pa.to_string(), "SET", "a", "1"]), "OK");
+    assert_eq!(redis_cli(&["-c", "-p", &pb.to_string(), "GET", "a"]), "1");
+    let nodes = redis_cli(&["-p", &pa.to_string(), "CLUSTER", "NODES"]);
+    assert!(nodes.contains("0-8191") && nodes.contains("8192-16383"), "{nodes}");
+
+    const KEYS: usize = 300;
+    write_all_keys(&s, KEYS, "v0-");
+    wait_replicated(&s);
+
+    // A proxy that is merely slow (paused for less than the probe timeout) is left alone.
+    let slow = first_master_proxy(&cluster);
+    s.host(&slow).proxy.proc.signal("STOP");
+    std::thread::sleep(Duration::from_millis(400));
+    s.host(&slow).proxy.proc.signal("CONT");
+    std::thread::sleep(Duration::from_secs(3));
+    let failures = s.brokers.call("GET", "/failures", None).json();
+    assert_eq!(failures["addresses"], serde_json::json!([]), "{}", s.logs());
+    assert_eq!(s.cluster("c")["epoch"].as_u64(), Some(epoch), "a slow proxy must not change the cluster");
+
+    // 1. kill -9 of a master proxy: its replica is promoted, a free proxy swapped in.
+    let victim = first_master_proxy(&s.cluster("c"));
+    s.host(&victim).proxy.proc.kill();
+    wait_failed_over(&s, &victim);
+    assert_eq!(proxies(&s.cluster("c")).len(), 2);
+    assert_all_keys(&s, KEYS, "v0-");
+    write_all_keys(&s, KEYS, "v1-");
+    wait_replicated(&s);
+
+    // 2. a hung (SIGSTOP) master proxy is failed over once timeouts reveal it; when it
+    //    resumes it does not accept writes for the slots it lost.
+    let hung = first_master_proxy(&s.cluster("c"));
+    s.host(&hung).proxy.proc.signal("STOP");
+    wait_failed_over(&s, &hung);
+    s.host(&hung).proxy.proc.signal("CONT");
+    let mut resumed = Conn::connect(port(&hung));
+    resumed.set_timeout(Duration::from_secs(5));
+    for i in 0..20 {
+        let r = resumed.cmd(&["SET", &format!("key{i}"), "stale-write"]);
+        assert_ne!(r, simple("OK"), "the failed-over proxy accepted a write:\n{}", s.logs());
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert_all_keys(&s, KEYS, "v1-");
+    write_all_keys(&s, KEYS, "v2-");
+    wait_replicated(&s);
+
+    // 3. a Redis master behind a live proxy dies: the proxy is failed over too.
+    let holder = first_master_proxy(&s.cluster("c"));
+    let master_node = s.cluster("c")["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["proxy_address"] == holder.as_str() && n["repl"]["role"] == "master")
+        .map(|n| n["address"].as_str().unwrap().to_owned())
+        .unwrap();
+    let host = s.host(&holder);
+    let idx = host.redis.iter().position(|r| r.addr() == master_node).expect("the master's redis");
+    host.redis[idx].proc.kill();
+    wait_failed_over(&s, &holder);
+    assert_all_keys(&s, KEYS, "v2-");
+    write_all_keys(&s, KEYS, "v3-");
+    let logs: String = s.coordinators.iter().map(Coordinator::log_text).collect();
+    assert!(logs.contains("redis node down"), "{logs}");
+}
