@@ -167,4 +167,121 @@ fn coordinators_sync_detect_and_fail_over() {
     write_all_keys(&s, KEYS, "v3-");
     let logs: String = s.coordinators.iter().map(Coordinator::log_text).collect();
     assert!(logs.contains("redis node down"), "{logs}");
+
+    // The resumed proxy comes back through the documented path: register it again (409
+    // ALREADY_EXISTED, but it leaves the failed set) and coordinators sync it as a free proxy.
+    let host = s.host(&hung);
+    let body = serde_json::json!({
+        "proxy_address": hung,
+        "nodes": [host.redis[0].addr(), host.redis[1].addr()],
+        "host": "any",
+    })
+    .to_string();
+    let r = s.brokers.call("POST", "/proxies/meta", Some(&body));
+    assert_eq!((r.status, r.error_code()), (409, "ALREADY_EXISTED".to_owned()));
+    let back = eventually(Duration::from_secs(10), || {
+        let failed = s.brokers.call("GET", "/proxies/failed/addresses", None).json();
+        let global = s.brokers.call("GET", "/epoch", None).json().as_u64().unwrap_or(0);
+        let epoch = Conn::try_connect(port(&hung)).ok().and_then(|mut c| c.try_cmd(&["UMCTL", "GETEPOCH"]).ok());
+        !failed["addresses"].as_array().unwrap().iter().any(|a| a == hung.as_str())
+            && matches!(epoch, Some(moonraft_proxy::resp::Frame::Integer(e)) if e as u64 >= global)
+    });
+    assert!(back, "the re-registered proxy did not return to the pool:\n{}", s.logs());
+    let r = Conn::connect(port(&hung)).cmd(&["SET", "x", "1"]);
+    assert_ne!(r, simple("OK"), "a free proxy serves no slots");
+}
+
+/// Listens on a free port and answers every connection with `reply` (or nothing, if `None`),
+/// until the test ends.
+fn fake_proxy(reply: Option<&'static [u8]>) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            match reply {
+                None => held.push(stream),
+                Some(bytes) => {
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let mut stream = stream;
+                        let mut buf = [0u8; 4096];
+                        while let Ok(n) = stream.read(&mut buf) {
+                            if n == 0 || stream.write_all(bytes).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    });
+    addr
+}
+
+/// Proxies that hang or answer garbage are reported and failed, and never delay the metadata
+/// of the healthy ones; the watch stream survives the broker it came from; the admin port
+/// answers `CONFIG GET/SET` with the spec's errors.
+#[test]
+fn bad_proxies_and_a_lost_broker_stall_nobody() {
+    let mut s = Stack::start(4, 1, &["--reconcile-interval-ms", "60000"]);
+    assert_eq!(s.brokers.call("POST", "/clusters/meta/c", Some(r#"{"node_number": 4}"#)).status, 200);
+    let members = proxies(&s.cluster("c"));
+    let epoch_of = |p: &str| {
+        Conn::try_connect(port(p)).ok().and_then(|mut c| c.try_cmd(&["UMCTL", "GETEPOCH"]).ok()).and_then(|f| match f {
+            moonraft_proxy::resp::Frame::Integer(e) => Some(e as u64),
+            _ => None,
+        })
+    };
+    let synced = |s: &Stack, members: &[String]| {
+        let epoch = s.cluster("c")["epoch"].as_u64().unwrap();
+        eventually(Duration::from_secs(5), || members.iter().all(|p| epoch_of(p).is_some_and(|e| e >= epoch)))
+    };
+    assert!(synced(&s, &members), "{}", s.logs());
+
+    // Two bad "proxies": one never answers, one answers garbage.
+    let hang = fake_proxy(None);
+    let garbage = fake_proxy(Some(b"$-7\r\n%%garbage\r\n"));
+    for (i, addr) in [&hang, &garbage].into_iter().enumerate() {
+        let body = serde_json::json!({"proxy_address": addr, "nodes": ["127.0.0.1:1", "127.0.0.1:2"], "host": format!("bad{i}")});
+        assert_eq!(s.brokers.call("POST", "/proxies/meta", Some(&body.to_string())).status, 200);
+    }
+    let change = |s: &Stack, strategy: &str| {
+        let body = serde_json::json!({"compression_strategy": strategy}).to_string();
+        assert_eq!(s.brokers.call("PATCH", "/clusters/config/c", Some(&body)).status, 200);
+    };
+    change(&s, "set_get_only");
+    assert!(synced(&s, &members), "bad proxies delayed the good ones:\n{}", s.logs());
+    let failed_both = eventually(Duration::from_secs(15), || {
+        let failed = s.brokers.call("GET", "/proxies/failed/addresses", None).json();
+        let list = failed["addresses"].as_array().unwrap();
+        list.iter().any(|a| a == hang.as_str()) && list.iter().any(|a| a == garbage.as_str())
+    });
+    assert!(failed_both, "{}", s.logs());
+
+    // The broker the coordinator watches dies: changes still arrive (another member's stream).
+    s.brokers.members[0].proc.kill();
+    change(&s, "disabled");
+    assert!(synced(&s, &members), "the watch did not move to another broker:\n{}", s.logs());
+
+    // Admin port.
+    let mut admin = Conn::connect(s.coordinators[0].admin);
+    let brokers = admin.cmd(&["CONFIG", "GET", "brokers"]);
+    assert_eq!(brokers, bulk(&s.brokers.grpc_addresses()));
+    assert_eq!(admin.cmd(&["CONFIG", "GET", "reporter_id"]), bulk("co0"));
+    assert_eq!(admin.cmd(&["CONFIG", "SET", "probe_interval_ms", "300"]), simple("OK"));
+    assert_eq!(admin.cmd(&["CONFIG", "GET", "probe_interval_ms"]), bulk("300"));
+    assert_eq!(error_text(&admin.cmd(&["CONFIG", "GET", "nope"])), "Invalid CONFIG field nope");
+    assert_eq!(error_text(&admin.cmd(&["CONFIG", "SET", "reporter_id", "x"])), "Invalid CONFIG SET field reporter_id");
+    assert!(error_text(&admin.cmd(&["CONFIG", "SET", "proxy_lease_ms", "99999"])).contains("shorter than"));
+    assert_eq!(error_text(&admin.cmd(&["CONFIG", "FLY", "x"])), "Invalid config sub command: FLY");
+    assert_eq!(error_text(&admin.cmd(&["CONFIG"])), "Missing sub argument");
+    assert_eq!(error_text(&admin.cmd(&["UMCTL", "NOPE"])), "Invalid sub command for UMCTL");
+    let future = admin.cmd(&["UMCTL", "DEBUG", "FUTURE"]);
+    assert!(matches!(&future, moonraft_proxy::resp::Frame::Array(a) if a.len() == 6), "{future:?}");
+    assert!(error_text(&admin.cmd(&["FLUSHALL"])).starts_with("ERR_COMMAND_NOT_SUPPORTED"));
+    let live: Vec<String> = s.brokers.members[1..].iter().map(|m| m.grpc.clone()).collect();
+    assert_eq!(admin.cmd(&["CONFIG", "SET", "brokers", &live.join(",")]), simple("OK"));
+    change(&s, "set_get_only");
+    assert!(synced(&s, &members), "{}", s.logs());
 }
