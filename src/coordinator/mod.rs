@@ -436,6 +436,9 @@ pub async fn run(mut config: CoordinatorConfig) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on address {}: {e}", config.address))?;
     info!(address = %config.address, reporter_id = %config.reporter_id, brokers = ?config.brokers, "coordinator started");
+    if config.enable_compression {
+        warn!("enable_compression is accepted for compatibility; metadata is pushed uncompressed (only the proxies of changed clusters get it, so payloads stay small)");
+    }
     let co = Arc::new(Coordinator {
         config: RwLock::new(config),
         brokers,
