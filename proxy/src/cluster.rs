@@ -543,6 +543,25 @@ impl TaskState {
     }
 }
 
+/// What a task keeps across metadata updates that keep its identity: its state, the driver's
+/// bookkeeping and its progress.
+#[derive(Debug, Default)]
+pub struct TaskShared {
+    state: AtomicU8,
+    /// A driver (source) was started for this task.
+    pub started: std::sync::atomic::AtomicBool,
+    /// Commands for the task's slots on their way to the source node (source, PreCheck).
+    pub inflight: std::sync::atomic::AtomicUsize,
+    /// Serialises key copies (scanner batches and `UMSYNC` pulls) on the source.
+    pub copy_lock: tokio::sync::Mutex<()>,
+    /// The source has copied every key (`UMSYNC` answers `MIGRATING_FINISHED`).
+    pub scan_finished: std::sync::atomic::AtomicBool,
+    pub keys_moved: std::sync::atomic::AtomicU64,
+    pub bytes_moved: std::sync::atomic::AtomicU64,
+    /// Why the copy is paused, if it is (e.g. the destination refuses RESTORE).
+    pub last_error: std::sync::Mutex<Option<String>>,
+}
+
 /// A local migrating or importing range. The state is shared across metadata updates that
 /// keep the same task identity.
 #[derive(Debug, Clone)]
@@ -551,15 +570,18 @@ pub struct MigrationTask {
     pub ranges: Vec<SlotRange>,
     pub meta: MigrationMeta,
     pub importing: bool,
-    state: Arc<AtomicU8>,
+    pub shared: Arc<TaskShared>,
 }
 
 impl MigrationTask {
     pub fn state(&self) -> TaskState {
-        TaskState::from_u8(self.state.load(Ordering::Acquire))
+        TaskState::from_u8(self.shared.state.load(Ordering::SeqCst))
     }
     pub fn set_state(&self, s: TaskState) {
-        self.state.store(s as u8, Ordering::Release);
+        self.shared.state.store(s as u8, Ordering::SeqCst);
+    }
+    pub fn contains(&self, slot: u16) -> bool {
+        self.ranges.iter().any(|r| r.contains(slot))
     }
     fn same_identity(&self, other: &MigrationTask) -> bool {
         self.importing == other.importing && self.ranges == other.ranges && self.meta == other.meta
@@ -662,12 +684,12 @@ impl ClusterTable {
                         ranges: entry.ranges.clone(),
                         meta: m.clone(),
                         importing: matches!(entry.tag, RangeTag::Importing(_)),
-                        state: Arc::new(AtomicU8::new(TaskState::PreCheck as u8)),
+                        shared: Arc::new(TaskShared::default()),
                     };
                     if let Some(prev) = previous.and_then(|p| {
                         (p.meta.name == meta.name).then_some(p)?.tasks.iter().find(|t| t.same_identity(&task))
                     }) {
-                        task.state = prev.state.clone();
+                        task.shared = prev.shared.clone();
                     }
                     tasks.push(task);
                     SlotOwner::Task((tasks.len() - 1) as u16)
@@ -680,6 +702,14 @@ impl ClusterTable {
             }
         }
         ClusterTable { epoch, meta, nodes, peers, tasks, slots }
+    }
+
+    /// The migration task owning `slot`, if any.
+    pub fn task_for_slot(&self, slot: u16) -> Option<&MigrationTask> {
+        match self.slots.get(slot as usize) {
+            Some(SlotOwner::Task(t)) => self.tasks.get(*t as usize),
+            _ => None,
+        }
     }
 
     pub fn has_cluster(&self) -> bool {

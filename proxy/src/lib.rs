@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod lease;
+pub mod migrate;
 pub mod replication;
 pub mod resp;
 pub mod server;

@@ -39,10 +39,30 @@ enum Pending {
     Backend {
         rx: oneshot::Receiver<ReplyResult>,
         sample: Option<Sample>,
+        /// Counts the command as in flight to a migrating range until its reply is written.
+        _guard: Option<InflightGuard>,
     },
     Task(ReplyFuture),
     /// Write this reply, then close the connection.
     Close(Bytes),
+}
+
+/// One command for a migrating range on its way to the source node (`migrate.rs` waits for
+/// these to drain before switching).
+struct InflightGuard(Arc<crate::cluster::TaskShared>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Migration work a locally routed command needs.
+enum MigrationPath {
+    None,
+    Source(InflightGuard),
+    /// Importing range not committed yet: pull the keys from the source first.
+    Pull(crate::cluster::MigrationTask),
 }
 
 fn err(msg: &str) -> Pending {
@@ -188,7 +208,17 @@ impl Session {
             "umctl" if args.get(1).is_some_and(|a| a.eq_ignore_ascii_case(b"health")) => {
                 Pending::Task(Box::pin(umctl::health(self.state.clone(), args[2..].to_vec())))
             }
-            "umctl" => Pending::Ready(umctl::handle(&self.state, &args[1..], self.proto)),
+            "umctl" => {
+                let reply = umctl::handle(&self.state, &args[1..], self.proto);
+                if args.get(1).is_some_and(|a| a.eq_ignore_ascii_case(b"setcluster")) {
+                    crate::migrate::start_tasks(&self.state);
+                }
+                Pending::Ready(reply)
+            }
+            "umsync" => match args.len() {
+                2 => Pending::Task(Box::pin(crate::migrate::umsync(self.state.clone(), args[1].clone()))),
+                _ => err("ERR wrong number of arguments for 'umsync' command"),
+            },
             _ => err(&format!(
                 "ERR_COMMAND_NOT_SUPPORTED: '{}' is not supported by the moonraft proxy (it cannot be routed to one slot or changes connection state)",
                 name.chars().take(64).collect::<String>()
@@ -218,15 +248,36 @@ impl Session {
         if keys[1..].iter().any(|&k| key_slot(&args[k]) != slot) {
             return err("CROSSSLOT Keys in request don't hash to the same slot");
         }
-        let (pool, node) = {
+        let (pool, node, migration) = {
             let installed = self.state.installed.load();
             match installed.table.route(slot, asking) {
                 Route::Local(node) => {
                     let addr = installed.table.nodes[node].clone();
+                    let mut migration = MigrationPath::None;
+                    if let Some(task) = installed.table.task_for_slot(slot) {
+                        if task.importing {
+                            if task.state() != crate::cluster::TaskState::SwitchCommitted {
+                                if spec.is_blocking(args) {
+                                    return err(&format!("TRYAGAIN slot {slot} is being imported"));
+                                }
+                                migration = MigrationPath::Pull(task.clone());
+                            }
+                        } else {
+                            // Count first, then re-check the state: the driver sets the state
+                            // first, then waits for the count (both SeqCst), so no command
+                            // slips through unseen.
+                            task.shared.inflight.fetch_add(1, Ordering::SeqCst);
+                            let guard = InflightGuard(task.shared.clone());
+                            if task.state() != crate::cluster::TaskState::PreCheck {
+                                return err(&format!("TRYAGAIN slot {slot} is being switched to another node"));
+                            }
+                            migration = MigrationPath::Source(guard);
+                        }
+                    }
                     if spec.is_blocking(args) {
-                        (None, addr)
+                        (None, addr, migration)
                     } else {
-                        (installed.pool(node, self.proto, &self.state.registry), addr)
+                        (installed.pool(node, self.proto, &self.state.registry), addr, migration)
                     }
                 }
                 Route::Moved(addr) => return err(&format!("MOVED {slot} {addr}")),
@@ -240,6 +291,23 @@ impl Session {
                     }
                     return err(&format!("MOVED {slot} {default}"));
                 }
+            }
+        };
+        let guard = match migration {
+            MigrationPath::None => None,
+            MigrationPath::Source(g) => Some(g),
+            MigrationPath::Pull(task) => {
+                let Some(pool) = pool else { return err("TRYAGAIN slot is being imported") };
+                let keys: Vec<Bytes> = keys.iter().map(|&k| args[k].clone()).collect();
+                // Later commands of this client wait for this one, keeping its order.
+                let (done_tx, done_rx) = oneshot::channel::<()>();
+                self.blocked = Some(done_rx);
+                let state = self.state.clone();
+                let pin = self.id as usize;
+                return Pending::Task(Box::pin(async move {
+                    let _done = done_tx;
+                    crate::migrate::pull_then_run(state, task, pool, keys, req.raw, pin).await
+                }));
             }
         };
         match pool {
@@ -256,9 +324,15 @@ impl Session {
                     s.sent_to_backend = Some(Instant::now());
                     s
                 });
-                Pending::Backend { rx, sample }
+                Pending::Backend { rx, sample, _guard: guard }
             }
-            None => self.blocking(node, req),
+            None => match (self.blocking(node, req), guard) {
+                (Pending::Task(fut), Some(g)) => Pending::Task(Box::pin(async move {
+                    let _guard = g;
+                    fut.await
+                })),
+                (p, _) => p,
+            },
         }
     }
 
@@ -628,7 +702,7 @@ async fn write_loop(
                 close = true;
                 b
             }
-            Pending::Backend { mut rx, sample } => {
+            Pending::Backend { mut rx, sample, _guard } => {
                 let result: Option<ReplyResult> = match rx.try_recv() {
                     Ok(r) => Some(r),
                     Err(oneshot::error::TryRecvError::Empty) => {

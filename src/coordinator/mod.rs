@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod clients;
 pub mod config;
+pub mod migration;
 pub mod push;
 
 use clients::{error_text, Brokers, ProxyConn};
@@ -137,6 +138,12 @@ impl Coordinator {
         ];
         agents.insert(address.to_owned(), Agent { state, tasks });
         false
+    }
+
+    /// Proxies that are not in the failed set.
+    fn live_proxies(&self) -> Vec<String> {
+        let agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+        agents.values().filter(|a| !a.state.failed.load(Ordering::Relaxed)).map(|a| a.state.address.clone()).collect()
     }
 
     fn trigger_sync(&self, address: &str) -> bool {
@@ -452,6 +459,7 @@ pub async fn run(mut config: CoordinatorConfig) -> anyhow::Result<()> {
     tokio::spawn(watch_loop(co.clone()));
     tokio::spawn(reconcile_loop(co.clone()));
     tokio::spawn(failure_handler(co.clone()));
+    tokio::spawn(migration::migration_loop(co.clone()));
     admin::serve(co, listener).await;
     Ok(())
 }

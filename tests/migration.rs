@@ -1,0 +1,146 @@
+//! Online slot migration end to end: a 4-node cluster with data scales out to 8 and back to 4
+//! while a client keeps writing; every acknowledged write is there afterwards with its last
+//! value, no key is on two masters, and the proxies show the expected slot ranges.
+
+mod common;
+
+use common::*;
+use moonraft_proxy::resp::Frame;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn port(addr: &str) -> u16 {
+    addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("host:port")
+}
+
+fn entry_points(s: &Stack) -> Vec<u16> {
+    s.hosts.iter().map(|h| h.proxy.port).collect()
+}
+
+fn masters(cluster: &Value) -> Vec<String> {
+    cluster["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["repl"]["role"] == "master")
+        .map(|n| n["address"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn wait_migrated(s: &Stack, with_slots: u64) {
+    let done = eventually(Duration::from_secs(90), || {
+        let info = s.brokers.call("GET", "/clusters/info/c", None).json();
+        info["is_migrating"] == false && info["node_number_with_slots"] == with_slots
+    });
+    assert!(done, "migration did not finish:\n{}", s.logs());
+}
+
+/// Every key on exactly one master, and the total is what the client wrote.
+fn assert_keys_on_one_master(s: &Stack, expected: usize) {
+    let mut seen: HashMap<Vec<u8>, String> = HashMap::new();
+    for m in masters(&s.cluster("c")) {
+        let mut c = Conn::connect(port(&m));
+        let Frame::Array(keys) = c.cmd(&["KEYS", "*"]) else { panic!("KEYS") };
+        for k in keys {
+            let Frame::Bulk(k) = k else { continue };
+            if let Some(other) = seen.insert(k.to_vec(), m.clone()) {
+                panic!("{} is on {other} and {m}", String::from_utf8_lossy(&k));
+            }
+        }
+    }
+    assert_eq!(seen.len(), expected);
+}
+
+struct Writer {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<HashMap<String, String>>>,
+    thread: Option<std::thread::JoinHandle<usize>>,
+}
+
+/// Writes `w0..w199` round and round with increasing values until stopped; remembers the
+/// last acknowledged value of each key.
+fn start_writer(entry: Vec<u16>) -> Writer {
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(HashMap::new()));
+    let (stop2, acked2) = (stop.clone(), acked.clone());
+    let thread = std::thread::spawn(move || {
+        let client = ClusterClient { entry };
+        let started = Instant::now();
+        let mut n = 0usize;
+        while !stop2.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(300) {
+            let key = format!("w{}", n % 200);
+            let value = format!("v{n}");
+            if client.cmd(&["SET", &key, &value], Duration::from_secs(30)) == Ok(simple("OK")) {
+                acked2.lock().unwrap().insert(key, value);
+            }
+            n += 1;
+        }
+        n
+    });
+    Writer { stop, acked, thread: Some(thread) }
+}
+
+impl Writer {
+    fn finish(&mut self) -> HashMap<String, String> {
+        self.stop.store(true, Ordering::Relaxed);
+        let n = self.thread.take().map(|t| t.join().expect("writer")).unwrap_or(0);
+        assert!(n > 100, "the writer made progress ({n} writes)");
+        self.acked.lock().unwrap().clone()
+    }
+}
+
+fn check(s: &Stack, keys: usize, acked: &HashMap<String, String>) {
+    let client = ClusterClient { entry: entry_points(s) };
+    for i in 0..keys {
+        let got = client.cmd(&["GET", &format!("key{i}")], Duration::from_secs(20));
+        assert_eq!(got, Ok(bulk(&format!("value{i}"))), "key{i}:\n{}", s.logs());
+    }
+    for (k, v) in acked {
+        let got = client.cmd(&["GET", k], Duration::from_secs(20));
+        assert_eq!(got, Ok(bulk(v)), "{k} lost its last acknowledged write");
+    }
+    assert_keys_on_one_master(s, keys + acked.len());
+}
+
+#[test]
+fn scale_out_and_in_under_writes_loses_nothing() {
+    let s = Stack::start(6, 1, &[]);
+    assert_eq!(s.brokers.call("POST", "/clusters/meta/c", Some(r#"{"node_number": 4}"#)).status, 200);
+    let client = ClusterClient { entry: entry_points(&s) };
+    const KEYS: usize = 3000;
+    for i in 0..KEYS {
+        let r = client.cmd(&["SET", &format!("key{i}"), &format!("value{i}")], Duration::from_secs(20));
+        assert_eq!(r, Ok(simple("OK")), "{}", s.logs());
+    }
+
+    // Scale out to 8 while writing.
+    let mut writer = start_writer(entry_points(&s));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(s.brokers.call("PATCH", "/clusters/nodes/c", Some(r#"{"node_number": 4}"#)).status, 200);
+    assert_eq!(s.brokers.call("POST", "/clusters/migrations/expand/c", None).status, 200);
+    wait_migrated(&s, 8);
+    let acked = writer.finish();
+    check(&s, KEYS, &acked);
+    let cluster = s.cluster("c");
+    let proxy = cluster["nodes"][0]["proxy_address"].as_str().unwrap().to_owned();
+    let nodes = redis_cli(&["-p", &port(&proxy).to_string(), "CLUSTER", "NODES"]);
+    for range in ["0-4095", "4096-8191", "8192-12287", "12288-16383"] {
+        assert!(nodes.contains(range), "{range} missing from CLUSTER NODES:\n{nodes}");
+    }
+
+    // And back to 4.
+    let mut writer = start_writer(entry_points(&s));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(s.brokers.call("POST", "/clusters/migrations/shrink/c/4", None).status, 200);
+    wait_migrated(&s, 4);
+    let r = s.brokers.call("DELETE", "/clusters/free_nodes/c", None);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let acked2 = writer.finish();
+    let mut all = acked;
+    all.extend(acked2);
+    check(&s, KEYS, &all);
+    assert_eq!(s.cluster("c")["nodes"].as_array().map(Vec::len), Some(4));
+}
