@@ -552,21 +552,24 @@ fn umctl_info_and_slowlog_and_config() {
 
 #[test]
 fn migration_switch_handshake_and_ask() {
-    // This proxy imports 0-99 from a (fake) source proxy.
+    // This proxy imports 0-99 from a source proxy (a real one without the task: it answers
+    // the destination's pulls with MIGRATION_TASK_NOT_FOUND).
     let env = SingleProxy::start(&[]);
+    let src = Proxy::start(&[]);
+    let src_addr = src.addr();
     let mut c = env.proxy.conn();
     let (a, b) = (env.a.addr(), env.b.addr());
-    let meta = ["5", "127.0.0.1:1", "127.0.0.1:2", &env.proxy.addr(), &a];
+    let meta = ["5", &src_addr, "127.0.0.1:2", &env.proxy.addr(), &a];
     let mut set =
         vec!["UMCTL", "SETCLUSTER", "v2", "5", "NOFLAG", "test", &a, "1", "100-8191", &a, "IMPORTING", "1", "0-99"];
     set.extend_from_slice(&meta);
-    set.extend_from_slice(&[&b, "1", "8192-16383", "PEER", "127.0.0.1:1", "MIGRATING", "1", "0-99"]);
+    set.extend_from_slice(&[&b, "1", "8192-16383", "PEER", &src_addr, "MIGRATING", "1", "0-99"]);
     set.extend_from_slice(&meta);
     assert_eq!(c.cmd(&set), simple("OK"));
     let key = (0..).map(|i| format!("k{i}")).find(|k| key_slot(k.as_bytes()) < 100).unwrap();
     let slot = key_slot(key.as_bytes());
     // before PRESWITCH: ASK to the source, and ASKING lets the command through
-    assert_eq!(error_text(&c.cmd(&["GET", &key])), format!("ASK {slot} 127.0.0.1:1"));
+    assert_eq!(error_text(&c.cmd(&["GET", &key])), format!("ASK {slot} {src_addr}"));
     assert_eq!(c.cmd(&["ASKING"]), simple("OK"));
     assert_eq!(c.cmd(&["GET", &key]), Frame::Null);
     // CLUSTER NODES hides the importing range until the switch
@@ -594,7 +597,7 @@ fn migration_switch_handshake_and_ask() {
             assert_eq!(items.len(), 1);
             assert_eq!(
                 items[0],
-                bulk(&format!("test IMPORTING 1 0-99 5 127.0.0.1:1 127.0.0.1:2 {} {}", env.proxy.addr(), a))
+                bulk(&format!("test IMPORTING 1 0-99 5 {src_addr} 127.0.0.1:2 {} {}", env.proxy.addr(), a))
             );
         }
         other => panic!("{other:?}"),
