@@ -32,6 +32,8 @@ COMMANDS:
     cluster delete-free-nodes NAME       remove nodes that hold no slots
     cluster config NAME KEY=VALUE...     change a cluster's config
     cluster balance NAME                 spread masters over hosts
+    cluster progress NAME [--watch]      running migrations: keys and bytes moved, rate, ETA
+                                         (--watch: a live progress bar until they finish)
     proxies                              list registered proxies
     proxy show ADDRESS                   a proxy's view (what its coordinator pushes)
     proxy register ADDRESS NODE1 NODE2 [--host HOST] [--index N]
@@ -426,6 +428,7 @@ impl Ctl {
                 api().delete_free_nodes(request(cn(), CALL)).await.map_err(api_failure)?;
                 self.done(format!("cluster {name}: nodes without slots removed"));
             }
+            "progress" => self.progress(&name, w.contains(&"--watch")).await?,
             "balance" => {
                 api().balance_masters(request(cn(), CALL)).await.map_err(api_failure)?;
                 self.done(format!("cluster {name}: masters balanced"));
@@ -446,6 +449,47 @@ impl Ctl {
             other => bail!("unknown command `cluster {other}`; see `moonraft ctl --help`"),
         }
         Ok(())
+    }
+
+    async fn progress(&self, name: &str, watch: bool) -> Result<()> {
+        let mut drawn = 0usize;
+        loop {
+            let req = pb::ClusterName { cluster_name: name.to_owned() };
+            let info = self.api().get_cluster_info(request(req, CALL)).await.map_err(api_failure)?.into_inner();
+            if self.json {
+                let list: Vec<Value> = info
+                    .migrations
+                    .iter()
+                    .map(|m| {
+                        json!({
+                            "src_proxy_address": m.src_proxy_address, "dst_proxy_address": m.dst_proxy_address,
+                            "range_list": m.range_list.iter().map(|r| [r.start, r.end]).collect::<Vec<_>>(),
+                            "state": m.state, "keys_moved": m.keys_moved, "bytes_moved": m.bytes_moved,
+                            "keys_remaining_estimate": m.keys_remaining_estimate, "bytes_per_sec": m.bytes_per_sec,
+                            "eta_secs": m.eta_secs, "error": m.error,
+                        })
+                    })
+                    .collect();
+                println!("{}", json!({"is_migrating": info.is_migrating, "migrations": list}));
+                if !watch || !info.is_migrating {
+                    return Ok(());
+                }
+            } else {
+                // Redraw in place: move the cursor up over the previous frame.
+                if drawn > 0 {
+                    print!("\x1b[{drawn}A\x1b[J");
+                }
+                let lines = progress_lines(&info);
+                for l in &lines {
+                    println!("{l}");
+                }
+                drawn = lines.iter().map(|l| l.lines().count()).sum();
+                if !watch || !info.is_migrating {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     fn show_cluster(&self, c: &pb::Cluster) {
@@ -646,6 +690,56 @@ impl Ctl {
         }
         Ok(())
     }
+}
+
+fn human_bytes(n: u64) -> String {
+    let n = n as f64;
+    if n >= 1e9 {
+        format!("{:.2} GB", n / 1e9)
+    } else if n >= 1e6 {
+        format!("{:.1} MB", n / 1e6)
+    } else if n >= 1e3 {
+        format!("{:.1} kB", n / 1e3)
+    } else {
+        format!("{n} B")
+    }
+}
+
+/// One line per running migration: `[#####-----]  45%  0-4095 p1→p3  Scanning  1200/2600 keys  3.1 MB  35.2 MB/s  ETA 12s`.
+fn progress_lines(info: &pb::ClusterInfo) -> Vec<String> {
+    if !info.is_migrating {
+        return vec![format!(
+            "cluster {}: no migration running ({} nodes, {} with slots)",
+            info.name, info.node_number, info.node_number_with_slots
+        )];
+    }
+    let mut lines = vec![format!("cluster {}: migrating", info.name)];
+    for m in &info.migrations {
+        let total = m.keys_moved + m.keys_remaining_estimate;
+        let done = if total == 0 { 0.0 } else { m.keys_moved as f64 / total as f64 };
+        let filled = (done * 30.0).round() as usize;
+        let ranges: Vec<String> = m.range_list.iter().map(|r| format!("{}-{}", r.start, r.end)).collect();
+        let mut line = format!(
+            "[{}{}] {:>3.0}%  {}  {}→{}  {}  {}/{} keys  {}  {}/s  ETA {}",
+            "#".repeat(filled.min(30)),
+            "-".repeat(30 - filled.min(30)),
+            done * 100.0,
+            ranges.join(","),
+            m.src_proxy_address,
+            m.dst_proxy_address,
+            m.state,
+            m.keys_moved,
+            total,
+            human_bytes(m.bytes_moved),
+            human_bytes(m.bytes_per_sec),
+            m.eta_secs.map(|s| format!("{s}s")).unwrap_or_else(|| "-".into()),
+        );
+        if let Some(e) = &m.error {
+            line.push_str(&format!("\n    paused: {e}"));
+        }
+        lines.push(line);
+    }
+    lines
 }
 
 fn opt(v: Option<u64>) -> String {

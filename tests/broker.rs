@@ -118,7 +118,7 @@ fn conformance(api: &Api) {
     let info = api.ok("GET", "/clusters/info/mycluster", None).json();
     assert_eq!(
         info,
-        json!({"name": "mycluster", "node_number": 4, "node_number_with_slots": 4, "is_migrating": false})
+        json!({"name": "mycluster", "node_number": 4, "node_number_with_slots": 4, "is_migrating": false, "migrations": []})
     );
     api.err("GET", "/clusters/info/nosuch", None, 404, "CLUSTER_NOT_FOUND");
     let first_proxy = nodes[0]["proxy_address"].as_str().unwrap().to_owned();
@@ -149,6 +149,14 @@ fn conformance(api: &Api) {
         .collect();
     assert_eq!(tags.len(), 2, "one migrating and one importing range exposed: {tags:?}");
     let migrating = tags.iter().find(|t| t["tag"].get("Migrating").is_some()).unwrap().clone();
+    // The running migration is in the cluster info; no proxy runs here, so its progress
+    // says why it is unknown instead of inventing numbers.
+    let info = api.ok("GET", "/clusters/info/mycluster", None).json();
+    assert_eq!(info["migrations"].as_array().map(Vec::len), Some(1), "{info}");
+    let m = &info["migrations"][0];
+    assert_eq!(m["range_list"], migrating["range_list"]);
+    assert_eq!(m["src_proxy_address"], migrating["tag"]["Migrating"]["src_proxy_address"]);
+    assert!(m["error"].as_str().is_some_and(|e| e.contains("no progress from the source proxy")), "{m}");
     let task = json!({"cluster_name": "mycluster", "slot_range": migrating});
     api.ok("PUT", "/clusters/migrations", Some(&task.to_string()));
     api.err("PUT", "/clusters/migrations", Some(&task.to_string()), 404, "MIGRATION_TASK_NOT_FOUND");

@@ -20,6 +20,18 @@ fn entry_points(s: &Stack) -> Vec<u16> {
     s.hosts.iter().map(|h| h.proxy.port).collect()
 }
 
+/// `moonraft ctl cluster progress --json` through the surviving brokers.
+fn ctl_progress(s: &Stack) -> Value {
+    let brokers: Vec<String> =
+        s.brokers.members.iter().filter(|m| m.proc.child.is_some()).map(|m| m.grpc.clone()).collect();
+    let out = std::process::Command::new(BIN)
+        .args(["ctl", "--broker", &brokers.join(","), "--json", "cluster", "progress", "c"])
+        .output()
+        .expect("ctl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
 fn masters(cluster: &Value) -> Vec<String> {
     cluster["nodes"]
         .as_array()
@@ -107,7 +119,7 @@ fn check(s: &Stack, keys: usize, acked: &HashMap<String, String>) {
 
 #[test]
 fn scale_out_and_in_under_writes_loses_nothing() {
-    let s = Stack::start(6, 1, &[]);
+    let mut s = Stack::start(6, 2, &[]);
     assert_eq!(s.brokers.call("POST", "/clusters/meta/c", Some(r#"{"node_number": 4}"#)).status, 200);
     let client = ClusterClient { entry: entry_points(&s) };
     const KEYS: usize = 3000;
@@ -121,9 +133,21 @@ fn scale_out_and_in_under_writes_loses_nothing() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(s.brokers.call("PATCH", "/clusters/nodes/c", Some(r#"{"node_number": 4}"#)).status, 200);
     assert_eq!(s.brokers.call("POST", "/clusters/migrations/expand/c", None).status, 200);
+    // Progress is part of the cluster info while the migration runs.
+    let info = s.brokers.call("GET", "/clusters/info/c", None).json();
+    if info["is_migrating"] == true {
+        let m = &info["migrations"][0];
+        assert!(m["src_proxy_address"].is_string() && m["range_list"].is_array(), "{info}");
+        assert!(m["keys_moved"].is_u64() && m["state"].is_string(), "{info}");
+    }
+    // Kill one coordinator and the broker leader mid-migration: it still completes.
+    s.coordinators[0].proc.kill();
+    let leader = s.brokers.wait_leader(Duration::from_secs(10)).expect("a leader");
+    s.brokers.members.iter_mut().find(|m| m.id == leader).expect("leader").proc.kill();
     wait_migrated(&s, 8);
     let acked = writer.finish();
     check(&s, KEYS, &acked);
+    assert_eq!(ctl_progress(&s), serde_json::json!({"is_migrating": false, "migrations": []}));
     let cluster = s.cluster("c");
     let proxy = cluster["nodes"][0]["proxy_address"].as_str().unwrap().to_owned();
     let nodes = redis_cli(&["-p", &port(&proxy).to_string(), "CLUSTER", "NODES"]);

@@ -560,6 +560,10 @@ pub struct TaskShared {
     pub bytes_moved: std::sync::atomic::AtomicU64,
     /// Why the copy is paused, if it is (e.g. the destination refuses RESTORE).
     pub last_error: std::sync::Mutex<Option<String>>,
+    /// Keys of the task's slots when the copy started (estimated from the node's DBSIZE).
+    pub keys_estimate: std::sync::atomic::AtomicU64,
+    /// When the copy started.
+    pub copy_started: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// A local migrating or importing range. The state is shared across metadata updates that
@@ -702,6 +706,17 @@ impl ClusterTable {
             }
         }
         ClusterTable { epoch, meta, nodes, peers, tasks, slots }
+    }
+
+    /// How many slots `node` holds in this table (stable and migrating ranges).
+    pub fn node_slot_count(&self, node: &str) -> u64 {
+        self.meta
+            .local
+            .iter()
+            .filter(|(addr, _)| addr == node)
+            .flat_map(|(_, e)| e.ranges.iter())
+            .map(|r| u64::from(r.end - r.start) + 1)
+            .sum()
     }
 
     /// The migration task owning `slot`, if any.

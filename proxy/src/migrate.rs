@@ -225,6 +225,15 @@ async fn scan(state: &ProxyState, cluster: &str, task: &MigrationTask, config: &
     // The spec's default (16) makes a large copy crawl; a batch of a few hundred keys keeps
     // Redis responsive (each SCAN/DUMP is short) while amortising round trips.
     let count = config.migration_scan_count.max(512).to_string();
+    // Progress: an estimate of the keys to move, from the node's key count and our share of
+    // its slots (keys spread evenly over slots).
+    if let Ok(Frame::Integer(n)) = call(&src, &Request::from_strs(&["DBSIZE"])).await {
+        let table_slots = state.installed.load().table.node_slot_count(&task.meta.src_node_address).max(1);
+        let task_slots: u64 = task.ranges.iter().map(|r| u64::from(r.end - r.start) + 1).sum();
+        let estimate = (n.max(0) as u64).saturating_mul(task_slots) / table_slots;
+        task.shared.keys_estimate.store(estimate, Ordering::Relaxed);
+    }
+    *task.shared.copy_started.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
     let mut cursor = Bytes::from_static(b"0");
     let mut backoff = Duration::from_millis(10);
     loop {
@@ -343,4 +352,39 @@ pub async fn pull_then_run(
         Ok(Err(e)) => resp::error(&e.to_string()),
         Err(_) => resp::error("ERR_BACKEND_CONNECTION: connection lost"),
     }
+}
+
+/// `UMCTL MIGRATIONS` (moonraft): this proxy's migration tasks and their progress, as a JSON
+/// array (read by the brokers for `GET /clusters/info/{name}`).
+pub fn progress_json(state: &ProxyState) -> String {
+    let installed = state.installed.load();
+    let t = &installed.table;
+    let items: Vec<serde_json::Value> = t
+        .tasks
+        .iter()
+        .map(|task| {
+            let sh = &task.shared;
+            let elapsed_ms = sh
+                .copy_started
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .map(|s| s.elapsed().as_millis() as u64)
+                .unwrap_or(0);
+            serde_json::json!({
+                "cluster": t.meta.name,
+                "role": if task.importing { "importing" } else { "migrating" },
+                "range_list": task.ranges.iter().map(|r| [r.start, r.end]).collect::<Vec<_>>(),
+                "epoch": task.meta.epoch,
+                "src_proxy_address": task.meta.src_proxy_address,
+                "dst_proxy_address": task.meta.dst_proxy_address,
+                "state": format!("{:?}", task.state()),
+                "keys_moved": sh.keys_moved.load(Ordering::Relaxed),
+                "bytes_moved": sh.bytes_moved.load(Ordering::Relaxed),
+                "keys_estimate": sh.keys_estimate.load(Ordering::Relaxed),
+                "copy_elapsed_ms": elapsed_ms,
+                "error": *sh.last_error.lock().unwrap_or_else(|p| p.into_inner()),
+            })
+        })
+        .collect();
+    serde_json::Value::Array(items).to_string()
 }

@@ -43,6 +43,7 @@ pub fn handle(state: &ProxyState, args: &[Bytes], proto: u8) -> Bytes {
             },
         },
         "GETEPOCH" => resp::integer(state.epoch() as i64),
+        "MIGRATIONS" => resp::bulk(crate::migrate::progress_json(state).as_bytes()),
         "LISTCLUSTER" => {
             let installed = state.installed.load();
             Frame::Array(vec![Frame::bulk_str(&installed.table.meta.name)]).to_bytes(proto)

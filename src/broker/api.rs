@@ -9,6 +9,7 @@ use moonraft_meta::command::{AutoStep, Command, CommandOutput};
 use moonraft_meta::failover::FailoverOutcome;
 use moonraft_meta::store::{RegisterProxy, SlotRange};
 use moonraft_meta::view::{self, Cluster, ClusterInfo, Node, Proxy};
+
 use moonraft_meta::{MetaError, Store};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -43,9 +44,98 @@ pub async fn cluster(b: &Broker, name: &str) -> Result<Option<Cluster>, ApiError
     b.read(|s| view::cluster(s, name, lim)).await
 }
 
-pub async fn cluster_info(b: &Broker, name: &str) -> Result<ClusterInfo, ApiError> {
+/// Progress of one running migration, as its source proxy reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MigrationProgress {
+    pub src_proxy_address: String,
+    pub dst_proxy_address: String,
+    pub range_list: Vec<[u16; 2]>,
+    pub state: String,
+    pub keys_moved: u64,
+    pub bytes_moved: u64,
+    pub keys_remaining_estimate: u64,
+    pub bytes_per_sec: u64,
+    pub eta_secs: Option<u64>,
+    /// Why the copy is paused (or why no progress could be read).
+    pub error: Option<String>,
+}
+
+/// `GET /clusters/info/{name}`: the spec's fields plus `migrations`, the progress of each
+/// running migration (asked from the source proxies, 500 ms bound each).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClusterInfoView {
+    #[serde(flatten)]
+    pub info: ClusterInfo,
+    pub migrations: Vec<MigrationProgress>,
+}
+
+pub async fn cluster_info(b: &Broker, name: &str) -> Result<ClusterInfoView, ApiError> {
     let lim = limit(b);
-    b.read(|s| view::cluster_info(s, name, lim)).await?.ok_or(ApiError::Meta(MetaError::ClusterNotFound))
+    let (info, cluster) = b.read(|s| (view::cluster_info(s, name, lim), view::cluster(s, name, lim))).await?;
+    let info = info.ok_or(ApiError::Meta(MetaError::ClusterNotFound))?;
+    let mut tasks: Vec<(String, String, Vec<[u16; 2]>)> = Vec::new();
+    for node in cluster.iter().flat_map(|c| c.nodes.iter()) {
+        for r in &node.slots {
+            if let moonraft_meta::store::SlotTag::Migrating(m) = &r.tag {
+                let ranges = r.range_list.iter().map(|x| [x.start, x.end]).collect();
+                tasks.push((m.src_proxy_address.clone(), m.dst_proxy_address.clone(), ranges));
+            }
+        }
+    }
+    let mut sources: Vec<String> = tasks.iter().map(|t| t.0.clone()).collect();
+    sources.sort();
+    sources.dedup();
+    let mut reports: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    for src in sources {
+        let reply = super::proxy_command(&src, &["UMCTL", "MIGRATIONS"], Duration::from_millis(500)).await;
+        let list = match reply {
+            Some(moonraft_proxy::resp::Frame::Bulk(b)) => serde_json::from_slice(&b).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        reports.insert(src, list);
+    }
+    let migrations = tasks
+        .into_iter()
+        .map(|(src, dst, range_list)| {
+            let found = reports.get(&src).and_then(|list| {
+                list.iter().find(|t| {
+                    t["cluster"] == name && t["role"] == "migrating" && t["range_list"] == serde_json::json!(range_list)
+                })
+            });
+            let Some(t) = found else {
+                return MigrationProgress {
+                    src_proxy_address: src.clone(),
+                    dst_proxy_address: dst,
+                    range_list,
+                    state: "Unknown".into(),
+                    keys_moved: 0,
+                    bytes_moved: 0,
+                    keys_remaining_estimate: 0,
+                    bytes_per_sec: 0,
+                    eta_secs: None,
+                    error: Some(format!("no progress from the source proxy {src} (unreachable, or it has not received the migration yet)")),
+                };
+            };
+            let num = |k: &str| t[k].as_u64().unwrap_or(0);
+            let (moved, bytes, estimate, ms) = (num("keys_moved"), num("bytes_moved"), num("keys_estimate"), num("copy_elapsed_ms"));
+            let remaining = estimate.saturating_sub(moved);
+            let secs = ms as f64 / 1000.0;
+            let keys_per_sec = if secs > 0.0 { moved as f64 / secs } else { 0.0 };
+            MigrationProgress {
+                src_proxy_address: src,
+                dst_proxy_address: dst,
+                range_list,
+                state: t["state"].as_str().unwrap_or("Unknown").to_owned(),
+                keys_moved: moved,
+                bytes_moved: bytes,
+                keys_remaining_estimate: remaining,
+                bytes_per_sec: if secs > 0.0 { (bytes as f64 / secs) as u64 } else { 0 },
+                eta_secs: (keys_per_sec > 0.0).then(|| (remaining as f64 / keys_per_sec).ceil() as u64),
+                error: t["error"].as_str().map(str::to_owned),
+            }
+        })
+        .collect();
+    Ok(ClusterInfoView { info, migrations })
 }
 
 pub async fn create_cluster(b: &Broker, name: String, node_number: u64) -> Result<(), ApiError> {

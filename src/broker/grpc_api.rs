@@ -260,12 +260,33 @@ impl pb::broker_api_server::BrokerApi for GrpcApi {
 
     async fn get_cluster_info(&self, req: Request<pb::ClusterName>) -> Result<Response<pb::ClusterInfo>, Status> {
         on_leader!(self, req, BrokerApiClient::get_cluster_info, {
-            let i = ok(api::cluster_info(&self.broker, &req.cluster_name).await)?;
+            let v = ok(api::cluster_info(&self.broker, &req.cluster_name).await)?;
+            let i = v.info;
             pb::ClusterInfo {
                 name: i.name,
                 node_number: i.node_number as u64,
                 node_number_with_slots: i.node_number_with_slots as u64,
                 is_migrating: i.is_migrating,
+                migrations: v
+                    .migrations
+                    .into_iter()
+                    .map(|m| pb::MigrationProgress {
+                        src_proxy_address: m.src_proxy_address,
+                        dst_proxy_address: m.dst_proxy_address,
+                        range_list: m
+                            .range_list
+                            .iter()
+                            .map(|r| pb::Range { start: r[0].into(), end: r[1].into() })
+                            .collect(),
+                        state: m.state,
+                        keys_moved: m.keys_moved,
+                        bytes_moved: m.bytes_moved,
+                        keys_remaining_estimate: m.keys_remaining_estimate,
+                        bytes_per_sec: m.bytes_per_sec,
+                        eta_secs: m.eta_secs,
+                        error: m.error,
+                    })
+                    .collect(),
             }
         })
     }

@@ -35,21 +35,26 @@ fn raft_config(c: &BrokerConfig) -> Result<openraft::Config> {
     cfg.validate().context("invalid raft timing settings")
 }
 
-/// `UMCTL GETEPOCH` on a proxy, bounded by `timeout`; `None` if it cannot be asked.
-pub async fn proxy_epoch(address: &str, timeout: Duration) -> Option<u64> {
+/// One command to a proxy, bounded by `timeout`; `None` if it cannot be asked.
+pub async fn proxy_command(address: &str, args: &[&str], timeout: Duration) -> Option<moonraft_proxy::resp::Frame> {
     use tokio::io::AsyncWriteExt;
     let ask = async {
         let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
-        let req = moonraft_proxy::resp::Request::from_strs(&["UMCTL", "GETEPOCH"]);
+        let req = moonraft_proxy::resp::Request::from_strs(args);
         stream.write_all(&req.raw).await.ok()?;
         let mut buf = bytes::BytesMut::new();
-        let reply = moonraft_proxy::backend::read_reply(&mut stream, &mut buf, 1 << 16).await.ok()?;
-        match moonraft_proxy::resp::Frame::parse(&reply) {
-            Ok(Some((moonraft_proxy::resp::Frame::Integer(e), _))) if e >= 0 => Some(e as u64),
-            _ => None,
-        }
+        let reply = moonraft_proxy::backend::read_reply(&mut stream, &mut buf, 16 << 20).await.ok()?;
+        moonraft_proxy::resp::Frame::parse(&reply).ok().flatten().map(|(f, _)| f)
     };
     tokio::time::timeout(timeout, ask).await.ok().flatten()
+}
+
+/// `UMCTL GETEPOCH` on a proxy, bounded by `timeout`; `None` if it cannot be asked.
+pub async fn proxy_epoch(address: &str, timeout: Duration) -> Option<u64> {
+    match proxy_command(address, &["UMCTL", "GETEPOCH"], timeout).await {
+        Some(moonraft_proxy::resp::Frame::Integer(e)) if e >= 0 => Some(e as u64),
+        _ => None,
+    }
 }
 
 /// Initialises the group with `members` (idempotent for the same member set).
