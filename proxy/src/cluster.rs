@@ -552,8 +552,10 @@ pub struct TaskShared {
     pub started: std::sync::atomic::AtomicBool,
     /// Commands for the task's slots on their way to the source node (source, PreCheck).
     pub inflight: std::sync::atomic::AtomicUsize,
-    /// Serialises key copies (scanner batches and `UMSYNC` pulls) on the source.
-    pub copy_lock: tokio::sync::Mutex<()>,
+    /// Keys being copied right now (a scanner batch or a `UMSYNC` pull) on the source: a key
+    /// is never copied by two at once, so a pull can never re-create a key the destination
+    /// changed after an earlier copy. Per key, so a pull waits only for its own key.
+    pub busy_keys: std::sync::Mutex<std::collections::HashSet<Bytes>>,
     /// The source has copied every key (`UMSYNC` answers `MIGRATING_FINISHED`).
     pub scan_finished: std::sync::atomic::AtomicBool,
     pub keys_moved: std::sync::atomic::AtomicU64,

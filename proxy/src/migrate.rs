@@ -10,8 +10,8 @@
 //!
 //! Destination (importing task) between PreSwitch and SwitchCommitted: a command whose key is
 //! not in the destination node yet first asks the source proxy to move it (`UMSYNC <key>`),
-//! which copies it under the same lock as the scanner, so a key is never restored after a
-//! client changed or deleted it at the destination. The client's later commands wait for
+//! which copies it under the same per-key claim as the scanner, so a key is never restored
+//! after a client changed or deleted it at the destination. The client's later commands wait for
 //! it, so its pipeline keeps its order.
 
 use crate::backend::NodePool;
@@ -211,6 +211,37 @@ async fn copy_keys(src: &NodePool, dst: &NodePool, keys: &[Bytes], task: &Migrat
     Ok(())
 }
 
+/// Claims `keys` for copying (waits while any of them is being copied by someone else);
+/// released when the guard drops.
+struct Claim<'a> {
+    task: &'a MigrationTask,
+    keys: Vec<Bytes>,
+}
+
+impl<'a> Claim<'a> {
+    async fn take(task: &'a MigrationTask, keys: &[Bytes]) -> Claim<'a> {
+        loop {
+            {
+                let mut busy = task.shared.busy_keys.lock().unwrap_or_else(|p| p.into_inner());
+                if keys.iter().all(|k| !busy.contains(k)) {
+                    busy.extend(keys.iter().cloned());
+                    return Claim { task, keys: keys.to_vec() };
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut busy = self.task.shared.busy_keys.lock().unwrap_or_else(|p| p.into_inner());
+        for k in &self.keys {
+            busy.remove(k);
+        }
+    }
+}
+
 fn set_error(task: &MigrationTask, e: Option<String>) {
     *task.shared.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
 }
@@ -275,7 +306,7 @@ async fn scan(state: &ProxyState, cluster: &str, task: &MigrationTask, config: &
             }
         };
         let copied = {
-            let _lock = task.shared.copy_lock.lock().await;
+            let _claim = Claim::take(task, &keys).await;
             copy_keys(&src, &dst, &keys, task).await
         };
         if let Err(e) = copied {
@@ -294,7 +325,7 @@ async fn scan(state: &ProxyState, cluster: &str, task: &MigrationTask, config: &
     }
 }
 
-/// `UMSYNC <key>` on the source proxy: move one key now (under the scanner's lock).
+/// `UMSYNC <key>` on the source proxy: move one key now (claimed like a scanner batch).
 pub async fn umsync(state: Arc<ProxyState>, key: Bytes) -> Bytes {
     let slot = key_slot(&key);
     let task = {
@@ -310,7 +341,7 @@ pub async fn umsync(state: Arc<ProxyState>, key: Bytes) -> Bytes {
     }
     let src = state.registry.pool(&task.meta.src_node_address, 2);
     let dst = state.registry.pool(&task.meta.dst_node_address, 2);
-    let _lock = task.shared.copy_lock.lock().await;
+    let _claim = Claim::take(&task, std::slice::from_ref(&key)).await;
     if task.shared.scan_finished.load(Ordering::Acquire) {
         return resp::simple("MIGRATING_FINISHED");
     }

@@ -370,7 +370,9 @@ pub async fn health(state: std::sync::Arc<ProxyState>, args: Vec<Bytes>) -> Byte
         *cache = next;
         nodes.iter().filter_map(|n| cache.get(n).cloned()).collect()
     };
-    // Concurrently, so one hung node costs one timeout, not one per node.
+    // Concurrently, so one hung node costs one timeout, not one per node. Any reply counts as
+    // alive, errors included: a replica answers `-LOADING` during a full resync, and failing
+    // it over for that would turn a normal resync into an outage.
     let checks: Vec<_> = pools
         .into_iter()
         .map(|p| {
@@ -379,9 +381,6 @@ pub async fn health(state: std::sync::Arc<ProxyState>, args: Vec<Bytes>) -> Byte
                 match tokio::time::timeout(std::time::Duration::from_secs(1), p.call(&ping)).await {
                     Err(_) => Err(format!("{} timeout", p.address())),
                     Ok(Err(e)) => Err(format!("{} {}", p.address(), one_line(&e.to_string()))),
-                    Ok(Ok(r)) if r.starts_with(b"-") => {
-                        Err(format!("{} {}", p.address(), one_line(&String::from_utf8_lossy(&r[1..]))))
-                    }
                     Ok(Ok(_)) => Ok(()),
                 }
             })

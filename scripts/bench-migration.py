@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""Times the online scale-out of a loaded cluster from 4 to 8 nodes.
+
+Starts 3 brokers, 1 coordinator and 4 proxies (each its own "host" with two redis-servers) on
+loopback, creates a 4-node cluster, loads it with --keys keys of --size bytes (default
+2,097,152 × 512 B = 1 GB) straight into the masters (redis-cli --pipe, keys routed by slot),
+then runs PATCH /clusters/nodes + expand and prints the migration time, MB/s, and a client's
+throughput (redis-py RedisCluster, GET/SET of loaded keys) before, during and after.
+
+    scripts/bench-migration.py [--keys 2097152] [--size 512] [--migration-limit N]
+
+--migration-limit sets the brokers' migration_limit (how many migrations run at once;
+the spec's default is 1, 0 = all). Every process it starts is stopped when it ends.
+"""
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import redis
+from redis.crc import key_slot
+
+from moonraft_stack import Stack, http, stop_all, wait_epoch
+
+
+def load(cluster, keys, size):
+    """Writes key:0..keys-1 into the master owning each key's slot, with redis-cli --pipe."""
+    owners = []
+    for n in cluster["nodes"]:
+        if n["repl"]["role"] == "master":
+            for r in n["slots"]:
+                for lo, hi in r["range_list"]:
+                    owners.append((lo, hi, n["address"]))
+    value = (b"x" * size)
+    pipes = {}
+    for _, _, addr in owners:
+        if addr not in pipes:
+            host, port = addr.rsplit(":", 1)
+            pipes[addr] = subprocess.Popen(["redis-cli", "-h", host, "-p", port, "--pipe"], stdin=subprocess.PIPE,
+                                           stdout=subprocess.DEVNULL)
+    table = [None] * 16384
+    for lo, hi, addr in owners:
+        for s in range(lo, hi + 1):
+            table[s] = pipes[addr].stdin
+    head = b"*3\r\n$3\r\nSET\r\n"
+    tail = b"$%d\r\n" % size + value + b"\r\n"
+    bufs = {id(p.stdin): [] for p in pipes.values()}
+    for i in range(keys):
+        k = b"key:%d" % i
+        out = table[key_slot(k)]
+        b = bufs[id(out)]
+        b.append(head + b"$%d\r\n" % len(k) + k + b"\r\n" + tail)
+        if len(b) >= 4096:
+            out.write(b"".join(b))
+            b.clear()
+    for p in pipes.values():
+        b = bufs[id(p.stdin)]
+        if b:
+            p.stdin.write(b"".join(b))
+        p.stdin.close()
+    for p in pipes.values():
+        p.wait()
+
+
+class Client(threading.Thread):
+    """GET/SET of random loaded keys through the proxies; counts completed operations."""
+
+    def __init__(self, port, keys, size):
+        super().__init__(daemon=True)
+        self.rc = redis.RedisCluster(host="127.0.0.1", port=port, socket_timeout=5)
+        self.keys = keys
+        self.value = b"y" * size
+        self.done = 0
+        self.errors = 0
+        self.stop = False
+
+    def run(self):
+        rnd = random.Random(1)
+        while not self.stop:
+            k = "key:%d" % rnd.randrange(self.keys)
+            try:
+                if rnd.random() < 0.5:
+                    self.rc.get(k)
+                else:
+                    self.rc.set(k, self.value)
+                self.done += 1
+            except Exception:
+                self.errors += 1
+                time.sleep(0.01)
+
+
+def rate(client, seconds):
+    start = client.done
+    time.sleep(seconds)
+    return (client.done - start) / seconds
+
+
+def dbsize(cluster):
+    total = 0
+    for n in cluster["nodes"]:
+        if n["repl"]["role"] == "master":
+            total += redis.Redis(port=int(n["address"].split(":")[1])).dbsize()
+    return total
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--keys", type=int, default=2097152)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--migration-limit", type=int, default=None)
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="moonraft-bench-migration-")
+    flags = () if args.migration_limit is None else ("--migration-limit", str(args.migration_limit))
+    try:
+        stack = Stack(tmp, broker_flags=flags, coordinators=1)
+        for _ in range(4):
+            stack.add_host()
+        http(stack.api, "POST", "/clusters/meta/bench", {"node_number": 4})
+        cluster = http(stack.api, "GET", "/clusters/meta/bench")["cluster"]
+        proxies = sorted({n["proxy_address"] for n in cluster["nodes"]})
+        wait_epoch(proxies, cluster["epoch"])
+        t = time.time()
+        load(cluster, args.keys, args.size)
+        loaded = dbsize(cluster)
+        mb = args.keys * args.size / 1e6
+        print(f"loaded {loaded} keys ({mb:.0f} MB of values) in {time.time() - t:.1f} s")
+        client = Client(int(proxies[0].split(":")[1]), args.keys, args.size)
+        client.start()
+        time.sleep(1)
+        before = rate(client, 5)
+        http(stack.api, "PATCH", "/clusters/nodes/bench", {"node_number": 4})
+        t0 = time.time()
+        http(stack.api, "POST", "/clusters/migrations/expand/bench")
+        done_during = client.done
+        last_print = 0
+        while True:
+            info = http(stack.api, "GET", "/clusters/info/bench")
+            if not info["is_migrating"]:
+                break
+            if time.time() - last_print > 2:
+                last_print = time.time()
+                for m in info["migrations"]:
+                    print(f"  {time.time() - t0:5.1f} s  {m['state']:<10} {m['keys_moved']:>9} keys moved"
+                          f"  ~{m['keys_remaining_estimate']:>9} left  {m['bytes_per_sec'] / 1e6:6.1f} MB/s"
+                          f"  ETA {m['eta_secs']} s" + (f"  paused: {m['error']}" if m.get("error") else ""))
+            if time.time() - t0 > 900:
+                raise RuntimeError("migration did not finish in 15 minutes")
+            time.sleep(0.2)
+        took = time.time() - t0
+        during = (client.done - done_during) / took
+        after = rate(client, 5)
+        client.stop = True
+        cluster = http(stack.api, "GET", "/clusters/meta/bench")["cluster"]
+        final = dbsize(cluster)
+        print(f"moonraft migration benchmark: expand 4 → 8 nodes, {args.keys} keys × {args.size} B, "
+              f"migration_limit {args.migration_limit if args.migration_limit is not None else 'default (1)'}")
+        print(f"  migration time      {took:.1f} s  (target ≤ 30 s for 1 GB)")
+        print(f"  moved               half the data, {mb / 2:.0f} MB of values → {mb / 2 / took:.1f} MB/s")
+        print(f"  client ops/s        before {before:.0f}  during {during:.0f}  after {after:.0f}"
+              f"  (during/before {during / before:.2f}, target ≥ 0.5); client errors {client.errors}")
+        print(f"  keys                before {loaded}  after {final}")
+    finally:
+        stop_all()
+        if os.environ.get("KEEP_TMP"):
+            print("logs in", tmp)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
