@@ -168,3 +168,39 @@ fn scale_out_and_in_under_writes_loses_nothing() {
     check(&s, KEYS, &all);
     assert_eq!(s.cluster("c")["nodes"].as_array().map(Vec::len), Some(4));
 }
+
+/// A destination Redis that refuses RESTORE (out of memory) pauses the copy: the progress in
+/// the cluster info names the reason, nothing is lost or committed early, and the migration
+/// completes once the destination accepts data again.
+#[test]
+fn a_full_destination_pauses_the_copy_and_reports_why() {
+    let s = Stack::start(4, 1, &[]);
+    assert_eq!(s.brokers.call("POST", "/clusters/meta/c", Some(r#"{"node_number": 4}"#)).status, 200);
+    let client = ClusterClient { entry: entry_points(&s) };
+    const KEYS: usize = 500;
+    for i in 0..KEYS {
+        let r = client.cmd(&["SET", &format!("key{i}"), &format!("value{i}")], Duration::from_secs(20));
+        assert_eq!(r, Ok(simple("OK")));
+    }
+    let added = s.brokers.call("PATCH", "/clusters/nodes/c", Some(r#"{"node_number": 4}"#)).json();
+    let new_nodes: Vec<String> =
+        added.as_array().unwrap().iter().map(|n| n["address"].as_str().unwrap().to_owned()).collect();
+    for n in &new_nodes {
+        assert_eq!(Conn::connect(port(n)).cmd(&["CONFIG", "SET", "maxmemory", "1"]), simple("OK"));
+    }
+    assert_eq!(s.brokers.call("POST", "/clusters/migrations/expand/c", None).status, 200);
+    let mut last = Value::Null;
+    let paused = eventually(Duration::from_secs(30), || {
+        last = s.brokers.call("GET", "/clusters/info/c", None).json();
+        last["migrations"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["error"].as_str().is_some_and(|e| e.contains("OOM"))))
+    });
+    assert!(paused, "the pause was not reported: {last}\n{}", s.logs());
+    assert_eq!(last["is_migrating"], true);
+    for n in &new_nodes {
+        assert_eq!(Conn::connect(port(n)).cmd(&["CONFIG", "SET", "maxmemory", "0"]), simple("OK"));
+    }
+    wait_migrated(&s, 8);
+    check(&s, KEYS, &HashMap::new());
+}
