@@ -152,11 +152,162 @@ async fn run_source(state: Arc<ProxyState>, cluster: String, task: MigrationTask
 /// Copies `keys` from the source node to the destination node and deletes them at the
 /// source (caller holds the task's copy lock). BUSYKEY at the destination means the key
 /// is already there (newer): kept, and the source copy is deleted.
+/// Keys whose value takes more than this are copied in chunks (`chunked_copy`), so that no
+/// single DUMP/RESTORE blocks a Redis node for long.
+const BIG_KEY_BYTES: i64 = 4 << 20;
+/// Elements (or bytes / 1024 for strings) per chunk of a big key.
+const CHUNK: usize = 1000;
+
+fn req(parts: &[&[u8]]) -> Request {
+    Request::from_args(parts.iter().map(|p| Bytes::copy_from_slice(p)).collect())
+}
+
+fn bulk_items(f: Frame) -> Vec<Bytes> {
+    match f {
+        Frame::Array(items) => {
+            items.into_iter().filter_map(|i| if let Frame::Bulk(b) = i { Some(b) } else { None }).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Copies one big key element by element into a temporary key at the destination, then
+/// renames it into place (keeping the destination's copy if it has one) and unlinks the
+/// source. Returns false for types it does not chunk (the caller DUMPs those).
+async fn chunked_copy(src: &NodePool, dst: &NodePool, key: &Bytes, task: &MigrationTask) -> Result<bool, String> {
+    let kind = match call(src, &req(&[b"TYPE", key])).await? {
+        Frame::Simple(t) => t,
+        other => return Err(format!("TYPE: {other}")),
+    };
+    let ttl = match call(src, &req(&[b"PTTL", key])).await? {
+        Frame::Integer(-2) => return Ok(true), // gone meanwhile
+        Frame::Integer(t) if t > 0 => t,
+        _ => 0,
+    };
+    let mut tmp = b"__moonraft_migrating__:".to_vec();
+    tmp.extend_from_slice(key);
+    let tmp = Bytes::from(tmp);
+    call(dst, &req(&[b"DEL", &tmp])).await?;
+    let check = |f: Frame| match f {
+        Frame::Error(e) => Err(format!("copying big key {}: {e}", String::from_utf8_lossy(key))),
+        _ => Ok(()),
+    };
+    let mut moved_bytes = 0u64;
+    match kind.as_str() {
+        "hash" | "set" | "zset" => {
+            let (scan, add): (&[u8], &[u8]) = match kind.as_str() {
+                "hash" => (b"HSCAN", b"HSET"),
+                "set" => (b"SSCAN", b"SADD"),
+                _ => (b"ZSCAN", b"ZADD"),
+            };
+            let mut cursor = Bytes::from_static(b"0");
+            loop {
+                let count = CHUNK.to_string();
+                let reply = call(src, &req(&[scan, key, &cursor, b"COUNT", count.as_bytes()])).await?;
+                let Frame::Array(mut parts) = reply else {
+                    return Err(format!("{}: bad reply", String::from_utf8_lossy(scan)));
+                };
+                let items = parts.pop().map(bulk_items).unwrap_or_default();
+                cursor = match parts.pop() {
+                    Some(Frame::Bulk(c)) => c,
+                    _ => Bytes::from_static(b"0"),
+                };
+                if !items.is_empty() {
+                    let mut args = vec![Bytes::copy_from_slice(add), tmp.clone()];
+                    if kind == "zset" {
+                        // ZSCAN gives member, score; ZADD takes score, member.
+                        for pair in items.chunks(2) {
+                            if let [member, score] = pair {
+                                args.push(score.clone());
+                                args.push(member.clone());
+                            }
+                        }
+                    } else {
+                        args.extend(items.iter().cloned());
+                    }
+                    moved_bytes += items.iter().map(|b| b.len() as u64).sum::<u64>();
+                    check(call(dst, &Request::from_args(args)).await?)?;
+                }
+                if &cursor[..] == b"0" {
+                    break;
+                }
+            }
+        }
+        "list" => {
+            let mut start = 0usize;
+            loop {
+                let (a, b) = (start.to_string(), (start + CHUNK - 1).to_string());
+                let items = bulk_items(call(src, &req(&[b"LRANGE", key, a.as_bytes(), b.as_bytes()])).await?);
+                if items.is_empty() {
+                    break;
+                }
+                start += items.len();
+                moved_bytes += items.iter().map(|b| b.len() as u64).sum::<u64>();
+                let mut args = vec![Bytes::from_static(b"RPUSH"), tmp.clone()];
+                args.extend(items);
+                check(call(dst, &Request::from_args(args)).await?)?;
+            }
+        }
+        "string" => {
+            let step = CHUNK * 1024;
+            let mut start = 0usize;
+            loop {
+                let (a, b) = (start.to_string(), (start + step - 1).to_string());
+                let chunk = match call(src, &req(&[b"GETRANGE", key, a.as_bytes(), b.as_bytes()])).await? {
+                    Frame::Bulk(c) => c,
+                    other => return Err(format!("GETRANGE: {other}")),
+                };
+                if chunk.is_empty() {
+                    break;
+                }
+                start += chunk.len();
+                moved_bytes += chunk.len() as u64;
+                check(call(dst, &Request::from_args(vec![Bytes::from_static(b"APPEND"), tmp.clone(), chunk])).await?)?;
+            }
+        }
+        _ => return Ok(false),
+    }
+    // Into place, unless the destination already has the key (then its copy is newer).
+    match call(dst, &req(&[b"RENAMENX", &tmp, key])).await? {
+        Frame::Integer(1) => {
+            if ttl > 0 {
+                let t = ttl.to_string();
+                call(dst, &req(&[b"PEXPIRE", key, t.as_bytes()])).await?;
+            }
+        }
+        Frame::Integer(_) => {
+            call(dst, &req(&[b"DEL", &tmp])).await?;
+        }
+        Frame::Error(e) if e.contains("no such key") => {} // empty collection: nothing to place
+        other => return Err(format!("RENAMENX: {other}")),
+    }
+    call(src, &req(&[b"UNLINK", key])).await?;
+    info!(key = %String::from_utf8_lossy(key), bytes = moved_bytes, "big {kind} key copied in chunks");
+    task.shared.keys_moved.fetch_add(1, Ordering::Relaxed);
+    task.shared.bytes_moved.fetch_add(moved_bytes, Ordering::Relaxed);
+    Ok(true)
+}
+
 async fn copy_keys(src: &NodePool, dst: &NodePool, keys: &[Bytes], task: &MigrationTask) -> Result<(), String> {
     if keys.is_empty() {
         return Ok(());
     }
     let pin = 0;
+    // Big values go element by element; MEMORY USAGE is O(1) for strings and samples
+    // aggregates, so this costs one pipelined round trip per batch.
+    let mut sizes = Vec::with_capacity(keys.len());
+    for k in keys {
+        sizes.push(src.send(req(&[b"MEMORY", b"USAGE", k]).raw, pin).await);
+    }
+    let mut small = Vec::with_capacity(keys.len());
+    for (k, size) in keys.iter().zip(sizes) {
+        let size = size.await.map_err(|_| "source connection lost".to_owned())?.map_err(|e| e.to_string())?;
+        let big = matches!(Frame::parse(&size), Ok(Some((Frame::Integer(n), _))) if n > BIG_KEY_BYTES);
+        if !big || !chunked_copy(src, dst, k, task).await? {
+            small.push(k.clone());
+        }
+    }
+    let keys = &small[..];
     let mut replies = Vec::with_capacity(keys.len() * 2);
     for k in keys {
         replies.push(src.send(Request::from_args(vec![Bytes::from_static(b"PTTL"), k.clone()]).raw, pin).await);
