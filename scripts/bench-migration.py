@@ -101,6 +101,23 @@ def rate(client, seconds):
     return (client.done - start) / seconds
 
 
+def wait_replicas_synced(cluster, timeout=300):
+    """Waits until every replica finished its full resync, so "before" is not measured while
+    Redis is busy copying the freshly loaded data to the replicas."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        ok = True
+        for n in cluster["nodes"]:
+            if n["repl"]["role"] != "replica":
+                continue
+            info = redis.Redis(port=int(n["address"].split(":")[1])).info("replication")
+            ok &= info.get("master_link_status") == "up" and info.get("master_sync_in_progress") == 0
+        if ok:
+            return
+        time.sleep(0.5)
+    raise RuntimeError("replicas did not finish syncing")
+
+
 def dbsize(cluster):
     total = 0
     for n in cluster["nodes"]:
@@ -130,6 +147,7 @@ def main():
         loaded = dbsize(cluster)
         mb = args.keys * args.size / 1e6
         print(f"loaded {loaded} keys ({mb:.0f} MB of values) in {time.time() - t:.1f} s")
+        wait_replicas_synced(cluster)
         client = Client(int(proxies[0].split(":")[1]), args.keys, args.size)
         client.start()
         time.sleep(1)
