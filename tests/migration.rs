@@ -297,3 +297,93 @@ fn big_keys_are_copied_in_chunks_and_arrive_whole() {
     }
     assert_eq!(c.cmd(&["EXISTS", &format!("__moonraft_migrating__:{hash}")]), Frame::Integer(0));
 }
+
+/// Loads `key{i}` = `value{i}` for `i` in `range` straight into the masters (redis-cli --pipe),
+/// routed by slot.
+fn pipe_load(s: &Stack, range: std::ops::Range<usize>) {
+    use moonraft_proxy::slot::key_slot;
+    use std::io::Write;
+    let cluster = s.cluster("c");
+    let mut owner = vec![String::new(); 16384];
+    for n in cluster["nodes"].as_array().unwrap().iter().filter(|n| n["repl"]["role"] == "master") {
+        for r in n["slots"].as_array().unwrap() {
+            for pair in r["range_list"].as_array().unwrap() {
+                for slot in pair[0].as_u64().unwrap()..=pair[1].as_u64().unwrap() {
+                    owner[slot as usize] = n["address"].as_str().unwrap().to_owned();
+                }
+            }
+        }
+    }
+    let mut per_node: HashMap<String, Vec<u8>> = HashMap::new();
+    for i in range {
+        let (k, v) = (format!("key{i}"), format!("value{i}"));
+        let buf = per_node.entry(owner[key_slot(k.as_bytes()) as usize].clone()).or_default();
+        buf.extend_from_slice(format!("*3\r\n$3\r\nSET\r\n${}\r\n{k}\r\n${}\r\n{v}\r\n", k.len(), v.len()).as_bytes());
+    }
+    for (node, data) in per_node {
+        let mut child = std::process::Command::new("redis-cli")
+            .args(["-p", &port(&node).to_string(), "--pipe"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-cli");
+        child.stdin.take().unwrap().write_all(&data).unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+}
+
+/// kill -9 of the source proxy in the middle of a copy: the brokers fail it over (the tasks
+/// get the promoted replica as their source), the copy resumes from there, and no key is lost.
+#[test]
+fn killing_the_source_proxy_mid_copy_loses_nothing() {
+    let mut s = Stack::start(6, 1, &[]);
+    assert_eq!(s.brokers.call("POST", "/clusters/meta/c", Some(r#"{"node_number": 4}"#)).status, 200);
+    const KEYS: usize = 300_000;
+    pipe_load(&s, 0..KEYS);
+    // Replicas must have everything before the kill (only replicated keys survive a failover).
+    let replicated = eventually(Duration::from_secs(60), || {
+        let c = s.cluster("c");
+        c["nodes"].as_array().unwrap().iter().filter(|n| n["repl"]["role"] == "replica").all(|n| {
+            let master = n["repl"]["peers"][0]["node_address"].as_str().unwrap();
+            let size = |a: &str| match Conn::connect(port(a)).cmd(&["DBSIZE"]) {
+                Frame::Integer(n) => n,
+                _ => -1,
+            };
+            size(master) == size(n["address"].as_str().unwrap())
+        })
+    });
+    assert!(replicated);
+    assert_eq!(s.brokers.call("PATCH", "/clusters/nodes/c", Some(r#"{"node_number": 4}"#)).status, 200);
+    assert_eq!(s.brokers.call("POST", "/clusters/migrations/expand/c", None).status, 200);
+    let mut source = None;
+    let copying = eventually(Duration::from_secs(30), || {
+        let info = s.brokers.call("GET", "/clusters/info/c", None).json();
+        source = info["migrations"].as_array().and_then(|m| {
+            m.iter()
+                .find(|m| m["state"] == "Scanning" && m["keys_moved"].as_u64().unwrap_or(0) > 1000)
+                .map(|m| m["src_proxy_address"].as_str().unwrap().to_owned())
+        });
+        source.is_some()
+    });
+    assert!(copying, "no copy in progress to interrupt:\n{}", s.logs());
+    let source = source.unwrap();
+    s.host(&source).proxy.proc.kill();
+    wait_migrated(&s, 8);
+    assert!(!proxies_of(&s).contains(&source), "the killed source was failed over");
+    let client =
+        ClusterClient { entry: s.hosts.iter().filter(|h| h.proxy.addr() != source).map(|h| h.proxy.port).collect() };
+    for i in (0..KEYS).step_by(97) {
+        let got = client.cmd(&["GET", &format!("key{i}")], Duration::from_secs(20));
+        assert_eq!(got, Ok(bulk(&format!("value{i}"))), "key{i}:\n{}", s.logs());
+    }
+    assert_keys_on_one_master(&s, KEYS);
+}
+
+fn proxies_of(s: &Stack) -> Vec<String> {
+    s.cluster("c")["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["proxy_address"].as_str().unwrap().to_owned())
+        .collect()
+}
