@@ -3,6 +3,7 @@
 mod broker;
 mod coordinator;
 mod ctl;
+mod demo;
 mod settings;
 
 use anyhow::{Context, Result};
@@ -15,6 +16,7 @@ USAGE:
     moonraft proxy [CONFIG.toml] [--<key> <value>]...   run a server proxy (Redis Cluster protocol)
     moonraft broker [CONFIG.toml] [--<key> <value>]...  run a member of the Raft broker group (/api/v3)
     moonraft coordinator [CONFIG.toml] [--<key> <value>]...  keep proxies in sync, detect failures, fail over
+    moonraft demo [--data-dir DIR] [--fresh]            the whole system on this machine (`moonraft demo --help`)
     moonraft ctl [--broker ADDR] [--json] <COMMAND>     administer the broker group (`moonraft ctl --help`)
     moonraft --version
 
@@ -35,6 +37,7 @@ fn run(args: &[String]) -> Result<()> {
         Some("proxy") => proxy(&args[1..]),
         Some("broker") => broker(&args[1..]),
         Some("coordinator") => coordinator(&args[1..]),
+        Some("demo") => demo::main(&args[1..]),
         Some("ctl") => {
             if let Err(f) = ctl::main(&args[1..]) {
                 eprintln!("{}", f.message);

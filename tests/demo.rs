@@ -1,0 +1,137 @@
+//! `moonraft demo` end to end: it starts everything on its fixed ports, registers the proxies,
+//! writes demo.json, serves a cluster through redis-cli, resumes its state on a second start,
+//! and leaves no process behind after SIGTERM. (The only test that owns fixed ports.)
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(dir: &std::path::Path, extra: &[&str]) -> Demo {
+    let child = Command::new(BIN)
+        .arg("demo")
+        .arg("--data-dir")
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moonraft demo");
+    Demo(child)
+}
+
+fn alive(pid: u64) -> bool {
+    // A zombie (exited, not reaped by a parent that is gone) counts as gone.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+fn pids(json: &Value) -> Vec<u64> {
+    ["brokers", "coordinators", "proxies", "redis"]
+        .iter()
+        .flat_map(|k| json[*k].as_array().cloned().unwrap_or_default())
+        .map(|e| e["pid"].as_u64().unwrap_or(0))
+        .collect()
+}
+
+fn wait_ready(dir: &std::path::Path) -> (Value, Duration) {
+    let t = Instant::now();
+    let file = dir.join("demo.json");
+    let ok = eventually(Duration::from_secs(30), || file.exists());
+    assert!(ok, "demo.json never appeared");
+    let json: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    (json, t.elapsed())
+}
+
+fn stop(mut demo: Demo, json: &Value) {
+    let _ = Command::new("kill").args(["-TERM", &demo.0.id().to_string()]).status();
+    let status = demo.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+    std::mem::forget(demo);
+    let left: Vec<u64> = pids(json).into_iter().filter(|p| alive(*p)).collect();
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+}
+
+#[test]
+fn demo_starts_serves_resumes_and_cleans_up() {
+    let dir = TempDir::new("demo");
+    let data = dir.0.join("data");
+    let demo = start(&data, &[]);
+    let (json, _) = wait_ready(&data);
+    assert_eq!(json["brokers"].as_array().map(Vec::len), Some(3));
+    assert_eq!(json["coordinators"].as_array().map(Vec::len), Some(2));
+    assert_eq!(json["proxies"].as_array().map(Vec::len), Some(6));
+    assert_eq!(json["redis"].as_array().map(Vec::len), Some(12));
+    assert_eq!(json["proxies"][4]["address"], "127.0.0.1:6005");
+    assert_eq!(json["proxies"][4]["nodes"], serde_json::json!(["127.0.0.1:7009", "127.0.0.1:7010"]));
+    assert!(pids(&json).iter().all(|p| *p > 0 && alive(*p)));
+    let addrs = http("127.0.0.1:7799", "GET", "/api/v3/proxies/addresses", None).unwrap().json();
+    assert_eq!(addrs["addresses"].as_array().map(Vec::len), Some(6));
+    let r = http("127.0.0.1:7899", "POST", "/api/v3/clusters/meta/mycluster", Some(r#"{"node_number": 4}"#)).unwrap();
+    assert_eq!(r.status, 200);
+    let cluster = http("127.0.0.1:7999", "GET", "/api/v3/clusters/meta/mycluster", None).unwrap().json();
+    let proxy =
+        cluster["cluster"]["nodes"][0]["proxy_address"].as_str().unwrap().rsplit(':').next().unwrap().to_owned();
+    assert!(eventually(Duration::from_secs(10), || redis_cli(&["-c", "-p", &proxy, "SET", "a", "1"]) == "OK"));
+    assert_eq!(redis_cli(&["-c", "-p", "6001", "GET", "a"]), "1");
+    // A second demo on the same ports is refused with one clear line.
+    let out = Command::new(BIN).args(["demo", "--data-dir"]).arg(dir.0.join("other")).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not free"), "{}", String::from_utf8_lossy(&out.stderr));
+    stop(demo, &json);
+
+    // Same data dir: the cluster and its data are still there.
+    std::fs::remove_file(data.join("demo.json")).unwrap();
+    let demo = start(&data, &[]);
+    let (json, _) = wait_ready(&data);
+    let names = http("127.0.0.1:7799", "GET", "/api/v3/clusters/names", None).unwrap().json();
+    assert_eq!(names["names"], serde_json::json!(["mycluster"]));
+    assert!(eventually(Duration::from_secs(15), || redis_cli(&["-c", "-p", "6001", "GET", "a"]) == "1"));
+    stop(demo, &json);
+
+    // --fresh wipes it.
+    std::fs::remove_file(data.join("demo.json")).unwrap();
+    let demo = start(&data, &["--fresh"]);
+    let (json, ready) = wait_ready(&data);
+    eprintln!("demo ready after {ready:?} (measured from the test's side)");
+    let names = http("127.0.0.1:7799", "GET", "/api/v3/clusters/names", None).unwrap().json();
+    assert_eq!(names["names"], serde_json::json!([]));
+    stop(demo, &json);
+}
+
+#[test]
+fn demo_refuses_a_foreign_data_dir_and_missing_redis() {
+    let dir = TempDir::new("demo-bad");
+    std::fs::write(dir.0.join("something"), "not a demo").unwrap();
+    let out = Command::new(BIN).args(["demo", "--data-dir"]).arg(&dir.0).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a demo data dir"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(BIN)
+        .args(["demo", "--data-dir"])
+        .arg(dir.0.join("d"))
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("redis-server was not found"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(BIN).args(["demo", "--proxies", "0"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--proxies must be a number from 1 to 9"));
+}
