@@ -11,6 +11,8 @@ command -v redis-benchmark >/dev/null 2>&1 || need_apt+=(redis-tools)
 command -v clang >/dev/null 2>&1 || need_apt+=(clang)
 [ -e /usr/lib/llvm-14/lib/libclang.so ] || ls /usr/lib/llvm-*/lib/libclang*.so >/dev/null 2>&1 || need_apt+=(libclang-dev)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
+command -v jq >/dev/null 2>&1 || need_apt+=(jq)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing ${need_apt[*]} from Debian packages"

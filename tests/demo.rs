@@ -9,6 +9,9 @@ use serde_json::Value;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The demo owns fixed ports: its tests take turns.
+static FIXED_PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct Demo(Child);
 
 impl Drop for Demo {
@@ -64,6 +67,7 @@ fn stop(mut demo: Demo, json: &Value) {
 
 #[test]
 fn demo_starts_serves_resumes_and_cleans_up() {
+    let _ports = FIXED_PORTS.lock().unwrap_or_else(|e| e.into_inner());
     let dir = TempDir::new("demo");
     let data = dir.0.join("data");
     let demo = start(&data, &[]);
@@ -134,4 +138,22 @@ fn demo_refuses_a_foreign_data_dir_and_missing_redis() {
     );
     let out = Command::new(BIN).args(["demo", "--proxies", "0"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("--proxies must be a number from 1 to 9"));
+}
+
+/// `examples/walkthrough.sh` (the spec's walkthrough, with assertions at every step) against a
+/// fresh demo, killing the broker leader before the scale-out; then Ctrl-C leaves nothing.
+#[test]
+fn the_walkthrough_passes_against_the_demo_with_a_leader_kill() {
+    let _ports = FIXED_PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = TempDir::new("walkthrough");
+    let data = dir.0.join("data");
+    let demo = start(&data, &[]);
+    let (json, _) = wait_ready(&data);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/walkthrough.sh");
+    let out =
+        Command::new("bash").arg(script).env("DEMO_DIR", &data).env("KILL_BROKER_LEADER", "1").output().expect("bash");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("killed broker") && text.contains("walkthrough: all steps passed"), "{text}");
+    stop(demo, &json);
 }
