@@ -56,13 +56,18 @@ fn wait_ready(dir: &std::path::Path) -> (Value, Duration) {
     (json, t.elapsed())
 }
 
-fn stop(mut demo: Demo, json: &Value) {
-    let _ = Command::new("kill").args(["-TERM", &demo.0.id().to_string()]).status();
+/// Stops the demo with `signal` (TERM, or INT as Ctrl-C sends) and checks every pid it listed.
+fn stop_with(mut demo: Demo, json: &Value, signal: &str) {
+    let _ = Command::new("kill").args([&format!("-{signal}"), &demo.0.id().to_string()]).status();
     let status = demo.0.wait().unwrap();
     assert!(status.success(), "{status}");
     std::mem::forget(demo);
     let left: Vec<u64> = pids(json).into_iter().filter(|p| alive(*p)).collect();
     assert!(left.is_empty(), "processes left behind: {left:?}");
+}
+
+fn stop(demo: Demo, json: &Value) {
+    stop_with(demo, json, "TERM")
 }
 
 #[test]
@@ -155,5 +160,5 @@ fn the_walkthrough_passes_against_the_demo_with_a_leader_kill() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{text}");
     assert!(text.contains("killed broker") && text.contains("walkthrough: all steps passed"), "{text}");
-    stop(demo, &json);
+    stop_with(demo, &json, "INT");
 }
