@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# The docker-compose walkthrough as a test: builds the images, brings the stack up from
+# nothing, runs the walkthrough's commands with a check on each output, stops the broker
+# container that is the Raft leader mid-run, and tears everything down (also on failure).
+# Needs a docker engine, docker-compose, curl, jq, redis-cli, and the /etc/hosts lines of
+# examples/mem-broker/hosts.sh (added here when missing and writable).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# A project of its own per run: docker 20.10 can leave a network with phantom endpoints
+# behind after `docker kill`, which would block the next run's `down`/`up` on a shared name.
+PROJECT="moonraft-wt-$$"
+COMPOSE="docker-compose -p $PROJECT -f docker/docker-compose.yml"
+BROKERS="localhost:7799 localhost:7899 localhost:7999"
+
+cleanup() {
+    $COMPOSE down -v --remove-orphans >/dev/null 2>&1 || true
+    # Whatever `down` could not remove (it stops at a stuck network).
+    docker rm -f $(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT") >/dev/null 2>&1 || true
+    docker volume rm -f $(docker volume ls -q --filter "label=com.docker.compose.project=$PROJECT") >/dev/null 2>&1 || true
+    docker network rm "${PROJECT}_default" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+expect() {
+    if [ "$2" != "$3" ]; then printf 'FAILED: %s\n  got:    %s\n  wanted: %s\n' "$1" "$2" "$3" >&2; exit 1; fi
+    printf 'ok: %s\n' "$1"
+}
+eventually() {
+    local deadline=$((SECONDS + $1)); shift
+    until "$@" >/dev/null 2>&1; do
+        if [ $SECONDS -ge $deadline ]; then "$@" || true; return 1; fi
+        sleep 0.3
+    done
+}
+# Any live broker; RETRY (election) and connection failures move on to the next.
+api() {
+    local out
+    for _ in $(seq 1 60); do
+        for b in $BROKERS; do
+            out=$(curl -s -m 5 -X "$1" -H 'Content-Type: application/json' "http://$b/api/v3$2" ${3:+-d "$3"}) || continue
+            case "$out" in *'"error":"RETRY"'*) continue ;; esac
+            printf '%s' "$out"; return 0
+        done
+        sleep 0.3
+    done
+    return 1
+}
+
+if ! grep -q "server_proxy1" /etc/hosts; then
+    if [ -w /etc/hosts ]; then examples/mem-broker/hosts.sh >> /etc/hosts; else
+        echo "add these lines to /etc/hosts first:"; examples/mem-broker/hosts.sh; exit 1; fi
+fi
+
+t0=$SECONDS
+# Containers of an earlier run (any project) hold the fixed container names.
+docker rm -f broker1 broker2 broker3 coordinator1 coordinator2 \
+    $(for n in 1 2 3 4 5 6; do echo server_proxy$n; done) $(for n in $(seq 1 12); do echo redis$n; done) >/dev/null 2>&1 || true
+make -s docker-image >/dev/null
+echo "images built in $((SECONDS - t0)) s"
+t1=$SECONDS
+$COMPOSE up -d >/dev/null 2>&1
+examples/mem-broker/init.sh >/dev/null
+
+expect "6 proxy addresses" "$(api GET /proxies/addresses | jq -c .addresses)" \
+    '["server_proxy1:6001","server_proxy2:6002","server_proxy3:6003","server_proxy4:6004","server_proxy5:6005","server_proxy6:6006"]'
+api POST /clusters/meta/mycluster '{"node_number": 4}' >/dev/null
+proxies=$(api GET /clusters/meta/mycluster | jq -r '.cluster.nodes[].proxy_address' | uniq)
+expect "2 proxies after create" "$(echo "$proxies" | wc -l)" 2
+first=$(echo "$proxies" | head -1)
+host=${first%:*}; port=${first#*:}
+ranges() { redis-cli -h "$host" -p "$port" cluster nodes | awk '{print $9}' | sort | tr '\n' ' '; }
+two() { [ "$(ranges)" = "0-8191 8192-16383 " ]; }
+eventually 20 two
+expect "CLUSTER NODES ranges" "$(ranges)" "0-8191 8192-16383 "
+second=$(echo "$proxies" | tail -1)
+# redis-cli prints error replies on stderr.
+expect "get a → slot 15495" "$(redis-cli -h "$host" -p "$port" get a 2>&1)" "MOVED 15495 $second"
+expect "get b → slot 3300" "$(redis-cli -h "${second%:*}" -p "${second#*:}" get b 2>&1)" "MOVED 3300 $first"
+for i in $(seq 1 200); do echo "SET key$i value$i"; done | redis-cli -c -h "$host" -p "$port" >/dev/null
+expect "set b" "$(redis-cli -c -h "$host" -p "$port" set b 1)" OK
+
+# The Raft leader's container stops mid-run; everything after it must still work.
+leader=$(api GET /raft/status | jq -r .leader_id)
+docker stop "broker$leader" >/dev/null
+echo "stopped broker$leader (the Raft leader)"
+
+api PATCH /clusters/nodes/mycluster '{"node_number": 4}' >/dev/null
+api POST /clusters/migrations/expand/mycluster >/dev/null
+done_migrating() { [ "$(api GET /clusters/info/mycluster | jq -c '[.is_migrating, .node_number_with_slots]')" = '[false,8]' ]; }
+eventually 120 done_migrating
+expect "4 masters with the four ranges" \
+    "$(api GET /clusters/meta/mycluster | jq -c '[.cluster.nodes[] | select(.repl.role == "master") | .slots[0].range_list[0]] | sort')" \
+    '[[0,4095],[4096,8191],[8192,12287],[12288,16383]]'
+expect "8 node addresses" "$(api GET /clusters/meta/mycluster | jq -c '[.cluster.nodes[].address] | length')" 8
+expect "key77 after expand" "$(redis-cli -c -h "$host" -p "$port" get key77)" value77
+
+# Kill a proxy of the cluster; a free one replaces it and the keys are still served.
+victim=$(api GET /clusters/meta/mycluster | jq -r '.cluster.nodes[0].proxy_address')
+sleep 2 # replication of the last writes (each replica is a full copy a moment after a write)
+docker ps | grep "${victim%:*}" | awk '{print $1}' | xargs docker kill >/dev/null
+replaced() { ! api GET /clusters/meta/mycluster | jq -r '.cluster.nodes[].proxy_address' | grep -qx "$victim"; }
+eventually 60 replaced
+expect "4 proxies after the failover" "$(api GET /clusters/meta/mycluster | jq -r '.cluster.nodes[].proxy_address' | sort -u | wc -l)" 4
+entry=$(api GET /clusters/meta/mycluster | jq -r '.cluster.nodes[0].proxy_address')
+serves() { [ "$(redis-cli -c -h "${entry%:*}" -p "${entry#*:}" get key77)" = value77 ]; }
+eventually 60 serves
+for i in 1 50 123 200; do expect "key$i after the failover" "$(redis-cli -c -h "${entry%:*}" -p "${entry#*:}" get key$i)" "value$i"; done
+expect "delete the failed proxy" "$(curl -s -o /dev/null -w '%{http_code}' -XDELETE "http://localhost:$((7699 + 100 * (leader == 1 ? 2 : 1)))/api/v3/proxies/meta/$victim")" 200
+echo "walkthrough passed in $((SECONDS - t1)) s (images $((t1 - t0)) s)"
