@@ -105,4 +105,8 @@ serves() { [ "$(redis-cli -c -h "${entry%:*}" -p "${entry#*:}" get key77)" = val
 eventually 60 serves
 for i in 1 50 123 200; do expect "key$i after the failover" "$(redis-cli -c -h "${entry%:*}" -p "${entry#*:}" get key$i)" "value$i"; done
 expect "delete the failed proxy" "$(curl -s -o /dev/null -w '%{http_code}' -XDELETE "http://localhost:$((7699 + 100 * (leader == 1 ? 2 : 1)))/api/v3/proxies/meta/$victim")" 200
+# Metadata lives in the brokers' volumes: a restart of the whole stack keeps it.
+$COMPOSE restart >/dev/null 2>&1
+expect "clusters after a restart" "$(api GET /clusters/names | jq -c .names)" '["mycluster"]'
+expect "failed proxy gone after a restart" "$(api GET /proxies/addresses | jq -r '.addresses[]' | grep -cx "$victim" || true)" 0
 echo "walkthrough passed in $((SECONDS - t1)) s (images $((t1 - t0)) s)"
