@@ -224,7 +224,8 @@ fn fake_proxy(reply: Option<&'static [u8]>) -> String {
 /// answers `CONFIG GET/SET` with the spec's errors.
 #[test]
 fn bad_proxies_and_a_lost_broker_stall_nobody() {
-    let mut s = Stack::start(4, 1, &["--reconcile-interval-ms", "60000"]);
+    // Compressed SETCLUSTER (enable_compression) is what this coordinator pushes.
+    let mut s = Stack::start(4, 1, &["--reconcile-interval-ms", "60000", "--enable-compression", "true"]);
     assert_eq!(s.brokers.call("POST", "/clusters/meta/c", Some(r#"{"node_number": 4}"#)).status, 200);
     let members = proxies(&s.cluster("c"));
     let epoch_of = |p: &str| {

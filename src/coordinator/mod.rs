@@ -207,12 +207,14 @@ async fn sync_once(co: &Coordinator, agent: &AgentState, conn: &mut Option<Proxy
     agent.expected_epoch.store(view.epoch, Ordering::Relaxed);
     *agent.nodes.lock().unwrap_or_else(|e| e.into_inner()) = push::nodes(&view);
     let timeout = co.timing().proxy_timeout;
+    let compress = co.config.read().unwrap_or_else(|e| e.into_inner()).enable_compression;
     if conn.is_none() {
         *conn = Some(ProxyConn::connect(&agent.address, timeout).await?);
     }
     let Some(c) = conn.as_mut() else { return Err("no connection".into()) };
     push_ok(&c.call(&push::setrepl(&view), timeout).await?).map_err(|e| format!("SETREPL: {e}"))?;
-    push_ok(&c.call(&push::setcluster(&view), timeout).await?).map_err(|e| format!("SETCLUSTER: {e}"))?;
+    let setcluster = if compress { push::setcluster_compressed(&view) } else { push::setcluster(&view) };
+    push_ok(&c.call(&setcluster, timeout).await?).map_err(|e| format!("SETCLUSTER: {e}"))?;
     co.pushes.fetch_add(1, Ordering::Relaxed);
     debug!(proxy = %agent.address, epoch = view.epoch, "metadata pushed");
     Ok(Synced::Done)
@@ -443,9 +445,7 @@ pub async fn run(mut config: CoordinatorConfig) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on address {}: {e}", config.address))?;
     info!(address = %config.address, reporter_id = %config.reporter_id, brokers = ?config.brokers, "coordinator started");
-    if config.enable_compression {
-        warn!("enable_compression is accepted for compatibility; metadata is pushed uncompressed (only the proxies of changed clusters get it, so payloads stay small)");
-    }
+
     let co = Arc::new(Coordinator {
         config: RwLock::new(config),
         brokers,

@@ -109,6 +109,25 @@ pub fn setcluster(p: &pb::Proxy) -> Vec<String> {
     out
 }
 
+/// `UMCTL SETCLUSTER v2 <epoch> COMPRESS <payload>` (`proxy.md` §9.1, for large clusters):
+/// the same metadata as `setcluster`, as base64 of gzipped JSON. Built by parsing the plain
+/// form with the proxy's own parser and encoding that, so both forms always say the same.
+pub fn setcluster_compressed(p: &pb::Proxy) -> Vec<String> {
+    let plain = setcluster(p);
+    let args: Vec<bytes::Bytes> = plain[2..].iter().map(|s| bytes::Bytes::from(s.clone())).collect();
+    match moonraft_proxy::cluster::SetCluster::parse(&args) {
+        Ok(cmd) => vec![
+            "UMCTL".into(),
+            "SETCLUSTER".into(),
+            "v2".into(),
+            p.epoch.to_string(),
+            "COMPRESS".into(),
+            moonraft_proxy::cluster::encode_compressed(&cmd.meta),
+        ],
+        Err(_) => plain,
+    }
+}
+
 /// The Redis nodes a proxy fronts (what `UMCTL HEALTH` pings).
 pub fn nodes(p: &pb::Proxy) -> Vec<String> {
     p.nodes.iter().map(|n| n.address.clone()).collect()
@@ -209,6 +228,40 @@ mod tests {
     }
 
     #[test]
+    fn the_compressed_form_carries_the_same_metadata() {
+        let meta = pb::MigrationMeta {
+            epoch: 9,
+            src_proxy_address: "p5:6005".into(),
+            src_node_address: "p5:7009".into(),
+            dst_proxy_address: "p2:6002".into(),
+            dst_node_address: "p2:7003".into(),
+        };
+        let p = pb::Proxy {
+            cluster_name: Some("mycluster".into()),
+            address: "p5:6005".into(),
+            epoch: 9,
+            nodes: vec![node(
+                "p5:7009",
+                "master",
+                vec![range(0, 4095, none()), range(4096, 8191, pb::slot_range::Tag::Migrating(meta))],
+                ("x:1", "y:1"),
+            )],
+            peers: vec![pb::Peer { proxy_address: "p6:6006".into(), slots: vec![range(8192, 16383, none())] }],
+            cluster_config: Some(config()),
+        };
+        let parse = |cmd: Vec<String>| {
+            let args: Vec<bytes::Bytes> = cmd[2..].iter().map(|s| bytes::Bytes::from(s.clone())).collect();
+            moonraft_proxy::cluster::SetCluster::parse(&args).unwrap()
+        };
+        let compressed = setcluster_compressed(&p);
+        assert_eq!(compressed[4], "COMPRESS");
+        let (a, b) = (parse(setcluster(&p)), parse(compressed));
+        assert!(b.flags.compress);
+        assert_eq!(a.meta, b.meta);
+        assert_eq!(a.epoch, b.epoch);
+    }
+
+    #[test]
     fn a_free_proxy_gets_no_slots_and_master_nodes() {
         let p = pb::Proxy {
             cluster_name: None,
@@ -224,5 +277,9 @@ mod tests {
         // What the proxy parses is what we meant.
         let args: Vec<bytes::Bytes> = c[2..].iter().map(|s| bytes::Bytes::from(s.clone())).collect();
         assert!(moonraft_proxy::cluster::SetCluster::parse(&args).is_ok());
+        let compressed = setcluster_compressed(&p);
+        assert_eq!(compressed[4], "COMPRESS");
+        let args: Vec<bytes::Bytes> = compressed[2..].iter().map(|s| bytes::Bytes::from(s.clone())).collect();
+        assert_eq!(moonraft_proxy::cluster::SetCluster::parse(&args).map(|c| c.meta.name), Ok(String::new()));
     }
 }

@@ -526,27 +526,38 @@ impl BrokerGroup {
         BrokerGroup::start_with(n, &[])
     }
 
-    /// Starts `n` members with `extra` flags added to each.
+    /// Starts `n` members with `extra` flags added to each. A member that cannot bind its
+    /// port (another test took it between `free_port` and the bind) makes the whole group
+    /// start again on fresh ports.
     pub fn start_with(n: usize, extra: &[&str]) -> BrokerGroup {
-        let dir = TempDir::new("brokers");
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
-        let initial = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (h, g))| format!("{}=127.0.0.1:{g}/127.0.0.1:{h}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut members = Vec::new();
-        for (i, (h, g)) in ports.iter().enumerate() {
-            let mut flags: Vec<&str> = vec!["--bootstrap", "true", "--initial-members", &initial];
-            flags.extend_from_slice(extra);
-            let mut m = BrokerProc::new(i as u64 + 1, (*h, *g), &dir.0, &flags);
-            m.spawn();
-            members.push(m);
+        for _ in 0..5 {
+            let dir = TempDir::new("brokers");
+            let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+            let initial = ports
+                .iter()
+                .enumerate()
+                .map(|(i, (h, g))| format!("{}=127.0.0.1:{g}/127.0.0.1:{h}", i + 1))
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut members = Vec::new();
+            for (i, (h, g)) in ports.iter().enumerate() {
+                let mut flags: Vec<&str> = vec!["--bootstrap", "true", "--initial-members", &initial];
+                flags.extend_from_slice(extra);
+                let mut m = BrokerProc::new(i as u64 + 1, (*h, *g), &dir.0, &flags);
+                m.spawn();
+                members.push(m);
+            }
+            let mut group = BrokerGroup { members, _dir: dir };
+            let settled = eventually(Duration::from_secs(10), || {
+                group.members.iter_mut().all(|m| !m.proc.is_running() || m.status().is_some())
+            });
+            if !settled || group.members.iter_mut().any(|m| !m.proc.is_running()) {
+                continue; // dropped: every member killed, ports released
+            }
+            assert!(group.wait_leader(Duration::from_secs(20)).is_some(), "no leader elected:\n{}", group.logs());
+            return group;
         }
-        let group = BrokerGroup { members, _dir: dir };
-        assert!(group.wait_leader(Duration::from_secs(20)).is_some(), "no leader elected:\n{}", group.logs());
-        group
+        panic!("could not start a broker group (ports kept being taken)");
     }
 
     /// Id of the leader every running member agrees on.
@@ -610,25 +621,26 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
+    /// Starts a coordinator; retried on fresh ports if its admin port was taken meanwhile.
     pub fn start(brokers: &str, dir: &std::path::Path, id: &str, extra: &[&str]) -> Coordinator {
-        let admin = free_port();
         let log = dir.join(format!("coordinator-{id}.log"));
-        let child = Command::new(BIN)
-            .arg("coordinator")
-            .args(["--address", &format!("127.0.0.1:{admin}"), "--broker-address", brokers, "--reporter-id", id])
-            .args(extra)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn moonraft coordinator");
-        let mut proc = Proc { child: Some(child) };
-        assert!(
-            wait_ping(admin, &mut proc),
-            "coordinator did not start: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        Coordinator { proc, admin, log }
+        for _ in 0..5 {
+            let admin = free_port();
+            let child = Command::new(BIN)
+                .arg("coordinator")
+                .args(["--address", &format!("127.0.0.1:{admin}"), "--broker-address", brokers, "--reporter-id", id])
+                .args(extra)
+                .env_remove("RUST_LOG")
+                .stdout(Stdio::null())
+                .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file"))
+                .spawn()
+                .expect("spawn moonraft coordinator");
+            let mut proc = Proc { child: Some(child) };
+            if wait_ping(admin, &mut proc) {
+                return Coordinator { proc, admin, log };
+            }
+        }
+        panic!("coordinator did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
     }
 
     pub fn log_text(&self) -> String {
