@@ -16,8 +16,6 @@ Every process it starts is stopped when it ends (also on failure or Ctrl-C).
 """
 
 import argparse
-import os
-import shutil
 import signal
 import statistics
 import sys
@@ -190,11 +188,7 @@ def main():
         summary("host hung, SIGSTOP  → first successful write", results["stop"], "3 s")
         summary(f"metadata commit → all proxies of the cluster ({args.samples} samples)", prop, "200 ms")
     finally:
-        stop_all()
-        if os.environ.get("KEEP_TMP"):
-            print("logs in", tmp)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        stop_all(tmp)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,7 @@ the spec's default is 1, 0 = all). Every process it starts is stopped when it en
 """
 
 import argparse
-import os
 import random
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -184,11 +182,7 @@ def main():
               f"  (during/before {during / before:.2f}, target ≥ 0.5); client errors {client.errors}")
         print(f"  keys                before {loaded}  after {final}")
     finally:
-        stop_all()
-        if os.environ.get("KEEP_TMP"):
-            print("logs in", tmp)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        stop_all(tmp)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ process at the end."""
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -117,7 +118,8 @@ def wait_epoch(proxies, epoch, timeout=10):
     raise RuntimeError("proxies did not reach the epoch")
 
 
-def stop_all():
+def stop_all(tmp=None):
+    """Stops every process this module started, then removes `tmp` (kept with KEEP_TMP=1)."""
     for p in PROCS:
         try:
             p.send_signal(signal.SIGCONT)
@@ -125,3 +127,8 @@ def stop_all():
             p.wait(timeout=5)
         except Exception:
             pass
+    if tmp is not None:
+        if os.environ.get("KEEP_TMP"):
+            print("logs in", tmp)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)

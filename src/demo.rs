@@ -345,18 +345,5 @@ fn print_summary(o: &Options, l: &Layout, children: &[Running], ready: Duration)
 /// Blocks until SIGINT or SIGTERM.
 fn wait_for_signal() {
     let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-    rt.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    });
+    rt.block_on(crate::shutdown_signal());
 }

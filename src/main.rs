@@ -156,7 +156,8 @@ fn coordinator(args: &[String]) -> Result<()> {
     })
 }
 
-async fn shutdown_signal() {
+/// Waits for SIGTERM or Ctrl-C (every long-running subcommand, and the demo).
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {
