@@ -24,7 +24,7 @@ import time
 import redis
 from redis.crc import key_slot
 
-from moonraft_stack import Stack, http, stop_all, wait_epoch
+from moonraft_stack import Stack, cpu_seconds, http, stop_all, wait_epoch
 
 
 def load(cluster, keys, size):
@@ -76,21 +76,51 @@ class Client(threading.Thread):
         self.value = b"y" * size
         self.done = 0
         self.errors = 0
+        self.error_kinds = {}
         self.stop = False
+
+        # Time spent per slot (and operations), so the report can split the client's time
+        # between slots that move and slots that stay.
+        self.slot_time = [0.0] * 16384
+        self.slot_ops = [0] * 16384
 
     def run(self):
         rnd = random.Random(1)
         while not self.stop:
             k = "key:%d" % rnd.randrange(self.keys)
+            t = time.perf_counter()
             try:
                 if rnd.random() < 0.5:
                     self.rc.get(k)
                 else:
                     self.rc.set(k, self.value)
                 self.done += 1
-            except Exception:
+            except Exception as e:
                 self.errors += 1
+                what = f"{type(e).__name__}: {e}"[:120]
+                self.error_kinds[what] = self.error_kinds.get(what, 0) + 1
                 time.sleep(0.01)
+            slot = key_slot(k.encode())
+            self.slot_time[slot] += time.perf_counter() - t
+            self.slot_ops[slot] += 1
+
+    def take_latencies(self):
+        """(time, operations) per slot since the last call."""
+        out = (self.slot_time, self.slot_ops)
+        self.slot_time = [0.0] * 16384
+        self.slot_ops = [0] * 16384
+        return out
+
+
+def latency_split(latencies, moving):
+    """Mean operation latency (ms) and operations in the slots that move and in the others."""
+    slot_time, slot_ops = latencies
+    out = []
+    for want in (True, False):
+        t = sum(slot_time[s] for s in range(16384) if moving[s] == want)
+        n = sum(slot_ops[s] for s in range(16384) if moving[s] == want)
+        out.append((n, 1000 * t / max(n, 1)))
+    return out
 
 
 def rate(client, seconds):
@@ -114,6 +144,32 @@ def wait_replicas_synced(cluster, timeout=300):
             return
         time.sleep(0.5)
     raise RuntimeError("replicas did not finish syncing")
+
+
+def cpu_by_role(before, after, seconds, old, new):
+    """CPU cores used per role between two cpu_seconds() snapshots; `old`/`new` are the
+    cluster's metadata before and after the expand (which redis was a source or destination)."""
+    roles = {}
+    for cl, tag in ((new, "destination"), (old, "source")):
+        for n in cl["nodes"]:
+            kind = "master" if n["repl"]["role"] == "master" else "replica"
+            roles[f"redis {n['address']}"] = f"redis {kind} ({tag})"
+            roles[f"proxy {n['proxy_address']}"] = f"proxy ({tag})"
+    used = {}
+    for label, secs in after.items():
+        role = roles.get(label, label)
+        used[role] = used.get(role, 0) + secs - before.get(label, 0)
+    return "  ".join(f"{r} {c / seconds:.2f}" for r, c in sorted(used.items(), key=lambda x: -x[1]) if c / seconds >= 0.005)
+
+
+def owner(cluster, slot):
+    for n in cluster["nodes"]:
+        if n["repl"]["role"] == "master":
+            for r in n["slots"]:
+                for lo, hi in r["range_list"]:
+                    if lo <= slot <= hi:
+                        return n["address"]
+    return None
 
 
 def dbsize(cluster):
@@ -149,9 +205,14 @@ def main():
         client = Client(int(proxies[0].split(":")[1]), args.keys, args.size)
         client.start()
         time.sleep(1)
+        cpu0 = cpu_seconds()
         before = rate(client, 5)
+        cpu_before = (cpu0, cpu_seconds())
+        old_cluster = cluster
+        client.take_latencies()
         http(stack.api, "PATCH", "/clusters/nodes/bench", {"node_number": 4})
         t0 = time.time()
+        cpu1 = cpu_seconds()
         http(stack.api, "POST", "/clusters/migrations/expand/bench")
         done_during = client.done
         last_print = 0
@@ -170,17 +231,27 @@ def main():
             time.sleep(0.2)
         took = time.time() - t0
         during = (client.done - done_during) / took
+        cpu_during = (cpu1, cpu_seconds())
+        latencies = client.take_latencies()
         after = rate(client, 5)
         client.stop = True
         cluster = http(stack.api, "GET", "/clusters/meta/bench")["cluster"]
         final = dbsize(cluster)
+        moving = [owner(old_cluster, s) != owner(cluster, s) for s in range(16384)]
+        (n_moving, lat_moving), (n_staying, lat_staying) = latency_split(latencies, moving)
         print(f"moonraft migration benchmark: expand 4 → 8 nodes, {args.keys} keys × {args.size} B, "
               f"migration_limit {args.migration_limit if args.migration_limit is not None else 'default (1)'}")
         print(f"  migration time      {took:.1f} s  (target ≤ 30 s for 1 GB)")
         print(f"  moved               half the data, {mb / 2:.0f} MB of values → {mb / 2 / took:.1f} MB/s")
         print(f"  client ops/s        before {before:.0f}  during {during:.0f}  after {after:.0f}"
               f"  (during/before {during / before:.2f}, target ≥ 0.5); client errors {client.errors}")
+        print(f"  client latency      during: {lat_moving:.2f} ms in slots that moved ({n_moving} ops), "
+              f"{lat_staying:.2f} ms in the others ({n_staying} ops)")
+        for what, n in sorted(client.error_kinds.items(), key=lambda x: -x[1])[:5]:
+            print(f"  client error        {n} × {what}")
         print(f"  keys                before {loaded}  after {final}")
+        print(f"  CPU cores before    {cpu_by_role(*cpu_before, 5, old_cluster, cluster)}")
+        print(f"  CPU cores during    {cpu_by_role(*cpu_during, took, old_cluster, cluster)}")
     finally:
         stop_all(tmp)
 

@@ -15,6 +15,8 @@ import redis
 
 BIN = os.environ.get("MOONRAFT_BIN", "/var/tmp/moonraft-target/release/moonraft")
 PROCS = []
+# pid → what it is ("broker", "coordinator", "proxy", "redis 127.0.0.1:port"), for cpu_seconds().
+LABELS = {}
 
 
 def free_port():
@@ -23,10 +25,29 @@ def free_port():
         return s.getsockname()[1]
 
 
-def spawn(args, log):
+def spawn(args, log, label=None):
     p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(log, "ab"), env={k: v for k, v in os.environ.items() if k != "RUST_LOG"})
     PROCS.append(p)
+    LABELS[p.pid] = label or os.path.basename(args[0])
     return p
+
+
+def cpu_seconds():
+    """CPU time (user + system) used so far by every started process, by label, plus "client"
+    (this Python process: the benchmark's client thread and its polling)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for p in PROCS:
+        try:
+            with open(f"/proc/{p.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            used = (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            continue
+        out[LABELS[p.pid]] = out.get(LABELS[p.pid], 0) + used
+    t = os.times()
+    out["client"] = t.user + t.system
+    return out
 
 
 def wait_port(port, timeout=10):
@@ -74,7 +95,7 @@ class Stack:
         for i, (h, g) in enumerate(ports):
             spawn([BIN, "broker", "--node-id", str(i + 1), "--address", f"127.0.0.1:{h}", "--grpc-address",
                    f"127.0.0.1:{g}", "--data-dir", f"{tmp}/broker{i + 1}", "--bootstrap", "true",
-                   "--initial-members", members, *broker_flags], f"{tmp}/broker{i + 1}.log")
+                   "--initial-members", members, *broker_flags], f"{tmp}/broker{i + 1}.log", "broker")
             self.brokers.append((f"127.0.0.1:{h}", f"127.0.0.1:{g}"))
         for h, _ in self.brokers:
             wait_port(int(h.split(":")[1]))
@@ -84,7 +105,7 @@ class Stack:
         for i in range(coordinators):
             admin = free_port()
             spawn([BIN, "coordinator", "--address", f"127.0.0.1:{admin}", "--broker-address", grpc,
-                   "--reporter-id", f"co{i}"], f"{tmp}/coordinator{i}.log")
+                   "--reporter-id", f"co{i}"], f"{tmp}/coordinator{i}.log", "coordinator")
             wait_port(admin)
         self.hosts = {}
         self.n = 0
@@ -95,12 +116,13 @@ class Stack:
         for _ in range(2):
             port = free_port()
             p = spawn(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                       "--dir", self.tmp], f"{self.tmp}/redis{port}.log")
+                       "--dir", self.tmp], f"{self.tmp}/redis{port}.log", f"redis 127.0.0.1:{port}")
             wait_port(port)
             redis_procs.append(p)
             nodes.append(f"127.0.0.1:{port}")
         port = free_port()
-        proxy = spawn([BIN, "proxy", "--address", f"127.0.0.1:{port}"], f"{self.tmp}/proxy{port}.log")
+        proxy = spawn([BIN, "proxy", "--address", f"127.0.0.1:{port}"], f"{self.tmp}/proxy{port}.log",
+                      f"proxy 127.0.0.1:{port}")
         wait_port(port)
         addr = f"127.0.0.1:{port}"
         http(self.api, "POST", "/proxies/meta", {"proxy_address": addr, "nodes": nodes, "host": f"host{self.n}"})

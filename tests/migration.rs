@@ -32,6 +32,22 @@ fn ctl_progress(s: &Stack) -> Value {
     serde_json::from_slice(&out.stdout).expect("json")
 }
 
+/// Nice values of a process's threads named `proxy-background` (the migration copy's thread).
+fn background_nice(pid: u32) -> Vec<i64> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .filter_map(|stat| {
+            let (head, rest) = stat.rsplit_once(')')?;
+            // The kernel keeps 15 bytes of a thread's name.
+            head.ends_with("(proxy-backgroun").then_some(())?;
+            // Fields after the name start at field 3; nice is field 19.
+            rest.split_whitespace().nth(16)?.parse().ok()
+        })
+        .collect()
+}
+
 fn masters(cluster: &Value) -> Vec<String> {
     cluster["nodes"]
         .as_array()
@@ -148,6 +164,9 @@ fn scale_out_and_in_under_writes_loses_nothing() {
     let acked = writer.finish();
     check(&s, KEYS, &acked);
     assert_eq!(ctl_progress(&s), serde_json::json!({"is_migrating": false, "migrations": []}));
+    // The copy ran on the source proxies' background thread, at the lowest CPU priority.
+    let background: Vec<i64> = s.hosts.iter().flat_map(|h| background_nice(h.proxy.proc.pid())).collect();
+    assert!(!background.is_empty() && background.iter().all(|&n| n == 19), "copy threads' nice values: {background:?}");
     let cluster = s.cluster("c");
     let proxy = cluster["nodes"][0]["proxy_address"].as_str().unwrap().to_owned();
     let nodes = redis_cli(&["-p", &port(&proxy).to_string(), "CLUSTER", "NODES"]);

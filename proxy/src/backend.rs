@@ -73,6 +73,12 @@ pub struct NodePool {
     next: AtomicUsize,
 }
 
+impl std::fmt::Debug for NodePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodePool").field("address", &self.address).field("conns", &self.conns.len()).finish()
+    }
+}
+
 impl NodePool {
     pub fn address(&self) -> &str {
         &self.address
@@ -128,7 +134,20 @@ impl BackendRegistry {
             return p;
         }
         pools.retain(|_, w| w.strong_count() > 0);
-        let conns = (0..self.conns_per_node)
+        let pool = Arc::new(self.new_pool(address, proto, self.conns_per_node));
+        pools.insert(key, Arc::downgrade(&pool));
+        pool
+    }
+
+    /// A pool of `conns` connections of its own, not shared with client sessions: bulk work
+    /// (the migration copy pipelines hundreds of commands at a time) must not queue in front
+    /// of clients' commands on a shared connection.
+    pub fn private_pool(&self, address: &str, conns: usize) -> Arc<NodePool> {
+        Arc::new(self.new_pool(address, 2, conns.max(1)))
+    }
+
+    fn new_pool(&self, address: &str, proto: u8, conns: usize) -> NodePool {
+        let conns = (0..conns)
             .map(|_| {
                 let (tx, rx) = mpsc::channel(self.settings.queue_len);
                 let failed = Arc::new(AtomicBool::new(false));
@@ -136,9 +155,7 @@ impl BackendRegistry {
                 Conn { tx, failed }
             })
             .collect();
-        let pool = Arc::new(NodePool { address: address.to_owned(), conns, next: AtomicUsize::new(0) });
-        pools.insert(key, Arc::downgrade(&pool));
-        pool
+        NodePool { address: address.to_owned(), conns, next: AtomicUsize::new(0) }
     }
 }
 
@@ -236,16 +253,26 @@ async fn serve(
     let (mut rd, mut wr) = stream.into_split();
     let (inflight_tx, mut inflight_rx) = mpsc::unbounded_channel::<oneshot::Sender<ReplyResult>>();
     let pending = AtomicUsize::new(0);
+    // Set when the pool was dropped (queue closed): the reader then ends once the commands
+    // already written have their replies, instead of dropping them (their clients would get
+    // "connection broke" for commands Redis executed).
+    let queue_closed = AtomicBool::new(false);
 
     let writer = async {
         let mut buf = BytesMut::with_capacity(16 * 1024);
         loop {
             let Some(first) = rx.recv().await else {
-                return Ended::QueueClosed;
+                // SeqCst pairs with the reader: it decrements `pending`, then reads the flag;
+                // we set the flag, then read `pending`. One of us sees the other's write.
+                queue_closed.store(true, Ordering::SeqCst);
+                if pending.load(Ordering::SeqCst) == 0 {
+                    return Ended::QueueClosed;
+                }
+                return std::future::pending().await;
             };
             let mut batch = Some(first);
             while let Some(cmd) = batch.take() {
-                pending.fetch_add(1, Ordering::AcqRel);
+                pending.fetch_add(1, Ordering::SeqCst);
                 if cmd.raw.len() > 64 * 1024 {
                     // Large commands are written directly, without copying.
                     if !buf.is_empty() {
@@ -288,8 +315,10 @@ async fn serve(
                         let reply = buf.split_to(n).freeze();
                         match inflight_rx.try_recv() {
                             Ok(sender) => {
-                                pending.fetch_sub(1, Ordering::AcqRel);
                                 let _ = sender.send(Ok(reply));
+                                if pending.fetch_sub(1, Ordering::SeqCst) == 1 && queue_closed.load(Ordering::SeqCst) {
+                                    return Ended::QueueClosed;
+                                }
                             }
                             Err(_) => {
                                 return Ended::Failed(

@@ -559,6 +559,9 @@ pub struct TaskShared {
     /// The source has copied every key (`UMSYNC` answers `MIGRATING_FINISHED`).
     pub scan_finished: std::sync::atomic::AtomicBool,
     pub keys_moved: std::sync::atomic::AtomicU64,
+    /// Of `keys_moved`: keys moved ahead of the scan because a client needed them at the
+    /// destination (`UMSYNC`).
+    pub keys_pulled: std::sync::atomic::AtomicU64,
     pub bytes_moved: std::sync::atomic::AtomicU64,
     /// Why the copy is paused, if it is (e.g. the destination refuses RESTORE).
     pub last_error: std::sync::Mutex<Option<String>>,
@@ -566,6 +569,9 @@ pub struct TaskShared {
     pub keys_estimate: std::sync::atomic::AtomicU64,
     /// When the copy started.
     pub copy_started: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Destination: the connections to the source proxy for pulls (`UMSYNC`), kept for the
+    /// task's life rather than opened per pull.
+    pub source_proxy: std::sync::OnceLock<Arc<crate::backend::NodePool>>,
 }
 
 /// A local migrating or importing range. The state is shared across metadata updates that

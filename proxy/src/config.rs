@@ -35,6 +35,10 @@ pub struct ProxyConfig {
     pub replication_interval: u64,
     /// Honour the write lease coordinators grant with `UMCTL HEALTH` (see `lease.rs`).
     pub coordinator_lease: bool,
+    /// Nice value (0–19) of the thread that copies keys during a migration (see
+    /// `background.rs`): 19 lets the copy use only CPU that clients leave idle, 0 runs it with
+    /// the same priority as client traffic.
+    pub migration_copy_nice: i32,
     /// Log filter (tracing `EnvFilter` syntax).
     pub log: String,
 }
@@ -64,6 +68,7 @@ impl Default for ProxyConfig {
             client_query_buffer_limit: 1024 * 1024 * 1024,
             replication_interval: 5000,
             coordinator_lease: true,
+            migration_copy_nice: 19,
             log: "info".into(),
         }
     }
@@ -93,6 +98,7 @@ pub const PROXY_KEYS: &[&str] = &[
     "client_query_buffer_limit",
     "replication_interval",
     "coordinator_lease",
+    "migration_copy_nice",
     "log",
 ];
 
@@ -176,6 +182,10 @@ impl ProxyConfig {
             "client_query_buffer_limit" => self.client_query_buffer_limit = positive(value)?,
             "replication_interval" => self.replication_interval = positive(value)?,
             "coordinator_lease" => self.coordinator_lease = boolean(value)?,
+            "migration_copy_nice" => match number::<i32>(value)? {
+                n @ 0..=19 => self.migration_copy_nice = n,
+                n => return Err(format!("expected a nice value from 0 to 19, got {n}")),
+            },
             "log" => self.log = value.to_owned(),
             _ => return Err(format!("unknown key {key:?}")),
         }
@@ -221,6 +231,11 @@ mod tests {
         assert!(c.set("cluster_nodes_version", "v3").is_err());
         c.set("password", "secret").unwrap();
         assert_eq!(c.password.as_deref(), Some("secret"));
+        assert_eq!(c.migration_copy_nice, 19);
+        c.set("migration_copy_nice", "0").unwrap();
+        assert_eq!(c.migration_copy_nice, 0);
+        assert!(c.set("migration_copy_nice", "20").is_err());
+        assert!(c.set("migration_copy_nice", "-1").is_err());
     }
 
     trait ErrOrOk {

@@ -1,6 +1,7 @@
 //! moonraft's server proxy: the Redis Cluster data plane in front of plain Redis nodes.
 
 pub mod backend;
+pub mod background;
 pub mod cluster;
 pub mod command;
 pub mod config;

@@ -129,10 +129,26 @@ async fn run_source(state: Arc<ProxyState>, cluster: String, task: MigrationTask
     }
     info!(cluster = %cluster, ranges = %task.ranges_tokens(), "migration switched; copying keys");
     let started = Instant::now();
-    if !scan(&state, &cluster, &task, &config).await {
+    let copied = {
+        let (state, cluster, task) = (state.clone(), cluster.clone(), task.clone());
+        crate::background::run(
+            state.config.migration_copy_nice,
+            async move { scan(&state, &cluster, &task, &config).await },
+        )
+        .await
+    };
+    if !copied {
         return;
     }
     sh.scan_finished.store(true, Ordering::Release);
+    // Pulls already under way finish first (including their deletes at the source), so no
+    // key is left behind on the source once its slots are committed away.
+    while !sh.busy_keys.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+        if !alive(&state, &task) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     task.set_state(TaskState::FinalSwitch);
     let finalswitch = switch_args("FINALSWITCH", &cluster, &task);
     if !switch(&state, &dst_proxy, &finalswitch, &task, Duration::from_millis(1), None).await {
@@ -143,6 +159,7 @@ async fn run_source(state: Arc<ProxyState>, cluster: String, task: MigrationTask
         cluster = %cluster,
         ranges = %task.ranges_tokens(),
         keys = sh.keys_moved.load(Ordering::Relaxed),
+        pulled = sh.keys_pulled.load(Ordering::Relaxed),
         bytes = sh.bytes_moved.load(Ordering::Relaxed),
         secs = started.elapsed().as_secs_f64(),
         "migration finished"
@@ -288,7 +305,17 @@ async fn chunked_copy(src: &NodePool, dst: &NodePool, key: &Bytes, task: &Migrat
     Ok(true)
 }
 
-async fn copy_keys(src: &NodePool, dst: &NodePool, keys: &[Bytes], task: &MigrationTask) -> Result<(), String> {
+/// Copies a batch with one pipelined command per key and step: MEMORY USAGE (big keys go in
+/// chunks), PTTL + DUMP, RESTORE, and one DEL per batch. (Tried: one Lua script per batch for
+/// each side. It used less proxy CPU but kept Redis busy in longer atomic stretches, and
+/// clients' latency during the copy got worse, so the copy stays pipelined.)
+async fn copy_keys(
+    state: &ProxyState,
+    src: &NodePool,
+    dst: &NodePool,
+    keys: &[Bytes],
+    task: &MigrationTask,
+) -> Result<(), String> {
     if keys.is_empty() {
         return Ok(());
     }
@@ -351,32 +378,126 @@ async fn copy_keys(src: &NodePool, dst: &NodePool, keys: &[Bytes], task: &Migrat
             return Err(format!("RESTORE {}: {text}", String::from_utf8_lossy(k)));
         }
     }
-    if !present.is_empty() {
-        let mut del = vec![Bytes::from_static(b"DEL")];
-        del.extend(present.iter().cloned());
-        let reply = src.send(Request::from_args(del).raw, pin).await;
-        reply.await.map_err(|_| "source connection lost".to_owned())?.map_err(|e| e.to_string())?;
-    }
     task.shared.keys_moved.fetch_add(present.len() as u64, Ordering::Relaxed);
     task.shared.bytes_moved.fetch_add(bytes, Ordering::Relaxed);
+    delete_at_source(state, src, &present, task).await;
     Ok(())
 }
 
+/// Deletes keys the destination now has from the source node, retrying until it succeeds or
+/// the task goes away. The caller holds the keys' claim throughout: were it released with the
+/// keys still on the source, a client could delete a key at the destination and a later copy
+/// would bring the old value back.
+async fn delete_at_source(state: &ProxyState, src: &NodePool, keys: &[Bytes], task: &MigrationTask) {
+    if keys.is_empty() {
+        return;
+    }
+    let mut del = vec![Bytes::from_static(b"DEL")];
+    del.extend(keys.iter().cloned());
+    let del = Request::from_args(del);
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        match call(src, &del).await {
+            Ok(Frame::Integer(_)) => return,
+            other => {
+                let e = format!("deleting copied keys at the source {}: {other:?}", task.meta.src_node_address);
+                warn!("{e}; retrying");
+                set_error(task, Some(e));
+            }
+        }
+        if !alive(state, task) {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// The source side of a pull in one round trip: PTTL, then the DUMP payload, or the integer 1
+/// when the value is bigger than ARGV[1] bytes (copied in chunks instead), or nothing if the
+/// key is gone. One key only, so the script holds Redis for microseconds. (For scanner
+/// batches a script per batch was tried and hurt clients' latency: see `copy_keys`.)
+const PULL_READ_SCRIPT: &str = r#"
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl == -2 then return {ttl, false} end
+local len = redis.pcall('STRLEN', KEYS[1])
+if type(len) ~= 'number' then len = redis.call('MEMORY', 'USAGE', KEYS[1]) or 0 end
+if len > tonumber(ARGV[1]) then return {ttl, 1} end
+return {ttl, redis.call('DUMP', KEYS[1])}
+"#;
+
+/// Pulls one key for a client at the destination (`UMSYNC`): copied once `RESTORE` succeeded;
+/// returns the keys still to delete at the source. Falls back to `copy_keys` where scripting is
+/// unavailable (disabled by ACL or renamed).
+async fn pull_one(
+    state: &ProxyState,
+    src: &NodePool,
+    dst: &NodePool,
+    key: &Bytes,
+    task: &MigrationTask,
+) -> Result<Vec<Bytes>, String> {
+    let limit = BIG_KEY_BYTES.to_string();
+    let read = call(src, &req(&[b"EVAL", PULL_READ_SCRIPT.as_bytes(), b"1", key, limit.as_bytes()])).await?;
+    let (ttl, value) = match read {
+        Frame::Array(mut items) if items.len() == 2 => {
+            let value = items.pop();
+            (items.pop(), value)
+        }
+        Frame::Error(e)
+            if e.starts_with("ERR unknown command") || e.starts_with("NOPERM") || e.contains("disabled") =>
+        {
+            copy_keys(state, src, dst, std::slice::from_ref(key), task).await?;
+            return Ok(Vec::new());
+        }
+        other => return Err(format!("reading {} at the source: {other}", String::from_utf8_lossy(key))),
+    };
+    let ttl = match ttl {
+        Some(Frame::Integer(-2)) => return Ok(Vec::new()), // not on the source
+        Some(Frame::Integer(t)) if t > 0 => t,
+        _ => 0,
+    };
+    let payload = match value {
+        Some(Frame::Bulk(p)) => p,
+        Some(Frame::Integer(1)) => {
+            if !chunked_copy(src, dst, key, task).await? {
+                copy_keys(state, src, dst, std::slice::from_ref(key), task).await?;
+            }
+            return Ok(Vec::new());
+        }
+        _ => return Ok(Vec::new()),
+    };
+    let bytes = payload.len() as u64;
+    let ttl = ttl.to_string();
+    match call(dst, &Request::from_args(vec![Bytes::from_static(b"RESTORE"), key.clone(), Bytes::from(ttl), payload]))
+        .await?
+    {
+        Frame::Simple(_) => {}
+        Frame::Error(e) if e.starts_with("BUSYKEY") => {}
+        Frame::Error(e) => return Err(format!("RESTORE {}: {e}", String::from_utf8_lossy(key))),
+        other => return Err(format!("RESTORE {}: unexpected reply {other}", String::from_utf8_lossy(key))),
+    }
+    task.shared.keys_moved.fetch_add(1, Ordering::Relaxed);
+    task.shared.keys_pulled.fetch_add(1, Ordering::Relaxed);
+    task.shared.bytes_moved.fetch_add(bytes, Ordering::Relaxed);
+    Ok(vec![key.clone()])
+}
+
 /// Claims `keys` for copying (waits while any of them is being copied by someone else);
-/// released when the guard drops.
-struct Claim<'a> {
-    task: &'a MigrationTask,
+/// released when the guard drops. Owns its task's state so it can outlive the caller (a pull
+/// answers the client and finishes deleting at the source afterwards).
+struct Claim {
+    shared: Arc<crate::cluster::TaskShared>,
     keys: Vec<Bytes>,
 }
 
-impl<'a> Claim<'a> {
-    async fn take(task: &'a MigrationTask, keys: &[Bytes]) -> Claim<'a> {
+impl Claim {
+    async fn take(task: &MigrationTask, keys: &[Bytes]) -> Claim {
         loop {
             {
                 let mut busy = task.shared.busy_keys.lock().unwrap_or_else(|p| p.into_inner());
                 if keys.iter().all(|k| !busy.contains(k)) {
                     busy.extend(keys.iter().cloned());
-                    return Claim { task, keys: keys.to_vec() };
+                    return Claim { shared: task.shared.clone(), keys: keys.to_vec() };
                 }
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -384,9 +505,9 @@ impl<'a> Claim<'a> {
     }
 }
 
-impl Drop for Claim<'_> {
+impl Drop for Claim {
     fn drop(&mut self) {
-        let mut busy = self.task.shared.busy_keys.lock().unwrap_or_else(|p| p.into_inner());
+        let mut busy = self.shared.busy_keys.lock().unwrap_or_else(|p| p.into_inner());
         for k in &self.keys {
             busy.remove(k);
         }
@@ -401,9 +522,10 @@ fn set_error(task: &MigrationTask, e: Option<String>) {
 /// (a node down, RESTORE refused) pause the copy with the reason recorded, and it resumes
 /// from the same cursor. Returns false if the task went away.
 async fn scan(state: &ProxyState, cluster: &str, task: &MigrationTask, config: &crate::cluster::ClusterConfig) -> bool {
-    // Strong references for the whole copy: the registry only keeps pools the table uses.
-    let src = state.registry.pool(&task.meta.src_node_address, 2);
-    let dst = state.registry.pool(&task.meta.dst_node_address, 2);
+    // Connections of the copy's own: its pipelines of hundreds of commands must not queue in
+    // front of client commands on the connections the sessions share.
+    let src = state.registry.private_pool(&task.meta.src_node_address, 1);
+    let dst = state.registry.private_pool(&task.meta.dst_node_address, 1);
     // The spec's default (16) makes a large copy crawl; a batch of a few hundred keys keeps
     // Redis responsive (each SCAN/DUMP is short) while amortising round trips.
     let count = config.migration_scan_count.max(512).to_string();
@@ -458,7 +580,7 @@ async fn scan(state: &ProxyState, cluster: &str, task: &MigrationTask, config: &
         };
         let copied = {
             let _claim = Claim::take(task, &keys).await;
-            copy_keys(&src, &dst, &keys, task).await
+            copy_keys(state, &src, &dst, &keys, task).await
         };
         if let Err(e) = copied {
             warn!(cluster = %cluster, "copy paused: {e}; retrying the batch");
@@ -492,12 +614,22 @@ pub async fn umsync(state: Arc<ProxyState>, key: Bytes) -> Bytes {
     }
     let src = state.registry.pool(&task.meta.src_node_address, 2);
     let dst = state.registry.pool(&task.meta.dst_node_address, 2);
-    let _claim = Claim::take(&task, std::slice::from_ref(&key)).await;
+    let claim = Claim::take(&task, std::slice::from_ref(&key)).await;
     if task.shared.scan_finished.load(Ordering::Acquire) {
         return resp::simple("MIGRATING_FINISHED");
     }
-    match copy_keys(&src, &dst, std::slice::from_ref(&key), &task).await {
-        Ok(()) => Bytes::from_static(resp::OK),
+    match pull_one(&state, &src, &dst, &key, &task).await {
+        Ok(delete) => {
+            // The destination has the key: answer now, and delete it at the source while
+            // still holding its claim.
+            if !delete.is_empty() {
+                tokio::spawn(async move {
+                    delete_at_source(&state, &src, &delete, &task).await;
+                    drop(claim);
+                });
+            }
+            Bytes::from_static(resp::OK)
+        }
         Err(e) => resp::error(&format!("ERR failed to move the key: {e}")),
     }
 }
@@ -512,7 +644,7 @@ pub async fn pull_then_run(
     raw: Bytes,
     pin: usize,
 ) -> Bytes {
-    let src_proxy = state.registry.pool(&task.meta.src_proxy_address, 2);
+    let src_proxy = task.shared.source_proxy.get_or_init(|| state.registry.pool(&task.meta.src_proxy_address, 2));
     for key in keys {
         let exists = Request::from_args(vec![Bytes::from_static(b"EXISTS"), key.clone()]);
         match call(&pool, &exists).await {
@@ -522,7 +654,7 @@ pub async fn pull_then_run(
             Err(e) => return resp::error(&format!("ERR_BACKEND_CONNECTION: {e}")),
         }
         let sync = Request::from_args(vec![Bytes::from_static(b"UMSYNC"), key.clone()]);
-        match call(&src_proxy, &sync).await {
+        match call(src_proxy, &sync).await {
             Ok(Frame::Simple(_)) => {}
             Ok(Frame::Error(e)) if e.starts_with("MIGRATION_TASK_NOT_FOUND") => {}
             Ok(other) => return resp::error(&format!("MIGRATION_FORWARD: failed to access source node: {other}")),
@@ -561,6 +693,7 @@ pub fn progress_json(state: &ProxyState) -> String {
                 "dst_proxy_address": task.meta.dst_proxy_address,
                 "state": format!("{:?}", task.state()),
                 "keys_moved": sh.keys_moved.load(Ordering::Relaxed),
+                "keys_pulled": sh.keys_pulled.load(Ordering::Relaxed),
                 "bytes_moved": sh.bytes_moved.load(Ordering::Relaxed),
                 "keys_estimate": sh.keys_estimate.load(Ordering::Relaxed),
                 "copy_elapsed_ms": elapsed_ms,
