@@ -77,6 +77,20 @@ class Client(threading.Thread):
         self.done = 0
         self.errors = 0
         self.error_kinds = {}
+        # redis-py re-reads the slot map (CLUSTER SLOTS) after a few MOVED replies: count it.
+        self.refreshes = 0
+        self.refresh_time = 0.0
+        nodes = self.rc.nodes_manager
+        initialize = nodes.initialize
+
+        def counted(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return initialize(*a, **kw)
+            finally:
+                self.refreshes += 1
+                self.refresh_time += time.perf_counter() - t
+        nodes.initialize = counted
         self.stop = False
 
         # Time spent per slot (and operations), so the report can split the client's time
@@ -185,6 +199,7 @@ def main():
     ap.add_argument("--keys", type=int, default=2097152)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--migration-limit", type=int, default=None)
+    ap.add_argument("--timeline", action="store_true", help="print the client's ops/s every 0.5 s of the migration")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="moonraft-bench-migration-")
     flags = () if args.migration_limit is None else ("--migration-limit", str(args.migration_limit))
@@ -215,8 +230,11 @@ def main():
         cpu1 = cpu_seconds()
         http(stack.api, "POST", "/clusters/migrations/expand/bench")
         done_during = client.done
+        refreshes0, refresh_time0 = client.refreshes, client.refresh_time
         last_print = 0
+        timeline = []
         while True:
+            timeline.append((time.time() - t0, client.done))
             info = http(stack.api, "GET", "/clusters/info/bench")
             if not info["is_migrating"]:
                 break
@@ -231,6 +249,7 @@ def main():
             time.sleep(0.2)
         took = time.time() - t0
         during = (client.done - done_during) / took
+        refreshes = (client.refreshes - refreshes0, client.refresh_time - refresh_time0)
         cpu_during = (cpu1, cpu_seconds())
         latencies = client.take_latencies()
         after = rate(client, 5)
@@ -247,6 +266,15 @@ def main():
               f"  (during/before {during / before:.2f}, target ≥ 0.5); client errors {client.errors}")
         print(f"  client latency      during: {lat_moving:.2f} ms in slots that moved ({n_moving} ops), "
               f"{lat_staying:.2f} ms in the others ({n_staying} ops)")
+        print(f"  client slot maps    {refreshes[0]} re-reads of CLUSTER SLOTS during the migration "
+              f"({refreshes[1] * 1000:.0f} ms in all)")
+        if args.timeline:
+            marks, last = [], (0.0, done_during)
+            for t, done in timeline:
+                if t - last[0] >= 0.5:
+                    marks.append(f"{t:.1f}s:{(done - last[1]) / (t - last[0]):.0f}")
+                    last = (t, done)
+            print("  client ops/s over time  " + " ".join(marks))
         for what, n in sorted(client.error_kinds.items(), key=lambda x: -x[1])[:5]:
             print(f"  client error        {n} × {what}")
         print(f"  keys                before {loaded}  after {final}")
