@@ -406,3 +406,71 @@ fn proxies_of(s: &Stack) -> Vec<String> {
         .map(|n| n["proxy_address"].as_str().unwrap().to_owned())
         .collect()
 }
+
+/// Where scripting is off (here by ACL), a pull copies the key with plain commands instead of
+/// the one-key read script: readers during the migration see every value, pulls happened, and
+/// every key ends up on one master.
+#[test]
+fn pulls_work_where_scripting_is_disabled() {
+    let s = Stack::start(4, 1, &[]);
+    assert_eq!(s.brokers.call("POST", "/clusters/meta/c", Some(r#"{"node_number": 4}"#)).status, 200);
+    const KEYS: usize = 100_000;
+    pipe_load(&s, 0..KEYS);
+    for h in &s.hosts {
+        for r in &h.redis {
+            let mut c = r.conn();
+            assert_eq!(c.cmd(&["ACL", "SETUSER", "default", "-@scripting"]), simple("OK"));
+            assert!(matches!(c.cmd(&["EVAL", "return 1", "0"]), Frame::Error(e) if e.starts_with("NOPERM")));
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (stop, entry) = (stop.clone(), entry_points(&s));
+        std::thread::spawn(move || {
+            let client = ClusterClient { entry };
+            let (mut reads, mut wrong) = (0usize, Vec::new());
+            let started = Instant::now();
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(120) {
+                let i = reads.wrapping_mul(7919) % KEYS;
+                let got = client.cmd(&["GET", &format!("key{i}")], Duration::from_secs(20));
+                if got != Ok(bulk(&format!("value{i}"))) {
+                    wrong.push(format!("key{i}: {got:?}"));
+                }
+                reads += 1;
+            }
+            (reads, wrong)
+        })
+    };
+    assert_eq!(s.brokers.call("PATCH", "/clusters/nodes/c", Some(r#"{"node_number": 4}"#)).status, 200);
+    assert_eq!(s.brokers.call("POST", "/clusters/migrations/expand/c", None).status, 200);
+    wait_migrated(&s, 8);
+    stop.store(true, Ordering::Relaxed);
+    let (reads, wrong) = reader.join().expect("reader");
+    assert!(reads > 100, "the reader made progress ({reads} reads)");
+    assert!(wrong.is_empty(), "wrong reads during the migration: {:?}", &wrong[..wrong.len().min(5)]);
+    let pulled: u64 = s.hosts.iter().map(|h| pulled_in_log(&h.proxy.log_text())).sum();
+    assert!(pulled > 0, "no key was pulled; logs:\n{}", s.logs());
+    assert_keys_on_one_master(&s, KEYS);
+}
+
+/// The sum of `pulled=N` over a proxy log's "migration finished" lines (colour codes removed).
+fn pulled_in_log(log: &str) -> u64 {
+    let mut plain = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+        .lines()
+        .filter(|l| l.contains("migration finished"))
+        .filter_map(|l| l.split("pulled=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}

@@ -446,7 +446,11 @@ async fn pull_one(
         Frame::Error(e)
             if e.starts_with("ERR unknown command") || e.starts_with("NOPERM") || e.contains("disabled") =>
         {
+            let before = task.shared.keys_moved.load(Ordering::Relaxed);
             copy_keys(state, src, dst, std::slice::from_ref(key), task).await?;
+            if task.shared.keys_moved.load(Ordering::Relaxed) != before {
+                task.shared.keys_pulled.fetch_add(1, Ordering::Relaxed);
+            }
             return Ok(Vec::new());
         }
         other => return Err(format!("reading {} at the source: {other}", String::from_utf8_lossy(key))),
