@@ -408,10 +408,11 @@ fn proxies_of(s: &Stack) -> Vec<String> {
 }
 
 /// Where scripting is off (here by ACL), a pull copies the key with plain commands instead of
-/// the one-key read script: readers during the migration see every value, pulls happened, and
+/// the one-key read script. A client that reads (served where the key is, `UMREAD`) and
+/// rewrites keys (pulled first) during the migration sees every value, pulls happened, and
 /// every key ends up on one master.
 #[test]
-fn pulls_work_where_scripting_is_disabled() {
+fn reads_and_pulls_during_a_migration_where_scripting_is_disabled() {
     let s = Stack::start(4, 1, &[]);
     assert_eq!(s.brokers.call("POST", "/clusters/meta/c", Some(r#"{"node_number": 4}"#)).status, 200);
     const KEYS: usize = 100_000;
@@ -431,10 +432,19 @@ fn pulls_work_where_scripting_is_disabled() {
             let (mut reads, mut wrong) = (0usize, Vec::new());
             let started = Instant::now();
             while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(120) {
-                let i = reads.wrapping_mul(7919) % KEYS;
-                let got = client.cmd(&["GET", &format!("key{i}")], Duration::from_secs(20));
-                if got != Ok(bulk(&format!("value{i}"))) {
-                    wrong.push(format!("key{i}: {got:?}"));
+                let i = (reads / 2).wrapping_mul(7919) % KEYS;
+                let (key, value) = (format!("key{i}"), format!("value{i}"));
+                if reads % 2 == 0 {
+                    let got = client.cmd(&["GET", &key], Duration::from_secs(20));
+                    if got != Ok(bulk(&value)) {
+                        wrong.push(format!("GET {key}: {got:?}"));
+                    }
+                } else {
+                    // The same value again: a write, so the key is pulled first.
+                    let got = client.cmd(&["SET", &key, &value], Duration::from_secs(20));
+                    if got != Ok(simple("OK")) {
+                        wrong.push(format!("SET {key}: {got:?}"));
+                    }
                 }
                 reads += 1;
             }
@@ -451,6 +461,13 @@ fn pulls_work_where_scripting_is_disabled() {
     let pulled: u64 = s.hosts.iter().map(|h| pulled_in_log(&h.proxy.log_text())).sum();
     assert!(pulled > 0, "no key was pulled; logs:\n{}", s.logs());
     assert_keys_on_one_master(&s, KEYS);
+    // UMREAD outside a migration, and with a command it does not take.
+    let mut proxy = Conn::connect(s.hosts[0].proxy.port);
+    assert_eq!(proxy.cmd(&["UMREAD", "GET", "key1"]), Frame::Error("UMREAD_NOT_ON_SOURCE".into()));
+    assert!(matches!(proxy.cmd(&["UMREAD", "SET", "key1", "x"]), Frame::Error(e) if e.contains("read-only")));
+    assert!(matches!(proxy.cmd(&["UMREAD", "NOSUCH", "key1"]), Frame::Error(e) if e.contains("unknown command")));
+    assert!(matches!(proxy.cmd(&["UMREAD", "GET"]), Frame::Error(e) if e.contains("wrong number")));
+    assert_eq!(proxy.cmd(&["PING"]), simple("PONG"));
 }
 
 /// The sum of `pulled=N` over a proxy log's "migration finished" lines (colour codes removed).

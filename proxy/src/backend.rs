@@ -103,6 +103,11 @@ impl NodePool {
         rx
     }
 
+    /// A connection for a caller that sends several commands which must run in order.
+    pub fn next_pin(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Sends a command on the next connection (round robin) and waits for its reply.
     pub async fn call(&self, req: &Request) -> ReplyResult {
         let pin = self.next.fetch_add(1, Ordering::Relaxed);

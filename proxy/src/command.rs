@@ -247,6 +247,65 @@ pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
     table().get(&lower[..name.len()]).copied()
 }
 
+/// Single-key commands that only read their key: during a migration the destination may run
+/// them where the key is (the source proxy reads it there, `UMREAD`) instead of moving the key
+/// first. Kept to commands whose key is the first argument and that never write (not SORT,
+/// GETEX, PFCOUNT, which may write).
+const READ_ONLY_SINGLE_KEY: &[&str] = &[
+    "get",
+    "getrange",
+    "strlen",
+    "substr",
+    "bitcount",
+    "bitpos",
+    "getbit",
+    "dump",
+    "expiretime",
+    "pexpiretime",
+    "pttl",
+    "ttl",
+    "type",
+    "hexists",
+    "hget",
+    "hgetall",
+    "hkeys",
+    "hlen",
+    "hmget",
+    "hstrlen",
+    "hvals",
+    "lindex",
+    "llen",
+    "lpos",
+    "lrange",
+    "scard",
+    "sismember",
+    "smembers",
+    "smismember",
+    "zcard",
+    "zcount",
+    "zlexcount",
+    "zmscore",
+    "zrange",
+    "zrangebylex",
+    "zrangebyscore",
+    "zrank",
+    "zrevrange",
+    "zrevrangebylex",
+    "zrevrangebyscore",
+    "zrevrank",
+    "zscore",
+    "xlen",
+    "xrange",
+    "xrevrange",
+];
+
+impl CommandSpec {
+    /// See `READ_ONLY_SINGLE_KEY`.
+    pub fn is_read_only_single_key(&self) -> bool {
+        READ_ONLY_SINGLE_KEY.contains(&self.name)
+    }
+}
+
 pub fn is_supported_name(lower_name: &str) -> bool {
     table().contains_key(lower_name.as_bytes()) || LOCAL_COMMANDS.contains(&lower_name)
 }
@@ -254,6 +313,19 @@ pub fn is_supported_name(lower_name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_only_single_key_commands_are_data_commands_with_the_key_first() {
+        for name in READ_ONLY_SINGLE_KEY {
+            let spec = lookup(name.as_bytes()).unwrap_or_else(|| panic!("{name} is not a data command"));
+            assert!(matches!(spec.keys, KeySpec::Range { first: 1, last: 1, step: 1 }), "{name}: {:?}", spec.keys);
+            assert!(matches!(spec.blocking, Blocking::No), "{name} blocks");
+        }
+        assert!(lookup(b"GET").is_some_and(CommandSpec::is_read_only_single_key));
+        for writer in ["set", "getex", "getdel", "sort", "pfcount", "hset", "del"] {
+            assert!(lookup(writer.as_bytes()).is_some_and(|s| !s.is_read_only_single_key()), "{writer}");
+        }
+    }
 
     fn args(s: &str) -> Vec<Bytes> {
         s.split(' ').map(|a| Bytes::copy_from_slice(a.as_bytes())).collect()

@@ -672,6 +672,106 @@ pub async fn pull_then_run(
     }
 }
 
+/// The source's answer to `UMREAD` when the key is not on the source node (moved already, or
+/// never there) or the source has no copy running: the destination's own node is then
+/// authoritative.
+const NOT_ON_SOURCE: &[u8] = b"-UMREAD_NOT_ON_SOURCE\r\n";
+
+/// Destination, importing slot not committed yet, a read-only single-key command: read the key
+/// where it is instead of moving it first. `EXISTS k` and the command go to the destination
+/// node back to back; if the key is there, that reply stands (a key the destination has is
+/// never on the source any more). Otherwise the source proxy runs the command on the source
+/// node while it holds the key's claim (`UMREAD`); if the source does not have the key either,
+/// the command runs here again (the key arrived meanwhile, or does not exist). Three round
+/// trips at most where a pull takes five, and nothing is copied on the client's behalf.
+pub async fn read_where_it_is(
+    state: Arc<ProxyState>,
+    task: MigrationTask,
+    pool: Arc<NodePool>,
+    req: Request,
+    pin: usize,
+) -> Bytes {
+    let Some(key) = req.args.get(1).cloned() else { return resp::error("ERR missing key") };
+    let exists = pool.send(Request::from_args(vec![Bytes::from_static(b"EXISTS"), key]).raw, pin).await;
+    let here = pool.send(req.raw.clone(), pin).await;
+    let (exists, here) = match (exists.await, here.await) {
+        (Ok(Ok(e)), Ok(Ok(h))) => (e, h),
+        (Ok(Err(e)), _) | (_, Ok(Err(e))) => return resp::error(&e.to_string()),
+        _ => return resp::error("ERR_BACKEND_CONNECTION: connection lost"),
+    };
+    if &exists[..] != b":0\r\n" {
+        return if exists.starts_with(b":") { here } else { exists };
+    }
+    let src_proxy = task.shared.source_proxy.get_or_init(|| state.registry.pool(&task.meta.src_proxy_address, 2));
+    let mut args = Vec::with_capacity(req.args.len() + 1);
+    args.push(Bytes::from_static(b"UMREAD"));
+    args.extend(req.args.iter().cloned());
+    let remote =
+        match tokio::time::timeout(Duration::from_secs(5), src_proxy.send(Request::from_args(args).raw, pin).await)
+            .await
+        {
+            Ok(Ok(Ok(r))) => r,
+            Ok(Ok(Err(e))) => return resp::error(&format!("MIGRATION_FORWARD: failed to access source node: {e}")),
+            Ok(Err(_)) => return resp::error("MIGRATION_FORWARD: failed to access source node: connection lost"),
+            Err(_) => return resp::error("MIGRATION_FORWARD: failed to access source node: timeout"),
+        };
+    if remote.starts_with(b"-ERR_COMMAND_NOT_SUPPORTED") {
+        // A source proxy of an older version (rolling upgrade): move the key instead.
+        let key = req.args[1].clone();
+        return pull_then_run(state, task, pool, vec![key], req.raw, pin).await;
+    }
+    if &remote[..] != NOT_ON_SOURCE {
+        return remote;
+    }
+    match pool.send(req.raw, pin).await.await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(e)) => resp::error(&e.to_string()),
+        Err(_) => resp::error("ERR_BACKEND_CONNECTION: connection lost"),
+    }
+}
+
+/// `UMREAD <command> <key> [args…]` on the source proxy (moonraft): runs a read-only
+/// single-key command on the source node if the key is still there, under the key's claim so
+/// the copy cannot move it in between; `-UMREAD_NOT_ON_SOURCE` otherwise.
+pub async fn umread(state: Arc<ProxyState>, args: Vec<Bytes>) -> Bytes {
+    let Some(spec) = crate::command::lookup(&args[0]) else {
+        return resp::error("ERR UMREAD: unknown command");
+    };
+    if !spec.is_read_only_single_key() || !spec.check_arity(args.len()) {
+        return resp::error("ERR UMREAD: only read-only single-key commands");
+    }
+    let key = args[1].clone();
+    let task = {
+        let installed = state.installed.load();
+        installed.table.task_for_slot(key_slot(&key)).filter(|t| !t.importing).cloned()
+    };
+    let Some(task) = task else { return Bytes::from_static(NOT_ON_SOURCE) };
+    if task.state() < TaskState::PreSwitch || task.shared.scan_finished.load(Ordering::Acquire) {
+        return Bytes::from_static(NOT_ON_SOURCE);
+    }
+    let src = state.registry.pool(&task.meta.src_node_address, 2);
+    let _claim = Claim::take(&task, std::slice::from_ref(&key)).await;
+    // One connection, back to back: nothing moves the key between the two (we hold its claim,
+    // and clients cannot write it on the source).
+    let pin = src.next_pin();
+    let exists = src.send(Request::from_args(vec![Bytes::from_static(b"EXISTS"), key]).raw, pin).await;
+    let reply = src.send(Request::from_args(args).raw, pin).await;
+    let timeout = Duration::from_secs(5);
+    match (tokio::time::timeout(timeout, exists).await, tokio::time::timeout(timeout, reply).await) {
+        (Ok(Ok(Ok(e))), Ok(Ok(Ok(r)))) => {
+            if &e[..] == b":1\r\n" {
+                r
+            } else if e.starts_with(b":") {
+                Bytes::from_static(NOT_ON_SOURCE)
+            } else {
+                e
+            }
+        }
+        (Ok(Ok(Err(e))), _) | (_, Ok(Ok(Err(e)))) => resp::error(&e.to_string()),
+        _ => resp::error("ERR_BACKEND_CONNECTION: no reply from the source node"),
+    }
+}
+
 /// `UMCTL MIGRATIONS` (moonraft): this proxy's migration tasks and their progress, as a JSON
 /// array (read by the brokers for `GET /clusters/info/{name}`).
 pub fn progress_json(state: &ProxyState) -> String {

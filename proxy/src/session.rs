@@ -215,6 +215,10 @@ impl Session {
                 }
                 Pending::Ready(reply)
             }
+            "umread" if args.len() >= 3 => {
+                Pending::Task(Box::pin(crate::migrate::umread(self.state.clone(), args[1..].to_vec())))
+            }
+            "umread" => err("ERR wrong number of arguments for 'umread' command"),
             "umsync" => match args.len() {
                 2 => Pending::Task(Box::pin(crate::migrate::umsync(self.state.clone(), args[1].clone()))),
                 _ => err("ERR wrong number of arguments for 'umsync' command"),
@@ -299,6 +303,7 @@ impl Session {
             MigrationPath::Pull(task) => {
                 let Some(pool) = pool else { return err("TRYAGAIN slot is being imported") };
                 let keys: Vec<Bytes> = keys.iter().map(|&k| args[k].clone()).collect();
+                let read_only = keys.len() == 1 && spec.is_read_only_single_key();
                 // Later commands of this client wait for this one, keeping its order.
                 let (done_tx, done_rx) = oneshot::channel::<()>();
                 self.blocked = Some(done_rx);
@@ -306,7 +311,11 @@ impl Session {
                 let pin = self.id as usize;
                 return Pending::Task(Box::pin(async move {
                     let _done = done_tx;
-                    crate::migrate::pull_then_run(state, task, pool, keys, req.raw, pin).await
+                    if read_only {
+                        crate::migrate::read_where_it_is(state, task, pool, req, pin).await
+                    } else {
+                        crate::migrate::pull_then_run(state, task, pool, keys, req.raw, pin).await
+                    }
                 }));
             }
         };
