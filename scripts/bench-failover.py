@@ -26,7 +26,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from moonraft_stack import Stack, http, stop_all, wait_epoch
+from moonraft_stack import Stack, http, port_of, stop_all, wait_epoch, wait_replicas
 
 def slot_of_proxy(cluster, proxy):
     for n in cluster["nodes"]:
@@ -36,20 +36,11 @@ def slot_of_proxy(cluster, proxy):
 
 
 def wait_replicated(cluster, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        ok = True
-        for n in cluster["nodes"]:
-            if n["repl"]["role"] != "replica":
-                continue
-            m = n["repl"]["peers"][0]["node_address"]
-            a = redis.Redis(port=int(m.split(":")[1]), socket_timeout=1).dbsize()
-            b = redis.Redis(port=int(n["address"].split(":")[1]), socket_timeout=1).dbsize()
-            ok &= a == b and a > 0
-        if ok:
-            return
-        time.sleep(0.05)
-    raise RuntimeError("replication did not complete")
+    def same_size(n):
+        size = lambda a: redis.Redis(port=port_of(a), socket_timeout=1).dbsize()
+        master = size(n["repl"]["peers"][0]["node_address"])
+        return master == size(n["address"]) and master > 0
+    wait_replicas(cluster, same_size, timeout, every=0.05)
 
 
 class Writer:

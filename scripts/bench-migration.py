@@ -24,7 +24,7 @@ import time
 import redis
 from redis.crc import key_slot
 
-from moonraft_stack import Stack, cpu_seconds, http, stop_all, wait_epoch
+from moonraft_stack import Stack, cpu_seconds, http, port_of, stop_all, wait_epoch, wait_replicas
 
 
 def load(cluster, keys, size):
@@ -146,18 +146,10 @@ def rate(client, seconds):
 def wait_replicas_synced(cluster, timeout=300):
     """Waits until every replica finished its full resync, so "before" is not measured while
     Redis is busy copying the freshly loaded data to the replicas."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        ok = True
-        for n in cluster["nodes"]:
-            if n["repl"]["role"] != "replica":
-                continue
-            info = redis.Redis(port=int(n["address"].split(":")[1])).info("replication")
-            ok &= info.get("master_link_status") == "up" and info.get("master_sync_in_progress") == 0
-        if ok:
-            return
-        time.sleep(0.5)
-    raise RuntimeError("replicas did not finish syncing")
+    def synced(n):
+        info = redis.Redis(port=port_of(n["address"])).info("replication")
+        return info.get("master_link_status") == "up" and info.get("master_sync_in_progress") == 0
+    wait_replicas(cluster, synced, timeout, every=0.5)
 
 
 def cpu_by_role(before, after, seconds, old, new):

@@ -140,6 +140,20 @@ def wait_epoch(proxies, epoch, timeout=10):
     raise RuntimeError("proxies did not reach the epoch")
 
 
+def wait_replicas(cluster, ready, timeout, every=0.1):
+    """Waits until `ready(replica_node)` holds for every replica node of the cluster's JSON."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if all(ready(n) for n in cluster["nodes"] if n["repl"]["role"] == "replica"):
+            return
+        time.sleep(every)
+    raise RuntimeError("the replicas did not catch up")
+
+
+def port_of(address):
+    return int(address.rsplit(":", 1)[1])
+
+
 def stop_all(tmp=None):
     """Stops every process this module started, then removes `tmp` (kept with KEEP_TMP=1)."""
     for p in PROCS:

@@ -638,6 +638,35 @@ pub async fn umsync(state: Arc<ProxyState>, key: Bytes) -> Bytes {
     }
 }
 
+/// The destination's connections to the task's source proxy, opened on first use and kept for
+/// the task's life.
+fn source_proxy<'a>(state: &ProxyState, task: &'a MigrationTask) -> &'a Arc<NodePool> {
+    task.shared.source_proxy.get_or_init(|| state.registry.pool(&task.meta.src_proxy_address, 2))
+}
+
+/// The reply to a command sent with `NodePool::send`, or an error reply (the backend's reply
+/// timeout bounds the wait).
+async fn settle(rx: tokio::sync::oneshot::Receiver<crate::backend::ReplyResult>) -> Result<Bytes, Bytes> {
+    match rx.await {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(e)) => Err(resp::error(&e.to_string())),
+        Err(_) => Err(resp::error("ERR_BACKEND_CONNECTION: connection lost")),
+    }
+}
+
+/// `EXISTS key` and then `raw` on the same connection of `pool`: whether the key was there and
+/// the command's reply (an error reply if `EXISTS` failed).
+async fn exists_and_run(pool: &NodePool, key: Bytes, raw: Bytes, pin: usize) -> Result<(bool, Bytes), Bytes> {
+    let exists = pool.send(Request::from_args(vec![Bytes::from_static(b"EXISTS"), key]).raw, pin).await;
+    let reply = pool.send(raw, pin).await;
+    let (exists, reply) = (settle(exists).await?, settle(reply).await?);
+    match &exists[..] {
+        b":0\r\n" => Ok((false, reply)),
+        e if e.starts_with(b":") => Ok((true, reply)),
+        _ => Err(exists),
+    }
+}
+
 /// Destination, importing slot not committed yet: make sure each key is here (pulling it
 /// through the source proxy), then run the command on the destination node.
 pub async fn pull_then_run(
@@ -648,7 +677,7 @@ pub async fn pull_then_run(
     raw: Bytes,
     pin: usize,
 ) -> Bytes {
-    let src_proxy = task.shared.source_proxy.get_or_init(|| state.registry.pool(&task.meta.src_proxy_address, 2));
+    let src_proxy = source_proxy(&state, &task);
     for key in keys {
         let exists = Request::from_args(vec![Bytes::from_static(b"EXISTS"), key.clone()]);
         match call(&pool, &exists).await {
@@ -665,11 +694,7 @@ pub async fn pull_then_run(
             Err(e) => return resp::error(&format!("MIGRATION_FORWARD: failed to access source node: {e}")),
         }
     }
-    match pool.send(raw, pin).await.await {
-        Ok(Ok(reply)) => reply,
-        Ok(Err(e)) => resp::error(&e.to_string()),
-        Err(_) => resp::error("ERR_BACKEND_CONNECTION: connection lost"),
-    }
+    settle(pool.send(raw, pin).await).await.unwrap_or_else(|e| e)
 }
 
 /// The source's answer to `UMREAD` when the key is not on the source node (moved already, or
@@ -692,42 +717,29 @@ pub async fn read_where_it_is(
     pin: usize,
 ) -> Bytes {
     let Some(key) = req.args.get(1).cloned() else { return resp::error("ERR missing key") };
-    let exists = pool.send(Request::from_args(vec![Bytes::from_static(b"EXISTS"), key]).raw, pin).await;
-    let here = pool.send(req.raw.clone(), pin).await;
-    let (exists, here) = match (exists.await, here.await) {
-        (Ok(Ok(e)), Ok(Ok(h))) => (e, h),
-        (Ok(Err(e)), _) | (_, Ok(Err(e))) => return resp::error(&e.to_string()),
-        _ => return resp::error("ERR_BACKEND_CONNECTION: connection lost"),
-    };
-    if &exists[..] != b":0\r\n" {
-        return if exists.starts_with(b":") { here } else { exists };
+    match exists_and_run(&pool, key.clone(), req.raw.clone(), pin).await {
+        Ok((true, reply)) => return reply,
+        Ok((false, _)) => {}
+        Err(e) => return e,
     }
-    let src_proxy = task.shared.source_proxy.get_or_init(|| state.registry.pool(&task.meta.src_proxy_address, 2));
     let mut args = Vec::with_capacity(req.args.len() + 1);
     args.push(Bytes::from_static(b"UMREAD"));
     args.extend(req.args.iter().cloned());
-    let remote =
-        match tokio::time::timeout(Duration::from_secs(5), src_proxy.send(Request::from_args(args).raw, pin).await)
-            .await
-        {
-            Ok(Ok(Ok(r))) => r,
-            Ok(Ok(Err(e))) => return resp::error(&format!("MIGRATION_FORWARD: failed to access source node: {e}")),
-            Ok(Err(_)) => return resp::error("MIGRATION_FORWARD: failed to access source node: connection lost"),
-            Err(_) => return resp::error("MIGRATION_FORWARD: failed to access source node: timeout"),
-        };
+    let remote = match settle(source_proxy(&state, &task).send(Request::from_args(args).raw, pin).await).await {
+        Ok(r) => r,
+        Err(e) => {
+            let e = String::from_utf8_lossy(&e[1..]).trim_end().to_owned();
+            return resp::error(&format!("MIGRATION_FORWARD: failed to access source node: {e}"));
+        }
+    };
     if remote.starts_with(b"-ERR_COMMAND_NOT_SUPPORTED") {
         // A source proxy of an older version (rolling upgrade): move the key instead.
-        let key = req.args[1].clone();
         return pull_then_run(state, task, pool, vec![key], req.raw, pin).await;
     }
     if &remote[..] != NOT_ON_SOURCE {
         return remote;
     }
-    match pool.send(req.raw, pin).await.await {
-        Ok(Ok(reply)) => reply,
-        Ok(Err(e)) => resp::error(&e.to_string()),
-        Err(_) => resp::error("ERR_BACKEND_CONNECTION: connection lost"),
-    }
+    settle(pool.send(req.raw, pin).await).await.unwrap_or_else(|e| e)
 }
 
 /// `UMREAD <command> <key> [args…]` on the source proxy (moonraft): runs a read-only
@@ -753,22 +765,10 @@ pub async fn umread(state: Arc<ProxyState>, args: Vec<Bytes>) -> Bytes {
     let _claim = Claim::take(&task, std::slice::from_ref(&key)).await;
     // One connection, back to back: nothing moves the key between the two (we hold its claim,
     // and clients cannot write it on the source).
-    let pin = src.next_pin();
-    let exists = src.send(Request::from_args(vec![Bytes::from_static(b"EXISTS"), key]).raw, pin).await;
-    let reply = src.send(Request::from_args(args).raw, pin).await;
-    let timeout = Duration::from_secs(5);
-    match (tokio::time::timeout(timeout, exists).await, tokio::time::timeout(timeout, reply).await) {
-        (Ok(Ok(Ok(e))), Ok(Ok(Ok(r)))) => {
-            if &e[..] == b":1\r\n" {
-                r
-            } else if e.starts_with(b":") {
-                Bytes::from_static(NOT_ON_SOURCE)
-            } else {
-                e
-            }
-        }
-        (Ok(Ok(Err(e))), _) | (_, Ok(Ok(Err(e)))) => resp::error(&e.to_string()),
-        _ => resp::error("ERR_BACKEND_CONNECTION: no reply from the source node"),
+    match exists_and_run(&src, key, Request::from_args(args).raw, src.next_pin()).await {
+        Ok((true, reply)) => reply,
+        Ok((false, _)) => Bytes::from_static(NOT_ON_SOURCE),
+        Err(e) => e,
     }
 }
 
