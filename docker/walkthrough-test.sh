@@ -102,7 +102,16 @@ eventually 60 replaced
 expect "4 proxies after the failover" "$(api GET /clusters/meta/mycluster | jq -r '.cluster.nodes[].proxy_address' | sort -u | wc -l)" 4
 entry=$(api GET /clusters/meta/mycluster | jq -r '.cluster.nodes[0].proxy_address')
 serves() { [ "$(redis-cli -c -h "${entry%:*}" -p "${entry#*:}" get key77)" = value77 ]; }
-eventually 60 serves
+if ! eventually 60 serves; then
+    # What the cluster looked like, so a failure here can be diagnosed from the CI log.
+    echo "FAILED: key77 not served through $entry after the failover of $victim" >&2
+    redis-cli -c -h "${entry%:*}" -p "${entry#*:}" get key77 >&2 || true
+    redis-cli -h "${entry%:*}" -p "${entry#*:}" cluster nodes >&2 || true
+    api GET /clusters/meta/mycluster | jq -c '[.cluster.nodes[] | [.proxy_address, .address, .repl.role, .slots]]' >&2 || true
+    api GET /proxies/failed/addresses >&2 || true
+    $COMPOSE logs --tail 20 coordinator1 coordinator2 >&2 || true
+    exit 1
+fi
 for i in 1 50 123 200; do expect "key$i after the failover" "$(redis-cli -c -h "${entry%:*}" -p "${entry#*:}" get key$i)" "value$i"; done
 expect "delete the failed proxy" "$(curl -s -o /dev/null -w '%{http_code}' -XDELETE "http://localhost:$((7699 + 100 * (leader == 1 ? 2 : 1)))/api/v3/proxies/meta/$victim")" 200
 # Metadata lives in the brokers' volumes: a restart of the whole stack keeps it.
