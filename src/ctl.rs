@@ -40,6 +40,9 @@ COMMANDS:
     proxy remove ADDRESS                 unregister a proxy (not one in use)
     proxy failover ADDRESS               replace a failed proxy by a free one
     failures                             proxies failed by a quorum of coordinators
+    coordinators                         coordinators the brokers hear from, and the quorum
+    proxy recover ADDRESS                return a failed proxy to the pool (coordinators do
+                                         this by themselves once it answers again)
     epoch                                the global epoch
     raft status                          the group's members, leader and log
     raft add-learner ID RAFT_ADDRESS HTTP_ADDRESS
@@ -257,6 +260,32 @@ impl Ctl {
             ("failures", _) => {
                 let r = self.api().get_failures(request(pb::Empty {}, CALL)).await.map_err(api_failure)?;
                 self.list("ADDRESS", &r.into_inner().addresses);
+                Ok(())
+            }
+            ("coordinators", _) => {
+                let r = self.api().get_coordinators(request(pb::Empty {}, CALL)).await.map_err(api_failure)?;
+                let r = r.into_inner();
+                if self.json {
+                    let list: Vec<Value> = r
+                        .coordinators
+                        .iter()
+                        .map(
+                            |c| json!({"reporter_id": c.reporter_id, "last_seen_ms": c.last_seen_ms, "alive": c.alive}),
+                        )
+                        .collect();
+                    println!("{}", json!({"coordinators": list, "failure_quorum": r.failure_quorum}));
+                    return Ok(());
+                }
+                let rows: Vec<Vec<String>> = r
+                    .coordinators
+                    .iter()
+                    .map(|c| {
+                        let seen = format!("{:.1} s ago", c.last_seen_ms as f64 / 1000.0);
+                        vec![c.reporter_id.clone(), seen, if c.alive { "alive" } else { "silent" }.to_owned()]
+                    })
+                    .collect();
+                print_table(&["REPORTER_ID", "LAST HEARTBEAT", "STATE"], &rows);
+                println!("failure quorum: {} report(s)", r.failure_quorum);
                 Ok(())
             }
             ("epoch", _) => {
@@ -590,6 +619,14 @@ impl Ctl {
                 match r.proxy {
                     Some(p) => self.done(format!("{address} replaced by {}", p.address)),
                     None => self.done(format!("{address} was in no cluster: nothing to replace")),
+                }
+            }
+            "recover" => {
+                let r = self.api().recover_proxy(request(pa(), CALL)).await.map_err(api_failure)?.into_inner();
+                if r.changed {
+                    self.done(format!("{address} left the failed set"));
+                } else {
+                    self.done(format!("{address} was not failed: nothing to do"));
                 }
             }
             other => bail!("unknown command `proxy {other}`; see `moonraft ctl --help`"),

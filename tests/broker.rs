@@ -196,6 +196,36 @@ fn conformance(api: &Api) {
     assert_eq!(api.ok("POST", &format!("/proxies/failover/{victim}"), None).json(), json!({"proxy": null}));
     assert_eq!(api.ok("GET", "/proxies/failed/addresses", None).json(), json!({"addresses": [victim]}));
     api.err("POST", "/proxies/failover/nosuch:1", None, 404, "PROXY_NOT_FOUND");
+    // A failed proxy that answers again is recovered (what coordinators do by themselves):
+    // it leaves the failed set and is free; a second call finds nothing to do.
+    assert_eq!(api.ok("POST", &format!("/proxies/recover/{victim}"), None).json(), json!({"recovered": true}));
+    assert_eq!(api.ok("GET", "/proxies/failed/addresses", None).json(), json!({"addresses": []}));
+    assert_eq!(api.ok("POST", &format!("/proxies/recover/{victim}"), None).json(), json!({"recovered": false}));
+    api.err("POST", "/proxies/recover/nosuch:1", None, 404, "PROXY_NOT_FOUND");
+    // Reports withdrawn by their reporter; heartbeats make the default quorum a majority.
+    api.ok("POST", &format!("/failures/{replacement}/coordinator1"), None);
+    assert_eq!(
+        api.ok("DELETE", &format!("/failures/{replacement}/coordinator1"), None).json(),
+        json!({"withdrawn": true})
+    );
+    assert_eq!(
+        api.ok("DELETE", &format!("/failures/{replacement}/coordinator1"), None).json(),
+        json!({"withdrawn": false})
+    );
+    assert_eq!(api.ok("GET", "/coordinators", None).json(), json!({"coordinators": [], "failure_quorum": 1}));
+    api.ok("PUT", "/coordinators/coordinator1", None);
+    api.ok("PUT", "/coordinators/coordinator2", None);
+    let seen = api.ok("GET", "/coordinators", None).json();
+    assert_eq!(seen["failure_quorum"], 2, "{seen}");
+    assert_eq!(seen["coordinators"][1]["reporter_id"], "coordinator2");
+    assert_eq!(seen["coordinators"][1]["alive"], true);
+    api.ok("POST", &format!("/failures/{replacement}/coordinator1"), None);
+    assert_eq!(api.ok("GET", "/failures", None).json(), json!({"addresses": []}), "1 of 2 live coordinators");
+    api.ok("POST", &format!("/failures/{replacement}/coordinator2"), None);
+    assert_eq!(api.ok("GET", "/failures", None).json(), json!({"addresses": [replacement]}));
+    api.ok("DELETE", &format!("/failures/{replacement}/coordinator1"), None);
+    api.ok("DELETE", &format!("/failures/{replacement}/coordinator2"), None);
+    api.ok("POST", &format!("/proxies/failover/{victim}"), None);
     api.err("DELETE", &format!("/proxies/meta/{replacement}"), None, 409, "IN_USE");
     api.ok("DELETE", &format!("/proxies/meta/{victim}"), None);
     api.err("DELETE", &format!("/proxies/meta/{victim}"), None, 404, "PROXY_NOT_FOUND");

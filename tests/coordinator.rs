@@ -225,7 +225,12 @@ fn fake_proxy(reply: Option<&'static [u8]>) -> String {
 #[test]
 fn bad_proxies_and_a_lost_broker_stall_nobody() {
     // Compressed SETCLUSTER (enable_compression) is what this coordinator pushes.
-    let mut s = Stack::start(4, 1, &["--reconcile-interval-ms", "60000", "--enable-compression", "true"]);
+    // Bad proxies never answer healthily: a short start-up grace lets them be reported soon.
+    let mut s = Stack::start(
+        4,
+        1,
+        &["--reconcile-interval-ms", "60000", "--enable-compression", "true", "--startup-grace-ms", "2000"],
+    );
     assert_eq!(s.brokers.call("POST", "/clusters/meta/c", Some(r#"{"node_number": 4}"#)).status, 200);
     let members = proxies(&s.cluster("c"));
     let epoch_of = |p: &str| {

@@ -237,6 +237,22 @@ fn grpc_api_conformance_three_members() {
         .unwrap();
         let failures = call!(m, api.get_failures(e)).unwrap();
         assert!(failures.addresses.contains(&"p6:6006".to_owned()));
+        let report = |r: &str| pb::ReportFailureRequest { proxy_address: "p6:6006".into(), reporter_id: r.into() };
+        assert!(call!(m, api.withdraw_failure(report("co1"))).unwrap().changed);
+        assert!(!call!(m, api.withdraw_failure(report("co1"))).unwrap().changed);
+        assert!(call!(m, api.get_failures(e)).unwrap().addresses.is_empty());
+        call!(m, api.coordinator_heartbeat(pb::ReporterId { reporter_id: "co1".into() })).unwrap();
+        let seen = call!(m, api.get_coordinators(e)).unwrap();
+        assert_eq!((seen.coordinators.len(), seen.failure_quorum), (1, 1));
+        assert!(seen.coordinators[0].alive && seen.coordinators[0].reporter_id == "co1");
+        assert_error(
+            call!(m, api.coordinator_heartbeat(pb::ReporterId { reporter_id: String::new() })).unwrap_err(),
+            Code::InvalidArgument,
+            "INVALID_REQUEST",
+        );
+        call!(m, api.report_failure(report("co1"))).unwrap();
+        assert_error(call!(m, api.recover_proxy(pa("nope:1"))).unwrap_err(), Code::NotFound, "PROXY_NOT_FOUND");
+        assert!(!call!(m, api.recover_proxy(pa("p6:6006"))).unwrap().changed, "not failed");
         let hosts = call!(m, api.check_resource_for_failures(e)).unwrap();
         assert!(hosts.hosts_cannot_fail.len() <= 6);
         // A proxy of the cluster: replaced by a free proxy, which joins the cluster.

@@ -19,6 +19,9 @@ pub enum Command {
     RemoveProxy { address: String },
     AddFailure { address: String, reporter_id: String, now: u64 },
     PurgeFailures { now: u64, failure_ttl: u64 },
+    WithdrawFailure { address: String, reporter_id: String },
+    CoordinatorAlive { reporter_id: String, now_ms: u64, forget_after_ms: u64 },
+    RecoverProxy { address: String },
     ReplaceFailedProxy { address: String },
     CommitMigration { cluster_name: String, range_list: Vec<Range>, tag: SlotTag },
     CreateCluster { name: String, node_number: u64, default_config: ClusterConfig },
@@ -52,6 +55,8 @@ pub enum CommandOutput {
     AddedNodes(Vec<Node>),
     Failover(FailoverOutcome),
     Auto(AutoStep),
+    /// Whether the command changed anything (`WithdrawFailure`, `RecoverProxy`).
+    Changed(bool),
 }
 
 pub type CommandResult = Result<CommandOutput, MetaError>;
@@ -81,6 +86,14 @@ impl Store {
                 self.purge_failures(*now, *failure_ttl);
                 Ok(CommandOutput::Done)
             }
+            WithdrawFailure { address, reporter_id } => {
+                Ok(CommandOutput::Changed(self.withdraw_failure(address, reporter_id)))
+            }
+            CoordinatorAlive { reporter_id, now_ms, forget_after_ms } => {
+                self.coordinator_alive(reporter_id, *now_ms, *forget_after_ms);
+                Ok(CommandOutput::Done)
+            }
+            RecoverProxy { address } => self.recover_proxy(address).map(CommandOutput::Changed),
             ReplaceFailedProxy { address } => self.failover(address).map(CommandOutput::Failover),
             CommitMigration { cluster_name, range_list, tag } => {
                 done(self.commit_migration(cluster_name, range_list, tag))

@@ -175,8 +175,25 @@ pub struct Store {
     pub clusters: BTreeMap<String, ClusterStore>,
     pub all_proxies: BTreeMap<String, ProxyResource>,
     pub failed_proxies: BTreeSet<String>,
-    /// proxy → reporter → Unix seconds.
+    /// proxy → reporter → Unix seconds of the reporter's latest report.
     pub failures: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Coordinator `reporter_id` → Unix milliseconds (leader's clock) of its latest heartbeat:
+    /// who is alive, so that the failure quorum can be a majority of the live coordinators.
+    /// Not in undermoon's document, so left out of it while empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub coordinators: BTreeMap<String, u64>,
+}
+
+/// How the brokers decide from the coordinators' reports that a proxy has failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureRule {
+    /// A report counts while younger than this many seconds (coordinators refresh theirs every
+    /// second while the proxy stays unreachable).
+    pub ttl_secs: u64,
+    /// Distinct reporters needed; 0 means a majority of the live coordinators (at least 1).
+    pub quorum: u64,
+    /// A coordinator is live while its latest heartbeat is younger than this.
+    pub coordinator_ttl_ms: u64,
 }
 
 impl Default for Store {
@@ -189,6 +206,7 @@ impl Default for Store {
             all_proxies: BTreeMap::new(),
             failed_proxies: BTreeSet::new(),
             failures: BTreeMap::new(),
+            coordinators: BTreeMap::new(),
         }
     }
 }
@@ -551,24 +569,92 @@ impl Store {
     }
 
     /// `POST /failures/{proxy}/{reporter}` at time `now` (Unix seconds, carried in the log
-    /// entry). A reporter's existing record is kept as it is.
+    /// entry). A new record bumps the global epoch (the proxy leaves the free pool); a repeated
+    /// report refreshes the record's time, so a proxy that stays unreachable stays reported.
     pub fn report_failure(&mut self, proxy: &str, reporter: &str, now: u64) {
         let reports = self.failures.entry(proxy.to_owned()).or_default();
-        if reports.contains_key(reporter) {
-            return;
+        match reports.get_mut(reporter) {
+            Some(t) => *t = (*t).max(now),
+            None => {
+                reports.insert(reporter.to_owned(), now);
+                self.bump();
+            }
         }
-        reports.insert(reporter.to_owned(), now);
-        self.bump();
     }
 
-    /// Registered proxies with at least `quorum` reports younger than `ttl` seconds at `now`.
-    pub fn failures(&self, now: u64, ttl: u64, quorum: usize) -> Vec<String> {
+    /// `DELETE /failures/{proxy}/{reporter}`: the reporter reaches the proxy again. Returns
+    /// whether a record was removed (then the epoch is bumped: the proxy may be free again).
+    pub fn withdraw_failure(&mut self, proxy: &str, reporter: &str) -> bool {
+        let Some(reports) = self.failures.get_mut(proxy) else { return false };
+        if reports.remove(reporter).is_none() {
+            return false;
+        }
+        if reports.is_empty() {
+            self.failures.remove(proxy);
+        }
+        self.bump();
+        true
+    }
+
+    /// A coordinator's heartbeat at `now_ms`; coordinators silent for `forget_after_ms` are
+    /// dropped from the record.
+    pub fn coordinator_alive(&mut self, reporter: &str, now_ms: u64, forget_after_ms: u64) {
+        self.coordinators.retain(|_, t| now_ms.saturating_sub(*t) < forget_after_ms);
+        let t = self.coordinators.entry(reporter.to_owned()).or_insert(now_ms);
+        *t = (*t).max(now_ms);
+    }
+
+    /// Coordinators whose latest heartbeat is younger than `rule.coordinator_ttl_ms`.
+    pub fn live_coordinators(&self, now_ms: u64, rule: &FailureRule) -> Vec<String> {
+        self.coordinators
+            .iter()
+            .filter(|(_, t)| now_ms.saturating_sub(**t) < rule.coordinator_ttl_ms)
+            .map(|(r, _)| r.clone())
+            .collect()
+    }
+
+    /// Reports needed to fail a proxy over at `now_ms`: the configured quorum, or a majority of
+    /// the live coordinators (1 when none sends heartbeats, e.g. undermoon's coordinators).
+    pub fn failure_quorum(&self, now_ms: u64, rule: &FailureRule) -> usize {
+        if rule.quorum > 0 {
+            return usize::try_from(rule.quorum).unwrap_or(usize::MAX);
+        }
+        self.live_coordinators(now_ms, rule).len() / 2 + 1
+    }
+
+    /// Registered proxies with at least the quorum of counting reports at `now_ms`. A report
+    /// counts while younger than the TTL, unless it comes from a coordinator known to be dead
+    /// (its heartbeats stopped): a crashed coordinator's last word must not tip the balance.
+    pub fn failures(&self, now_ms: u64, rule: &FailureRule) -> Vec<String> {
+        let now = now_ms / 1000;
+        let quorum = self.failure_quorum(now_ms, rule);
+        let dead = |reporter: &str| {
+            self.coordinators.get(reporter).is_some_and(|t| now_ms.saturating_sub(*t) >= rule.coordinator_ttl_ms)
+        };
         self.failures
             .iter()
             .filter(|(p, _)| self.all_proxies.contains_key(*p))
-            .filter(|(_, reports)| reports.values().filter(|&&t| now.saturating_sub(t) < ttl).count() >= quorum.max(1))
+            .filter(|(_, reports)| {
+                reports.iter().filter(|(r, t)| now.saturating_sub(**t) < rule.ttl_secs && !dead(r)).count() >= quorum
+            })
             .map(|(p, _)| p.clone())
             .collect()
+    }
+
+    /// A failed proxy answers healthily again: it leaves the failed set and its failure
+    /// records are dropped, like a re-registration (it joins the free pool, or, if it is still
+    /// in a cluster because no replacement existed, serves again as a replica there). Returns
+    /// false, changing nothing, if it is not in the failed set.
+    pub fn recover_proxy(&mut self, address: &str) -> Result<bool, MetaError> {
+        if !self.all_proxies.contains_key(address) {
+            return Err(MetaError::ProxyNotFound);
+        }
+        if !self.failed_proxies.remove(address) {
+            return Ok(false);
+        }
+        self.failures.remove(address);
+        self.bump();
+        Ok(true)
     }
 
     /// Removes reports older than `ttl` (the leader proposes this periodically; reads never

@@ -1,7 +1,8 @@
 //! Rules of the metadata model, one test per rule, plus property tests of its invariants.
 
+use moonraft_meta::failover::FailoverOutcome;
 use moonraft_meta::slots::{Range, SLOTS};
-use moonraft_meta::store::{ClusterConfig, RegisterProxy, RolePosition, Store};
+use moonraft_meta::store::{ClusterConfig, FailureRule, RegisterProxy, RolePosition, Store};
 use moonraft_meta::{view, MetaError};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -175,28 +176,101 @@ fn config_changes_are_all_or_nothing() {
     );
 }
 
+/// A fixed quorum (as undermoon configures it) and a 60 s TTL; no coordinator heartbeats.
+const FIXED: fn(u64) -> FailureRule = |quorum| FailureRule { ttl_secs: 60, quorum, coordinator_ttl_ms: 5000 };
+
 #[test]
 fn failure_reports_quorum_ttl_and_purge() {
     let mut s = walkthrough_pool();
     let e = s.global_epoch;
     s.report_failure("server_proxy1:6001", "c1", 1000);
     assert_eq!(s.global_epoch, e + 1);
-    s.report_failure("server_proxy1:6001", "c1", 1010); // same reporter: kept as is
+    s.report_failure("server_proxy1:6001", "c1", 1010); // same reporter: refreshed, no bump
     assert_eq!(s.global_epoch, e + 1);
-    assert_eq!(s.failures["server_proxy1:6001"]["c1"], 1000);
-    assert_eq!(s.failures(1001, 60, 1), vec!["server_proxy1:6001".to_string()]);
-    assert!(s.failures(1001, 60, 2).is_empty());
+    assert_eq!(s.failures["server_proxy1:6001"]["c1"], 1010);
+    s.report_failure("server_proxy1:6001", "c1", 1005); // an older time never moves it back
+    assert_eq!(s.failures["server_proxy1:6001"]["c1"], 1010);
+    assert_eq!(s.failures(1_011_000, &FIXED(1)), vec!["server_proxy1:6001".to_string()]);
+    assert!(s.failures(1_011_000, &FIXED(2)).is_empty());
     s.report_failure("server_proxy1:6001", "c2", 1020);
-    assert_eq!(s.failures(1030, 60, 2).len(), 1);
-    assert!(s.failures(1065, 60, 2).is_empty(), "c1's report expired");
+    assert_eq!(s.failures(1_030_000, &FIXED(2)).len(), 1);
+    assert!(s.failures(1_075_000, &FIXED(2)).is_empty(), "c1's report expired");
     // unknown proxies are kept but never listed
     s.report_failure("ghost:1", "c1", 1000);
-    assert!(!s.failures(1001, 60, 1).contains(&"ghost:1".to_string()));
+    assert!(!s.failures(1_001_000, &FIXED(1)).contains(&"ghost:1".to_string()));
     // a reported proxy is not free
     assert!(!s.is_free(&s.all_proxies["server_proxy1:6001"]));
-    assert!(s.purge_failures(1065, 60));
+    assert!(s.purge_failures(1075, 60));
     assert_eq!(s.failures.len(), 1);
-    assert!(!s.purge_failures(1065, 60));
+    assert!(!s.purge_failures(1075, 60));
+    // a reporter that reaches the proxy again withdraws its report; the last one frees it
+    let e = s.global_epoch;
+    assert!(!s.withdraw_failure("server_proxy1:6001", "c1"), "c1's record was purged");
+    assert!(s.withdraw_failure("server_proxy1:6001", "c2"));
+    assert_eq!(s.global_epoch, e + 1);
+    assert!(!s.failures.contains_key("server_proxy1:6001"));
+    assert!(s.is_free(&s.all_proxies["server_proxy1:6001"]));
+}
+
+#[test]
+fn the_default_quorum_is_a_majority_of_live_coordinators() {
+    let mut s = walkthrough_pool();
+    let auto = FailureRule { ttl_secs: 60, quorum: 0, coordinator_ttl_ms: 5000 };
+    let p = "server_proxy1:6001".to_string();
+    // Nobody sends heartbeats (undermoon's coordinators): one report is enough.
+    assert_eq!(s.failure_quorum(1_000_000, &auto), 1);
+    s.report_failure(&p, "c1", 1000);
+    assert_eq!(s.failures(1_000_000, &auto), vec![p.clone()]);
+    // Two live coordinators: one report is only one view.
+    s.coordinator_alive("c1", 1_000_000, 60_000);
+    s.coordinator_alive("c2", 1_000_500, 60_000);
+    assert_eq!(s.live_coordinators(1_001_000, &auto), vec!["c1", "c2"]);
+    assert_eq!(s.failure_quorum(1_001_000, &auto), 2);
+    assert!(s.failures(1_001_000, &auto).is_empty(), "one coordinator's view never fails a proxy alone");
+    s.report_failure(&p, "c2", 1001);
+    assert_eq!(s.failures(1_001_000, &auto), vec![p.clone()]);
+    // c2 stops sending heartbeats: after the coordinator TTL it no longer counts, neither in
+    // the quorum nor with its report; c1 alone decides.
+    s.withdraw_failure(&p, "c1");
+    s.coordinator_alive("c1", 1_006_000, 60_000);
+    assert_eq!(s.live_coordinators(1_006_000, &auto), vec!["c1"]);
+    assert_eq!(s.failure_quorum(1_006_000, &auto), 1);
+    assert!(s.failures(1_006_000, &auto).is_empty(), "a dead coordinator's report does not count");
+    s.report_failure(&p, "c1", 1006);
+    assert_eq!(s.failures(1_006_000, &auto), vec![p.clone()]);
+    // Three live: two reports needed. A configured quorum wins over the majority.
+    for c in ["c1", "c2", "c3"] {
+        s.coordinator_alive(c, 1_007_000, 60_000);
+    }
+    assert_eq!(s.failure_quorum(1_007_000, &auto), 2);
+    assert_eq!(s.failure_quorum(1_007_000, &FailureRule { quorum: 3, ..auto }), 3);
+    // Silent coordinators are forgotten after `forget_after_ms`.
+    s.coordinator_alive("c1", 1_100_000, 60_000);
+    assert_eq!(s.coordinators.keys().collect::<Vec<_>>(), vec!["c1"]);
+    // Heartbeats never change the epoch or what proxies depend on.
+    let e = s.global_epoch;
+    s.coordinator_alive("c2", 1_100_001, 60_000);
+    assert_eq!(s.global_epoch, e);
+}
+
+#[test]
+fn a_failed_proxy_that_answers_again_is_recovered() {
+    let mut s = walkthrough_pool();
+    s.create_cluster("a", 4, ClusterConfig::default()).unwrap();
+    let victim = s.clusters["a"].chunks[0].proxy_addresses[0].clone();
+    s.report_failure(&victim, "c1", 1000);
+    assert!(matches!(s.failover(&victim), Ok(FailoverOutcome::Replaced { .. })));
+    assert!(s.failed_proxies.contains(&victim));
+    assert_eq!(s.recover_proxy("nobody:1"), Err(MetaError::ProxyNotFound));
+    let e = s.global_epoch;
+    assert_eq!(s.recover_proxy(&victim), Ok(true));
+    assert_eq!(s.global_epoch, e + 1);
+    assert!(!s.failed_proxies.contains(&victim) && !s.failures.contains_key(&victim));
+    assert!(s.is_free(&s.all_proxies[&victim]), "it joins the free pool");
+    // Not failed (any more): nothing to do, nothing changes.
+    let before = s.clone();
+    assert_eq!(s.recover_proxy(&victim), Ok(false));
+    assert_eq!(s, before);
 }
 
 #[test]

@@ -276,10 +276,74 @@ pub async fn report_failure(b: &Broker, address: String, reporter_id: String) ->
     b.write(Command::AddFailure { address, reporter_id, now: Broker::now() }).await.map(|_| ())
 }
 
+/// `DELETE /failures/{proxy}/{reporter}`: the reporter reaches the proxy again. Returns
+/// whether it had a record.
+pub async fn withdraw_failure(b: &Broker, address: String, reporter_id: String) -> Result<bool, ApiError> {
+    match b.write(Command::WithdrawFailure { address, reporter_id }).await? {
+        CommandOutput::Changed(changed) => Ok(changed),
+        _ => Ok(false),
+    }
+}
+
 pub async fn failures(b: &Broker) -> Result<Vec<String>, ApiError> {
-    let (ttl, quorum) = (b.config.failure_ttl, b.config.failure_quorum as usize);
-    let now = Broker::now();
-    b.read(|s| s.failures(now, ttl, quorum)).await
+    let rule = b.config.failure_rule();
+    let now_ms = Broker::now_ms();
+    b.read(|s| s.failures(now_ms, &rule)).await
+}
+
+/// `PUT /coordinators/{reporter_id}`: a coordinator's heartbeat.
+pub async fn coordinator_alive(b: &Broker, reporter_id: String) -> Result<(), ApiError> {
+    if reporter_id.is_empty() || reporter_id.len() > 256 {
+        return Err(ApiError::InvalidRequest("reporter_id: 1 to 256 bytes".into()));
+    }
+    let cmd = Command::CoordinatorAlive {
+        reporter_id,
+        now_ms: Broker::now_ms(),
+        forget_after_ms: b.config.forget_coordinator_after_ms(),
+    };
+    b.write(cmd).await.map(|_| ())
+}
+
+/// `GET /coordinators`: the coordinators on record, which of them count as alive, and the
+/// number of reports a failover needs right now.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CoordinatorsView {
+    pub coordinators: Vec<CoordinatorSeen>,
+    pub failure_quorum: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CoordinatorSeen {
+    pub reporter_id: String,
+    /// Milliseconds since its latest heartbeat.
+    pub last_seen_ms: u64,
+    pub alive: bool,
+}
+
+pub async fn coordinators(b: &Broker) -> Result<CoordinatorsView, ApiError> {
+    let rule = b.config.failure_rule();
+    let now_ms = Broker::now_ms();
+    b.read(|s| CoordinatorsView {
+        coordinators: s
+            .coordinators
+            .iter()
+            .map(|(r, t)| {
+                let age = now_ms.saturating_sub(*t);
+                CoordinatorSeen { reporter_id: r.clone(), last_seen_ms: age, alive: age < rule.coordinator_ttl_ms }
+            })
+            .collect(),
+        failure_quorum: s.failure_quorum(now_ms, &rule) as u64,
+    })
+    .await
+}
+
+/// `POST /proxies/recover/{address}`: a failed proxy that answers again leaves the failed set.
+/// Returns whether it was failed.
+pub async fn recover_proxy(b: &Broker, address: String) -> Result<bool, ApiError> {
+    match b.write(Command::RecoverProxy { address }).await? {
+        CommandOutput::Changed(changed) => Ok(changed),
+        _ => Ok(false),
+    }
 }
 
 pub async fn epoch(b: &Broker) -> Result<u64, ApiError> {

@@ -46,7 +46,11 @@ pub struct BrokerConfig {
     pub read_mode: ReadMode,
     pub failure_purge_interval: u64,
     pub failure_ttl: u64,
+    /// Distinct reporters needed to fail a proxy over; 0 (the default): a majority of the
+    /// coordinators alive (heartbeat younger than `coordinator_ttl_ms`), at least 1.
     pub failure_quorum: u64,
+    /// A coordinator counts as alive this long after its latest heartbeat.
+    pub coordinator_ttl_ms: u64,
     pub migration_limit: u64,
     pub enable_ordered_proxy: bool,
     /// Default config of new clusters, as the string fields of `PATCH /clusters/config`.
@@ -85,7 +89,8 @@ impl Default for BrokerConfig {
             read_mode: ReadMode::Linearizable,
             failure_purge_interval: 10,
             failure_ttl: 60,
-            failure_quorum: 1,
+            failure_quorum: 0,
+            coordinator_ttl_ms: 5000,
             migration_limit: 1,
             enable_ordered_proxy: false,
             cluster_defaults: BTreeMap::new(),
@@ -117,6 +122,7 @@ pub const BROKER_KEYS: &[&str] = &[
     "failure_purge_interval",
     "failure_ttl",
     "failure_quorum",
+    "coordinator_ttl_ms",
     "migration_limit",
     "enable_ordered_proxy",
     "compression_strategy",
@@ -218,7 +224,8 @@ impl BrokerConfig {
             }
             "failure_purge_interval" => self.failure_purge_interval = positive(value)?,
             "failure_ttl" => self.failure_ttl = positive(value)?,
-            "failure_quorum" => self.failure_quorum = positive(value)?,
+            "failure_quorum" => self.failure_quorum = num(value)?,
+            "coordinator_ttl_ms" => self.coordinator_ttl_ms = positive(value)?,
             "migration_limit" => self.migration_limit = num(value)?,
             "enable_ordered_proxy" => self.enable_ordered_proxy = boolean(value)?,
             "compression_strategy"
@@ -264,6 +271,21 @@ impl BrokerConfig {
             return Err(format!("initial_members: must include this member (node_id {})", self.node_id));
         }
         Ok(())
+    }
+
+    /// The rule `GET /failures` applies to the coordinators' reports.
+    pub fn failure_rule(&self) -> moonraft_meta::store::FailureRule {
+        moonraft_meta::store::FailureRule {
+            ttl_secs: self.failure_ttl,
+            quorum: self.failure_quorum,
+            coordinator_ttl_ms: self.coordinator_ttl_ms,
+        }
+    }
+
+    /// How long a silent coordinator stays on record: as long as a report of its could still
+    /// count, so that it is known to be dead rather than unknown.
+    pub fn forget_coordinator_after_ms(&self) -> u64 {
+        self.failure_ttl.saturating_mul(1000).saturating_add(self.coordinator_ttl_ms)
     }
 
     pub fn default_cluster_config(&self) -> ClusterConfig {

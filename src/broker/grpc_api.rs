@@ -319,6 +319,44 @@ impl pb::broker_api_server::BrokerApi for GrpcApi {
         })
     }
 
+    async fn withdraw_failure(&self, req: Request<pb::ReportFailureRequest>) -> Result<Response<pb::Changed>, Status> {
+        on_leader!(self, req, BrokerApiClient::withdraw_failure, {
+            pb::Changed { changed: ok(api::withdraw_failure(&self.broker, req.proxy_address, req.reporter_id).await)? }
+        })
+    }
+
+    async fn coordinator_heartbeat(&self, req: Request<pb::ReporterId>) -> Result<Response<pb::Empty>, Status> {
+        on_leader!(self, req, BrokerApiClient::coordinator_heartbeat, {
+            ok(api::coordinator_alive(&self.broker, req.reporter_id).await)?;
+            pb::Empty {}
+        })
+    }
+
+    async fn get_coordinators(&self, req: Request<pb::Empty>) -> Result<Response<pb::Coordinators>, Status> {
+        on_leader!(self, req, BrokerApiClient::get_coordinators, {
+            let _ = req;
+            let v = ok(api::coordinators(&self.broker).await)?;
+            pb::Coordinators {
+                coordinators: v
+                    .coordinators
+                    .into_iter()
+                    .map(|c| pb::CoordinatorSeen {
+                        reporter_id: c.reporter_id,
+                        last_seen_ms: c.last_seen_ms,
+                        alive: c.alive,
+                    })
+                    .collect(),
+                failure_quorum: v.failure_quorum,
+            }
+        })
+    }
+
+    async fn recover_proxy(&self, req: Request<pb::ProxyAddress>) -> Result<Response<pb::Changed>, Status> {
+        on_leader!(self, req, BrokerApiClient::recover_proxy, {
+            pb::Changed { changed: ok(api::recover_proxy(&self.broker, req.proxy_address).await)? }
+        })
+    }
+
     async fn failover_proxy(&self, req: Request<pb::ProxyAddress>) -> Result<Response<pb::FailoverReply>, Status> {
         on_leader!(self, req, BrokerApiClient::failover_proxy, {
             let p = ok(api::failover(&self.broker, req.proxy_address).await)?;

@@ -43,7 +43,10 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/proxies/meta/:addr", get(get_proxy).delete(delete_proxy))
         .route("/proxies/failover/:addr", post(failover))
         .route("/proxies/failed/addresses", get(failed_proxies))
-        .route("/failures/:addr/:reporter", post(report_failure))
+        .route("/proxies/recover/:addr", post(recover_proxy))
+        .route("/failures/:addr/:reporter", post(report_failure).delete(withdraw_failure))
+        .route("/coordinators", get(coordinators))
+        .route("/coordinators/:reporter", put(coordinator_alive))
         .route("/failures", get(failures))
         .route("/epoch", get(get_epoch))
         .route("/epoch/recovery", put(recover_epoch))
@@ -274,6 +277,22 @@ async fn failed_proxies(State(b): Shared) -> ApiResult {
 
 async fn report_failure(State(b): Shared, Path((addr, reporter)): Path<(String, String)>) -> ApiResult {
     done(api::report_failure(&b, addr, reporter).await)
+}
+
+async fn withdraw_failure(State(b): Shared, Path((addr, reporter)): Path<(String, String)>) -> ApiResult {
+    ApiResult(api::withdraw_failure(&b, addr, reporter).await.map(|w| json_ok(&json!({"withdrawn": w}))))
+}
+
+async fn recover_proxy(State(b): Shared, Path(addr): Path<String>) -> ApiResult {
+    ApiResult(api::recover_proxy(&b, addr).await.map(|r| json_ok(&json!({"recovered": r}))))
+}
+
+async fn coordinator_alive(State(b): Shared, Path(reporter): Path<String>) -> ApiResult {
+    done(api::coordinator_alive(&b, reporter).await)
+}
+
+async fn coordinators(State(b): Shared) -> ApiResult {
+    ApiResult(api::coordinators(&b).await.map(|c| json_ok(&c)))
 }
 
 async fn failures(State(b): Shared) -> ApiResult {

@@ -153,6 +153,14 @@ impl Broker {
 
     /// Unix seconds on this member (the leader's clock goes into failure commands).
     pub fn now() -> u64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+        Broker::now_ms() / 1000
+    }
+
+    /// Unix milliseconds on this member.
+    pub fn now_ms() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
     }
 }

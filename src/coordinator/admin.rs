@@ -17,7 +17,12 @@ const IDLE: Duration = Duration::from_secs(300);
 const RUNTIME_KEYS: &[&str] = &[
     "proxy_timeout_ms",
     "probe_interval_ms",
+    "probe_timeout_ms",
     "failure_probes",
+    "failure_window_ms",
+    "startup_grace_ms",
+    "recovery_ms",
+    "heartbeat_interval_ms",
     "proxy_lease_ms",
     "reconcile_interval_ms",
     "disable_failover",
@@ -73,7 +78,12 @@ fn config_value(c: &CoordinatorConfig, field: &str) -> Option<String> {
         "reporter_id" => c.reporter_id.clone(),
         "proxy_timeout_ms" => c.proxy_timeout_ms.to_string(),
         "probe_interval_ms" => c.probe_interval_ms.to_string(),
+        "probe_timeout_ms" => c.probe_timeout_ms.to_string(),
         "failure_probes" => c.failure_probes.to_string(),
+        "failure_window_ms" => c.failure_window_ms.to_string(),
+        "startup_grace_ms" => c.startup_grace_ms.to_string(),
+        "recovery_ms" => c.recovery_ms.to_string(),
+        "heartbeat_interval_ms" => c.heartbeat_interval_ms.to_string(),
         "proxy_lease_ms" => c.proxy_lease_ms.to_string(),
         "reconcile_interval_ms" => c.reconcile_interval_ms.to_string(),
         "disable_failover" => c.disable_failover.to_string(),
@@ -98,13 +108,16 @@ pub fn handle(co: &Coordinator, args: &[Bytes]) -> Bytes {
         }
         "info" => {
             let lines = format!(
-                "# Coordinator\r\nbrokers:{}\r\nreporter_id:{}\r\nproxies:{}\r\npushes:{}\r\nfailure_reports:{}\r\nfailovers:{}\r\n",
+                "# Coordinator\r\nbrokers:{}\r\nreporter_id:{}\r\nproxies:{}\r\npushes:{}\r\nfailure_reports:{}\r\nfailure_reports_held:{}\r\nfailure_reports_withdrawn:{}\r\nfailovers:{}\r\nrecoveries:{}\r\n",
                 co.brokers.addresses().join(","),
                 co.config.read().unwrap_or_else(|e| e.into_inner()).reporter_id,
                 co.describe().len(),
                 co.pushes.load(Ordering::Relaxed),
                 co.reports.load(Ordering::Relaxed),
+                co.held.load(Ordering::Relaxed),
+                co.withdrawals.load(Ordering::Relaxed),
                 co.failovers.load(Ordering::Relaxed),
+                co.recoveries.load(Ordering::Relaxed),
             );
             resp::bulk(lines.as_bytes())
         }

@@ -111,14 +111,94 @@ pub struct ProxyConn {
 /// Replies are small (OK, errors, integers); a bigger one is a broken peer.
 const MAX_REPLY: usize = 1 << 20;
 
+/// Why a connection to a proxy could not be made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectError {
+    /// Refused, reset, timed out, unreachable: says something about the proxy (or the path).
+    Proxy(String),
+    /// This coordinator's own name lookup or sockets failed: says nothing about the proxy.
+    Local(String),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Proxy(e) => write!(f, "{e}"),
+            ConnectError::Local(e) => write!(f, "{e} (on this coordinator)"),
+        }
+    }
+}
+
+impl From<ConnectError> for String {
+    fn from(e: ConnectError) -> String {
+        e.to_string()
+    }
+}
+
+/// The last address a proxy's name resolved to. A proxy whose name stops resolving (a
+/// container that was killed, a resolver that fails for a moment) is still probed at the
+/// address it had, so that its death is seen and a resolver hiccup is not mistaken for one.
+#[derive(Default)]
+pub struct ResolvedAddress(std::sync::Mutex<Option<std::net::SocketAddr>>);
+
+impl ResolvedAddress {
+    fn get(&self) -> Option<std::net::SocketAddr> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(&self, a: std::net::SocketAddr) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(a);
+    }
+
+    /// Resolves `address` (`host:port`) within `timeout`; on failure falls back to the last
+    /// address it resolved to, if any.
+    pub async fn resolve(&self, address: &str, timeout: Duration) -> Result<std::net::SocketAddr, ConnectError> {
+        if let Ok(a) = address.parse::<std::net::SocketAddr>() {
+            return Ok(a);
+        }
+        let looked_up = match tokio::time::timeout(timeout, tokio::net::lookup_host(address)).await {
+            Ok(Ok(mut addrs)) => addrs.next().ok_or_else(|| "lookup: no address".to_owned()),
+            Ok(Err(e)) => Err(format!("lookup: {e}")),
+            Err(_) => Err("lookup: timeout".to_owned()),
+        };
+        match looked_up {
+            Ok(a) => {
+                self.set(a);
+                Ok(a)
+            }
+            Err(e) => self.get().ok_or(ConnectError::Local(e)),
+        }
+    }
+}
+
+/// Socket errors that are about this host running out of something, not about the peer.
+fn local_socket_error(e: &std::io::Error) -> bool {
+    // EMFILE, ENFILE, ENOBUFS, ENOMEM.
+    matches!(e.kind(), std::io::ErrorKind::AddrNotAvailable | std::io::ErrorKind::OutOfMemory)
+        || matches!(e.raw_os_error(), Some(24) | Some(23) | Some(105) | Some(12))
+}
+
 impl ProxyConn {
-    pub async fn connect(address: &str, timeout: Duration) -> Result<ProxyConn, String> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
-            .await
-            .map_err(|_| "connect timeout".to_owned())?
-            .map_err(|e| format!("connect: {e}"))?;
+    /// Connects to `address`, resolving its name through `resolved` (see `ResolvedAddress`).
+    pub async fn connect_via(
+        address: &str,
+        resolved: &ResolvedAddress,
+        timeout: Duration,
+    ) -> Result<ProxyConn, ConnectError> {
+        let target = resolved.resolve(address, timeout).await?;
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
+            Err(_) => return Err(ConnectError::Proxy("connect timeout".to_owned())),
+            Ok(Err(e)) if local_socket_error(&e) => return Err(ConnectError::Local(format!("connect: {e}"))),
+            Ok(Err(e)) => return Err(ConnectError::Proxy(format!("connect: {e}"))),
+            Ok(Ok(s)) => s,
+        };
         let _ = stream.set_nodelay(true);
         Ok(ProxyConn { stream, buf: BytesMut::new() })
+    }
+
+    /// Connects to `address` (no memory of earlier lookups).
+    pub async fn connect(address: &str, timeout: Duration) -> Result<ProxyConn, String> {
+        Ok(ProxyConn::connect_via(address, &ResolvedAddress::default(), timeout).await?)
     }
 
     /// Sends one command and returns its reply.

@@ -12,14 +12,27 @@ pub struct CoordinatorConfig {
     pub brokers: Vec<String>,
     pub reporter_id: String,
     pub thread_number: usize,
-    /// Connect and per-command timeout towards proxies.
+    /// Connect and per-command timeout towards proxies (metadata pushes, migration polls).
     pub proxy_timeout_ms: u64,
     /// How often each proxy is probed (`UMCTL HEALTH`).
     pub probe_interval_ms: u64,
-    /// Consecutive failed probes before a proxy is reported.
+    /// How long one probe may take before it counts as failed.
+    pub probe_timeout_ms: u64,
+    /// Consecutive failed probes before a proxy is reported (and see `failure_window_ms`).
     pub failure_probes: u32,
+    /// A proxy is reported only after no healthy answer for this long: a blip, a restart or a
+    /// pause shorter than this is not a failure.
+    pub failure_window_ms: u64,
+    /// A proxy that has not answered healthily since this coordinator started watching it (just
+    /// registered, still starting, its Redis still loading) is not reported for this long.
+    pub startup_grace_ms: u64,
+    /// A failed proxy that answers healthily for this long returns to the free pool.
+    pub recovery_ms: u64,
+    /// How often the coordinator tells the brokers it is alive (the default failure quorum is a
+    /// majority of the live coordinators).
+    pub heartbeat_interval_ms: u64,
     /// The write lease granted with each successful probe (0: no lease). Must be shorter than
-    /// the detection time so a failed-over proxy has stopped serving before its slots move.
+    /// `failure_window_ms` so a failed-over proxy has stopped serving before its slots move.
     pub proxy_lease_ms: u64,
     /// Full reconcile of every proxy's metadata (the watch stream does the fast path).
     pub reconcile_interval_ms: u64,
@@ -37,8 +50,13 @@ impl Default for CoordinatorConfig {
             thread_number: 2,
             proxy_timeout_ms: 1000,
             probe_interval_ms: 200,
+            probe_timeout_ms: 500,
             failure_probes: 2,
-            proxy_lease_ms: 1500,
+            failure_window_ms: 1000,
+            startup_grace_ms: 30_000,
+            recovery_ms: 2000,
+            heartbeat_interval_ms: 1000,
+            proxy_lease_ms: 750,
             reconcile_interval_ms: 2000,
             disable_failover: false,
             enable_compression: false,
@@ -55,7 +73,12 @@ pub const COORDINATOR_KEYS: &[&str] = &[
     "proxy_timeout",
     "proxy_timeout_ms",
     "probe_interval_ms",
+    "probe_timeout_ms",
     "failure_probes",
+    "failure_window_ms",
+    "startup_grace_ms",
+    "recovery_ms",
+    "heartbeat_interval_ms",
     "proxy_lease_ms",
     "reconcile_interval_ms",
     "disable_failover",
@@ -107,7 +130,12 @@ impl CoordinatorConfig {
             "proxy_timeout" => self.proxy_timeout_ms = positive(value)? * 1000,
             "proxy_timeout_ms" => self.proxy_timeout_ms = positive(value)?,
             "probe_interval_ms" => self.probe_interval_ms = positive(value)?,
+            "probe_timeout_ms" => self.probe_timeout_ms = positive(value)?,
             "failure_probes" => self.failure_probes = positive(value)?.min(1000) as u32,
+            "failure_window_ms" => self.failure_window_ms = positive(value)?,
+            "startup_grace_ms" => self.startup_grace_ms = num(value)?,
+            "recovery_ms" => self.recovery_ms = num(value)?,
+            "heartbeat_interval_ms" => self.heartbeat_interval_ms = positive(value)?,
             "proxy_lease_ms" => self.proxy_lease_ms = num(value)?,
             "reconcile_interval_ms" => self.reconcile_interval_ms = positive(value)?,
             "disable_failover" => self.disable_failover = boolean(value)?,
@@ -123,13 +151,13 @@ impl CoordinatorConfig {
         if self.reporter_id.is_empty() {
             self.reporter_id = self.address.clone();
         }
-        // A hung proxy is reported after `failure_probes` probes that each waited for
-        // `proxy_timeout_ms`: its lease must have run out by then.
-        let detection = u64::from(self.failure_probes) * self.proxy_timeout_ms;
-        if self.proxy_lease_ms >= detection {
+        // A proxy is reported no sooner than `failure_window_ms` after its last healthy answer,
+        // which is the last time it could have renewed its lease: the lease must have run out
+        // by then.
+        if self.proxy_lease_ms >= self.failure_window_ms {
             return Err(format!(
-                "proxy_lease_ms ({}) must be shorter than failure_probes × proxy_timeout_ms ({detection}): a proxy must lose its lease before it can be failed over",
-                self.proxy_lease_ms
+                "proxy_lease_ms ({}) must be shorter than failure_window_ms ({}): a proxy must lose its lease before it can be failed over",
+                self.proxy_lease_ms, self.failure_window_ms
             ));
         }
         Ok(())
@@ -152,10 +180,11 @@ mod tests {
         c.finish().unwrap();
         assert_eq!(c.reporter_id, c.address);
         c.set("proxy_lease_ms", "5000").unwrap();
-        assert!(c.finish().unwrap_err().contains("shorter than"));
+        assert!(c.finish().unwrap_err().contains("shorter than failure_window_ms"));
+        c.set("failure_window_ms", "6000").unwrap();
+        c.finish().unwrap();
         c.set("proxy_timeout", "3").unwrap();
         assert_eq!(c.proxy_timeout_ms, 3000);
-        c.finish().unwrap();
         assert!(c.set("nope", "1").is_err());
     }
 }

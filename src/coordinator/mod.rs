@@ -7,20 +7,29 @@
 //! `probe_interval_ms`, which also renews the proxy's write lease). Changes reach the agents
 //! through the brokers' watch stream within milliseconds of a commit; a slow full reconcile
 //! repairs anything missed. No agent waits for another, so one hung proxy stalls nobody.
+//!
+//! What the probes mean is decided in `detect.rs`: a proxy is reported only after a failure
+//! window without a healthy answer (never during its start-up grace, never for this
+//! coordinator's own lookup or socket errors); the report is withdrawn when it answers again,
+//! and a failed proxy that answers healthily for `recovery_ms` is recovered. Each coordinator
+//! sends heartbeats so that the brokers' default failure quorum is a majority of the
+//! coordinators alive: one coordinator's view never fails a proxy over alone.
 
 pub mod admin;
 pub mod clients;
 pub mod config;
+pub mod detect;
 pub mod migration;
 pub mod push;
 
-use clients::{error_text, Brokers, ProxyConn};
+use clients::{error_text, Brokers, ConnectError, ProxyConn, ResolvedAddress};
 use config::CoordinatorConfig;
+use detect::{Context, Detector, DetectorConfig, Probe, Verdict};
 use moonraft_proto::broker as pb;
 use moonraft_proto::broker::broker_api_client::BrokerApiClient;
 use moonraft_proxy::resp::Frame;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -32,7 +41,9 @@ use tracing::{debug, info, warn};
 pub struct Timing {
     pub proxy_timeout: Duration,
     pub probe_interval: Duration,
-    pub failure_probes: u32,
+    pub probe_timeout: Duration,
+    pub detector: DetectorConfig,
+    pub heartbeat_interval: Duration,
     pub lease_ms: u64,
     pub reconcile_interval: Duration,
     pub disable_failover: bool,
@@ -43,7 +54,15 @@ impl Timing {
         Timing {
             proxy_timeout: Duration::from_millis(c.proxy_timeout_ms),
             probe_interval: Duration::from_millis(c.probe_interval_ms),
-            failure_probes: c.failure_probes,
+            probe_timeout: Duration::from_millis(c.probe_timeout_ms),
+            detector: DetectorConfig {
+                window: Duration::from_millis(c.failure_window_ms),
+                failure_probes: c.failure_probes,
+                startup_grace: Duration::from_millis(c.startup_grace_ms),
+                recovery: Duration::from_millis(c.recovery_ms),
+                report_every: Duration::from_secs(1),
+            },
+            heartbeat_interval: Duration::from_millis(c.heartbeat_interval_ms),
             lease_ms: c.proxy_lease_ms,
             reconcile_interval: Duration::from_millis(c.reconcile_interval_ms),
             disable_failover: c.disable_failover,
@@ -60,15 +79,33 @@ pub struct Coordinator {
     /// Wakes the reconcile loop (watch resync, unknown proxy, after a failover).
     reconcile_now: Notify,
     pub pushes: AtomicU64,
+    /// Failure reports sent (refreshes included).
     pub reports: AtomicU64,
+    /// Reports held back (start-up grace, or this coordinator reaches no proxy at all).
+    pub held: AtomicU64,
+    /// Reports withdrawn because the proxy answered again.
+    pub withdrawals: AtomicU64,
     pub failovers: AtomicU64,
+    /// Failed proxies returned to the pool after answering healthily again.
+    pub recoveries: AtomicU64,
 }
+
+/// What the latest probe of a proxy said, for "does this coordinator reach anyone?".
+const REACH_UNKNOWN: u8 = 0;
+const REACH_YES: u8 = 1;
+const REACH_NO: u8 = 2;
 
 /// What the coordinator knows about one proxy, shared by its two tasks.
 struct AgentState {
     address: String,
-    /// In the broker's failed set: still synced (that fences it), no longer probed.
+    /// In the broker's failed set: still synced (that fences it) and probed without a lease,
+    /// so that it can be recovered when it answers again.
     failed: AtomicBool,
+    /// In a cluster, per the last view fetched.
+    in_cluster: AtomicBool,
+    /// `REACH_*` of the latest probe that said anything about the proxy.
+    reach: AtomicU8,
+    resolved: ResolvedAddress,
     /// Epoch of the last view fetched from the broker: what `UMCTL HEALTH` expects.
     expected_epoch: AtomicU64,
     nodes: Mutex<Vec<String>>,
@@ -128,6 +165,9 @@ impl Coordinator {
         let state = Arc::new(AgentState {
             address: address.to_owned(),
             failed: AtomicBool::new(failed),
+            in_cluster: AtomicBool::new(false),
+            reach: AtomicU8::new(REACH_UNKNOWN),
+            resolved: ResolvedAddress::default(),
             expected_epoch: AtomicU64::new(0),
             nodes: Mutex::new(Vec::new()),
             sync: tx,
@@ -138,6 +178,27 @@ impl Coordinator {
         ];
         agents.insert(address.to_owned(), Agent { state, tasks });
         false
+    }
+
+    /// True when, of the proxies outside the failed set whose state is known, at least two
+    /// are known and none answers: then this coordinator is the likelier culprit.
+    fn cut_off(&self, except: &str) -> bool {
+        let agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut known, mut reached) = (0, 0);
+        for a in agents.values() {
+            if a.state.address == except || a.state.failed.load(Ordering::Relaxed) {
+                continue;
+            }
+            match a.state.reach.load(Ordering::Relaxed) {
+                REACH_YES => {
+                    known += 1;
+                    reached += 1;
+                }
+                REACH_NO => known += 1,
+                _ => {}
+            }
+        }
+        known >= 2 && reached == 0
     }
 
     /// Proxies that are not in the failed set.
@@ -205,11 +266,12 @@ async fn sync_once(co: &Coordinator, agent: &AgentState, conn: &mut Option<Proxy
         .map_err(|s| format!("broker: {}", s.message()))?;
     let Some(view) = view.proxy else { return Ok(Synced::Gone) };
     agent.expected_epoch.store(view.epoch, Ordering::Relaxed);
+    agent.in_cluster.store(view.cluster_name.as_deref().is_some_and(|c| !c.is_empty()), Ordering::Relaxed);
     *agent.nodes.lock().unwrap_or_else(|e| e.into_inner()) = push::nodes(&view);
     let timeout = co.timing().proxy_timeout;
     let compress = co.config.read().unwrap_or_else(|e| e.into_inner()).enable_compression;
     if conn.is_none() {
-        *conn = Some(ProxyConn::connect(&agent.address, timeout).await?);
+        *conn = Some(ProxyConn::connect_via(&agent.address, &agent.resolved, timeout).await?);
     }
     let Some(c) = conn.as_mut() else { return Err("no connection".into()) };
     push_ok(&c.call(&push::setrepl(&view), timeout).await?).map_err(|e| format!("SETREPL: {e}"))?;
@@ -254,89 +316,224 @@ async fn sync_task(co: Arc<Coordinator>, agent: Arc<AgentState>, mut rx: watch::
     }
 }
 
-/// Probes the proxy with `UMCTL HEALTH`; after `failure_probes` failures in a row reports it
-/// (again at most once a second while it stays down) and wakes the failure handler.
+/// One `UMCTL HEALTH` round trip, classified (`detect::Probe`).
+async fn probe_once(agent: &AgentState, conn: &mut Option<ProxyConn>, args: &[String], t: &Timing) -> Probe {
+    if conn.is_none() {
+        match ProxyConn::connect_via(&agent.address, &agent.resolved, t.probe_timeout).await {
+            Ok(c) => *conn = Some(c),
+            Err(ConnectError::Local(e)) => return Probe::Local(e),
+            Err(ConnectError::Proxy(e)) => return Probe::Down(format!("proxy: {e}")),
+        }
+    }
+    let Some(c) = conn.as_mut() else { return Probe::Local("no connection".into()) };
+    match c.call(args, t.probe_timeout).await {
+        Ok(reply) => match error_text(&reply) {
+            Some(e) if e.starts_with("ERR_NODE_DOWN") => Probe::Down(format!("redis node down: {e}")),
+            Some(e) if e.starts_with("STALE_EPOCH") => {
+                // Its Redis nodes answered (checked before the epoch); the metadata push
+                // lags: not a failure, and the sync is asked to catch up.
+                agent.sync.send_modify(|v| *v += 1);
+                Probe::Healthy
+            }
+            // Any other answer (even an error from a proxy without HEALTH) means the proxy
+            // process is alive.
+            _ => Probe::Healthy,
+        },
+        Err(e) => {
+            *conn = None;
+            Probe::Down(format!("proxy: {e}"))
+        }
+    }
+}
+
+/// Probes the proxy with `UMCTL HEALTH` every `probe_interval_ms` (renewing its lease unless it
+/// is failed) and acts on what `detect::Detector` concludes: report, hold, withdraw, recover.
 async fn probe_task(co: Arc<Coordinator>, agent: Arc<AgentState>) {
     let mut conn: Option<ProxyConn> = None;
-    let mut failures = 0u32;
-    let mut last_report: Option<tokio::time::Instant> = None;
+    let mut detector = Detector::default();
+    let started = tokio::time::Instant::now();
+    let mut last_hold_log: Option<tokio::time::Instant> = None;
     loop {
         let t = co.timing();
-        if agent.failed.load(Ordering::Relaxed) {
-            conn = None;
-            failures = 0;
-            tokio::time::sleep(t.probe_interval).await;
-            continue;
-        }
+        let failed = agent.failed.load(Ordering::Relaxed);
+        // No lease for a failed proxy: it must stay fenced until it is given slots again.
+        let lease_ms = if failed { 0 } else { t.lease_ms };
         let mut args = vec![
             "UMCTL".to_owned(),
             "HEALTH".to_owned(),
-            t.lease_ms.to_string(),
+            lease_ms.to_string(),
             agent.expected_epoch.load(Ordering::Relaxed).to_string(),
         ];
         args.extend(agent.nodes.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned());
-        let result = async {
-            if conn.is_none() {
-                conn = Some(ProxyConn::connect(&agent.address, t.proxy_timeout).await?);
+        let probe = probe_once(&agent, &mut conn, &args, &t).await;
+        match &probe {
+            Probe::Healthy => agent.reach.store(REACH_YES, Ordering::Relaxed),
+            Probe::Down(_) => agent.reach.store(REACH_NO, Ordering::Relaxed),
+            Probe::Local(_) => {}
+        }
+        let ctx = Context {
+            failed,
+            in_cluster: agent.in_cluster.load(Ordering::Relaxed),
+            cut_off: matches!(probe, Probe::Down(_)) && co.cut_off(&agent.address),
+        };
+        let was_failing = detector.failures() > 0;
+        let now = started.elapsed();
+        match detector.on_probe(&t.detector, now, &probe, ctx) {
+            Verdict::Nothing => {}
+            Verdict::Report(reason) => {
+                if report_failure(&co, &agent, detector.failures(), &reason).await {
+                    detector.reported(now);
+                }
             }
-            match conn.as_mut() {
-                Some(c) => c.call(&args, t.proxy_timeout).await,
-                None => Err("no connection".into()),
+            Verdict::Hold(why) => {
+                co.held.fetch_add(1, Ordering::Relaxed);
+                if last_hold_log.is_none_or(|at| at.elapsed() >= Duration::from_secs(5)) {
+                    last_hold_log = Some(tokio::time::Instant::now());
+                    warn!(proxy = %agent.address, failures = detector.failures(), "not reporting a failure: {why}");
+                }
+            }
+            Verdict::Withdraw => {
+                if withdraw_failure(&co, &agent).await {
+                    detector.withdrawn();
+                }
+            }
+            Verdict::Recover => {
+                if recover_proxy(&co, &agent).await {
+                    detector.recovered();
+                }
             }
         }
-        .await;
-        let failure = match result {
-            Ok(reply) => match error_text(&reply) {
-                Some(e) if e.starts_with("ERR_NODE_DOWN") => Some(format!("redis node down: {e}")),
-                Some(e) if e.starts_with("STALE_EPOCH") => {
-                    agent.sync.send_modify(|v| *v += 1);
-                    None
-                }
-                // Any other answer (even an error from a proxy without HEALTH) means the
-                // proxy process is alive.
-                _ => None,
-            },
-            Err(e) => {
-                conn = None;
-                Some(format!("proxy: {e}"))
+        match &probe {
+            Probe::Healthy if was_failing => info!(proxy = %agent.address, "proxy answers again"),
+            Probe::Down(reason) => {
+                debug!(proxy = %agent.address, failures = detector.failures(), "probe failed: {reason}")
             }
-        };
-        let Some(reason) = failure else {
-            if failures > 0 {
-                info!(proxy = %agent.address, "proxy answers again");
+            Probe::Local(reason) => {
+                debug!(proxy = %agent.address, "probe could not be made, not counted against the proxy: {reason}")
             }
-            failures = 0;
-            tokio::time::sleep(t.probe_interval).await;
-            continue;
-        };
-        failures += 1;
-        debug!(proxy = %agent.address, failures, "probe failed: {reason}");
-        if failures >= t.failure_probes && last_report.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-            last_report = Some(tokio::time::Instant::now());
-            warn!(proxy = %agent.address, failures, "reporting failure: {reason}");
-            let (proxy_address, reporter_id) = (agent.address.clone(), co.reporter_id());
-            let report = co
-                .brokers
-                .call("ReportFailure", |mut c| {
-                    let req = pb::ReportFailureRequest {
-                        proxy_address: proxy_address.clone(),
-                        reporter_id: reporter_id.clone(),
-                    };
-                    async move { c.report_failure(req).await }
-                })
-                .await;
-            match report {
-                Ok(_) => {
-                    co.reports.fetch_add(1, Ordering::Relaxed);
-                    co.failures_reported.notify_one();
-                }
-                Err(s) => warn!(proxy = %agent.address, "reporting the failure failed: {}", s.message()),
-            }
+            _ => {}
         }
-        // A refused connection is certain; confirm it quickly instead of a full interval.
-        let pause =
-            if reason.contains("refused") { t.probe_interval.min(Duration::from_millis(50)) } else { t.probe_interval };
+        let pause = match &probe {
+            // A refused connection is certain; confirm it quickly instead of a full interval.
+            Probe::Down(reason) if reason.contains("refused") => t.probe_interval.min(Duration::from_millis(50)),
+            // A timeout has already waited; probe again at once.
+            Probe::Down(reason) if reason.contains("timeout") => Duration::ZERO,
+            _ => t.probe_interval,
+        };
         tokio::time::sleep(pause).await;
+    }
+}
+
+/// Reports (or refreshes the report of) a failure; true once the brokers have it.
+async fn report_failure(co: &Coordinator, agent: &AgentState, failures: u32, reason: &str) -> bool {
+    warn!(proxy = %agent.address, failures, "reporting failure: {reason}");
+    let (proxy_address, reporter_id) = (agent.address.clone(), co.reporter_id());
+    let report = co
+        .brokers
+        .call("ReportFailure", |mut c| {
+            let req =
+                pb::ReportFailureRequest { proxy_address: proxy_address.clone(), reporter_id: reporter_id.clone() };
+            async move { c.report_failure(req).await }
+        })
+        .await;
+    match report {
+        Ok(_) => {
+            co.reports.fetch_add(1, Ordering::Relaxed);
+            co.failures_reported.notify_one();
+            true
+        }
+        Err(s) => {
+            warn!(proxy = %agent.address, "reporting the failure failed: {}", s.message());
+            false
+        }
+    }
+}
+
+/// Withdraws this coordinator's report; true once the brokers no longer have it.
+async fn withdraw_failure(co: &Coordinator, agent: &AgentState) -> bool {
+    let (proxy_address, reporter_id) = (agent.address.clone(), co.reporter_id());
+    let r = co
+        .brokers
+        .call("WithdrawFailure", |mut c| {
+            let req =
+                pb::ReportFailureRequest { proxy_address: proxy_address.clone(), reporter_id: reporter_id.clone() };
+            async move { c.withdraw_failure(req).await }
+        })
+        .await;
+    match r {
+        Ok(reply) => {
+            if reply.changed {
+                co.withdrawals.fetch_add(1, Ordering::Relaxed);
+                info!(proxy = %agent.address, "failure report withdrawn: the proxy answers again");
+            }
+            true
+        }
+        // An older broker without the call: the report expires by its TTL.
+        Err(s) if s.code() == tonic::Code::Unimplemented => true,
+        Err(s) => {
+            warn!(proxy = %agent.address, "withdrawing the failure report failed: {}", s.message());
+            false
+        }
+    }
+}
+
+/// Returns a failed proxy that answers healthily again to the pool; true once done (or found
+/// not failed any more).
+async fn recover_proxy(co: &Coordinator, agent: &AgentState) -> bool {
+    let proxy_address = agent.address.clone();
+    let r = co
+        .brokers
+        .call("RecoverProxy", |mut c| {
+            let req = pb::ProxyAddress { proxy_address: proxy_address.clone() };
+            async move { c.recover_proxy(req).await }
+        })
+        .await;
+    match r {
+        Ok(reply) => {
+            agent.failed.store(false, Ordering::Relaxed);
+            if reply.changed {
+                co.recoveries.fetch_add(1, Ordering::Relaxed);
+                let in_cluster = agent.in_cluster.load(Ordering::Relaxed);
+                info!(
+                    proxy = %agent.address,
+                    "failed proxy answers healthily again: recovered ({})",
+                    if in_cluster { "back in its cluster as a replica" } else { "back in the free pool; its old data is stale" }
+                );
+            }
+            co.reconcile_now.notify_one();
+            true
+        }
+        Err(s) if s.code() == tonic::Code::Unimplemented => false,
+        Err(s) => {
+            warn!(proxy = %agent.address, "recovering the proxy failed: {}", s.message());
+            false
+        }
+    }
+}
+
+/// Tells the brokers every `heartbeat_interval_ms` that this coordinator is alive.
+async fn heartbeat_loop(co: Arc<Coordinator>) {
+    let mut unimplemented_logged = false;
+    loop {
+        let reporter_id = co.reporter_id();
+        let r = co
+            .brokers
+            .call("CoordinatorHeartbeat", |mut c| {
+                let req = pb::ReporterId { reporter_id: reporter_id.clone() };
+                async move { c.coordinator_heartbeat(req).await }
+            })
+            .await;
+        match r {
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::Unimplemented => {
+                if !unimplemented_logged {
+                    unimplemented_logged = true;
+                    warn!("the brokers do not take coordinator heartbeats (older version): their failure quorum is what they are configured with");
+                }
+            }
+            Err(s) => debug!("heartbeat: {}", s.message()),
+        }
+        tokio::time::sleep(co.timing().heartbeat_interval).await;
     }
 }
 
@@ -414,11 +611,12 @@ async fn watch_loop(co: Arc<Coordinator>) {
                                     co.reconcile_now.notify_one();
                                     continue;
                                 }
-                                let mut unknown = false;
                                 for p in &change.proxies {
-                                    unknown |= !co.trigger_sync(p);
+                                    co.trigger_sync(p);
                                 }
-                                if unknown {
+                                // A proxy added, removed, failed or recovered: refresh the
+                                // agent set and each agent's failed flag.
+                                if !change.proxies.is_empty() {
                                     co.reconcile_now.notify_one();
                                 }
                             }
@@ -454,11 +652,15 @@ pub async fn run(mut config: CoordinatorConfig) -> anyhow::Result<()> {
         reconcile_now: Notify::new(),
         pushes: AtomicU64::new(0),
         reports: AtomicU64::new(0),
+        held: AtomicU64::new(0),
+        withdrawals: AtomicU64::new(0),
         failovers: AtomicU64::new(0),
+        recoveries: AtomicU64::new(0),
     });
     tokio::spawn(watch_loop(co.clone()));
     tokio::spawn(reconcile_loop(co.clone()));
     tokio::spawn(failure_handler(co.clone()));
+    tokio::spawn(heartbeat_loop(co.clone()));
     tokio::spawn(migration::migration_loop(co.clone()));
     admin::serve(co, listener).await;
     Ok(())

@@ -139,6 +139,24 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// Starts a proxy on `port` (e.g. one registered with the brokers before it runs); `None`
+    /// if it does not answer.
+    pub fn start_on(port: u16, extra: &[&str]) -> Option<Proxy> {
+        let dir = TempDir::new("proxy");
+        let log = dir.0.join("proxy.log");
+        let child = Command::new(BIN)
+            .arg("proxy")
+            .args(["--address", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn moonraft proxy");
+        let mut proc = Proc { child: Some(child) };
+        wait_ping(port, &mut proc).then_some(Proxy { port, proc, log, _dir: dir })
+    }
+
     pub fn start(extra: &[&str]) -> Proxy {
         for _ in 0..5 {
             let port = free_port();
@@ -623,10 +641,30 @@ pub struct Coordinator {
 impl Coordinator {
     /// Starts a coordinator; retried on fresh ports if its admin port was taken meanwhile.
     pub fn start(brokers: &str, dir: &std::path::Path, id: &str, extra: &[&str]) -> Coordinator {
+        Coordinator::start_wrapped(&[], brokers, dir, id, extra)
+    }
+
+    /// Like `start`, run through `wrapper` (a command that ends by exec-ing its arguments,
+    /// e.g. `setpriv …` or `unshare …`, so the process is still the coordinator).
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        brokers: &str,
+        dir: &std::path::Path,
+        id: &str,
+        extra: &[&str],
+    ) -> Coordinator {
         let log = dir.join(format!("coordinator-{id}.log"));
         for _ in 0..5 {
             let admin = free_port();
-            let child = Command::new(BIN)
+            let mut cmd = match wrapper.split_first() {
+                Some((first, rest)) => {
+                    let mut c = Command::new(first);
+                    c.args(rest).arg(BIN);
+                    c
+                }
+                None => Command::new(BIN),
+            };
+            let child = cmd
                 .arg("coordinator")
                 .args(["--address", &format!("127.0.0.1:{admin}"), "--broker-address", brokers, "--reporter-id", id])
                 .args(extra)
@@ -646,6 +684,46 @@ impl Coordinator {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// A counter of its `INFO` (e.g. `failure_reports`, `recoveries`); 0 if it cannot be read.
+    pub fn info_counter(&self, field: &str) -> u64 {
+        let Ok(mut c) = Conn::try_connect(self.admin) else { return 0 };
+        c.set_timeout(Duration::from_secs(2));
+        let Ok(Frame::Bulk(text)) = c.try_cmd(&["INFO"]) else { return 0 };
+        String::from_utf8_lossy(&text)
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(field).and_then(|r| r.strip_prefix(':')).and_then(|v| v.parse().ok()))
+            .unwrap_or(0)
+    }
+}
+
+/// Registers a proxy with the brokers (it need not be running).
+pub fn register_proxy(brokers: &BrokerGroup, address: &str, nodes: [&str; 2], host: &str) {
+    let body = serde_json::json!({"proxy_address": address, "nodes": nodes, "host": host}).to_string();
+    let r = brokers.call("POST", "/proxies/meta", Some(&body));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+/// `UMCTL GETEPOCH` of the proxy on `port`, if it answers.
+pub fn proxy_epoch(port: u16) -> Option<u64> {
+    let mut c = Conn::try_connect(port).ok()?;
+    c.set_timeout(Duration::from_secs(2));
+    match c.try_cmd(&["UMCTL", "GETEPOCH"]).ok()? {
+        Frame::Integer(e) if e >= 0 => Some(e as u64),
+        _ => None,
+    }
+}
+
+/// True if `f` holds at every check for the whole of `period` (checked every 50 ms).
+pub fn always(period: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + period;
+    while Instant::now() < deadline {
+        if !f() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
 }
 
 /// The whole system on loopback: a 3-member broker group, `hosts` proxies (each registered as
