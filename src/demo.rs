@@ -218,7 +218,9 @@ pub fn main(args: &[String]) -> Result<()> {
             std::fs::create_dir_all(&rdir)?;
             let log = logs.join(format!("redis{port}.log"));
             let mut cmd = Command::new("redis-server");
+            // A replica syncs at once, not after Redis 7's 5 s diskless-sync delay.
             cmd.args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+                .args(["--repl-diskless-sync-delay", "0"])
                 .arg("--dir")
                 .arg(&rdir);
             let mut r = spawn("redis", n, &mut cmd, &log)?;
