@@ -13,35 +13,8 @@ use common::*;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-fn port(addr: &str) -> u16 {
-    addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("host:port")
-}
-
-fn failed_set(b: &BrokerGroup) -> Vec<String> {
-    let v = b.call("GET", "/proxies/failed/addresses", None).json();
-    v["addresses"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect()
-}
-
-/// Proxies with a failure record of any coordinator (quorum or not).
-fn reported(b: &BrokerGroup) -> Vec<String> {
-    let m = b.call("GET", "/metadata", None).json();
-    m["failures"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
-}
-
 fn cluster(b: &BrokerGroup, name: &str) -> Value {
     b.call("GET", &format!("/clusters/meta/{name}"), None).json()["cluster"].clone()
-}
-
-fn master_proxies(c: &Value) -> Vec<String> {
-    let mut v: Vec<String> = c["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| n["repl"]["role"] == "master" && n["slots"].as_array().is_some_and(|s| !s.is_empty()))
-        .map(|n| n["proxy_address"].as_str().unwrap().to_owned())
-        .collect();
-    v.dedup();
-    v
 }
 
 #[test]
@@ -85,7 +58,7 @@ fn slow_starts_and_blips_are_not_failures_but_a_crash_is() {
     let c = cluster(&brokers, "c");
     let epoch = c["epoch"].as_u64().unwrap();
     let synced = eventually(Duration::from_secs(10), || {
-        master_proxies(&c).iter().all(|p| proxy_epoch(port(p)).is_some_and(|e| e >= epoch))
+        master_proxies(&c).iter().all(|p| proxy_epoch(port_of_addr(p)).is_some_and(|e| e >= epoch))
     });
     assert!(synced, "{}", logs(&proxies.iter().collect::<Vec<_>>()));
     // Registered after the cluster was made, so that it cannot be chosen for it.
@@ -118,7 +91,7 @@ fn slow_starts_and_blips_are_not_failures_but_a_crash_is() {
         failed_set(&brokers) == vec![never.clone()] && cluster(&brokers, "c")["epoch"].as_u64() == Some(epoch)
     });
     assert!(untouched, "a 600 ms pause was failed over:\n{}", logs(&proxies.iter().collect::<Vec<_>>()));
-    let mut client = Conn::connect(port(&masters[0]));
+    let mut client = Conn::connect(port_of_addr(&masters[0]));
     let r = client.cmd(&["SET", "{a}x", "1"]);
     assert!(r == simple("OK") || error_text(&r).starts_with("MOVED"), "{r:?}");
 
@@ -133,7 +106,7 @@ fn slow_starts_and_blips_are_not_failures_but_a_crash_is() {
     println!("kill -9 → failed over in {} ms", killed_at.elapsed().as_millis());
 
     // It comes back (same port, same Redis): a free proxy again within a few seconds.
-    let back = Proxy::start_on(port(&victim), &[]).expect("the killed proxy's port is still free");
+    let back = Proxy::start_on(port_of_addr(&victim), &[]).expect("the killed proxy's port is still free");
     proxies[paused] = back;
     let free_again = eventually(Duration::from_secs(15), || {
         let p = brokers.call("GET", &format!("/proxies/meta/{victim}"), None).json();
@@ -149,7 +122,7 @@ fn slow_starts_and_blips_are_not_failures_but_a_crash_is() {
     // As a free proxy it gets metadata (no slots) and serves nothing.
     let synced_free = eventually(Duration::from_secs(10), || {
         let want = brokers.call("GET", &format!("/proxies/meta/{victim}"), None).json()["proxy"]["epoch"].as_u64();
-        want.is_some_and(|w| proxy_epoch(port(&victim)).is_some_and(|e| e >= w))
+        want.is_some_and(|w| proxy_epoch(port_of_addr(&victim)).is_some_and(|e| e >= w))
     });
     assert!(synced_free, "{}", logs(&proxies.iter().collect::<Vec<_>>()));
     // The never-started proxy is still failed: only a healthy answer recovers.

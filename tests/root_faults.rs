@@ -7,36 +7,8 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
 use std::process::Command;
 use std::time::Duration;
-
-fn port(addr: &str) -> u16 {
-    addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("host:port")
-}
-
-fn failed_set(b: &BrokerGroup) -> Vec<String> {
-    let v = b.call("GET", "/proxies/failed/addresses", None).json();
-    v["addresses"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect()
-}
-
-/// Proxies with a failure record of any coordinator (quorum or not).
-fn reported(b: &BrokerGroup) -> Vec<String> {
-    let m = b.call("GET", "/metadata", None).json();
-    m["failures"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
-}
-
-fn master_proxies(c: &Value) -> Vec<String> {
-    let mut v: Vec<String> = c["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| n["repl"]["role"] == "master" && n["slots"].as_array().is_some_and(|s| !s.is_empty()))
-        .map(|n| n["proxy_address"].as_str().unwrap().to_owned())
-        .collect();
-    v.dedup();
-    v
-}
 
 /// An iptables rule in the OUTPUT chain, deleted when dropped (also when the test fails).
 struct Rule(Vec<String>);
@@ -74,11 +46,11 @@ fn one_coordinator_cut_off_from_a_proxy_does_not_get_it_failed_over() {
     let c = s.cluster("c");
     let epoch = c["epoch"].as_u64().unwrap();
     let victim = master_proxies(&c)[0].clone();
-    let synced = eventually(Duration::from_secs(10), || proxy_epoch(port(&victim)).is_some_and(|e| e >= epoch));
+    let synced = eventually(Duration::from_secs(10), || proxy_epoch(port_of_addr(&victim)).is_some_and(|e| e >= epoch));
     assert!(synced, "{}", s.logs());
 
     // Cut: every packet from coordinator "cut" to the proxy's port is dropped.
-    let spec: Vec<String> = ["-o", "lo", "-p", "tcp", "--dport", &port(&victim).to_string(), "-m", "owner"]
+    let spec: Vec<String> = ["-o", "lo", "-p", "tcp", "--dport", &port_of_addr(&victim).to_string(), "-m", "owner"]
         .iter()
         .map(|x| x.to_string())
         .chain(["--uid-owner".to_owned(), uid.clone(), "-j".to_owned(), "DROP".to_owned()])
@@ -97,7 +69,7 @@ fn one_coordinator_cut_off_from_a_proxy_does_not_get_it_failed_over() {
             && s.cluster("c")["epoch"].as_u64() == Some(epoch)
     });
     assert!(untouched, "one coordinator's view failed a proxy over:\n{}", s.logs());
-    let mut client = Conn::connect(port(&victim));
+    let mut client = Conn::connect(port_of_addr(&victim));
     let r = client.cmd(&["SET", "{a}x", "1"]);
     assert!(r == simple("OK") || error_text(&r).starts_with("MOVED"), "{r:?}");
     assert_eq!(s.coordinators[1].info_counter("failure_reports"), 0, "the other coordinator reported it");
@@ -173,10 +145,13 @@ fn a_proxy_name_that_resolves_late_is_not_a_failure_but_a_dead_one_is() {
     assert!(always(Duration::from_secs(2), || never_reported(&brokers)), "{}", logs());
     write_in_place(&hosts, &format!("{base}\n127.0.0.1 {dead}\n127.0.0.1 {late}\n"));
 
-    // "late" is synced once its name resolves; "dead" is failed (detection is on).
+    // "late" is synced by both coordinators once its name resolves (a push is the only one
+    // these coordinators can make: "dead" never answers); "dead" is failed (detection is on).
     let synced = eventually(Duration::from_secs(10), || {
         let want = brokers.call("GET", &format!("/proxies/meta/{late_addr}"), None).json()["proxy"]["epoch"].as_u64();
-        want.is_some_and(|w| proxy_epoch(proxy.port).is_some_and(|e| e >= w)) && never_reported(&brokers)
+        want.is_some_and(|w| proxy_epoch(proxy.port).is_some_and(|e| e >= w))
+            && coordinators.iter().all(|c| c.info_counter("pushes") >= 1)
+            && never_reported(&brokers)
     });
     assert!(synced, "{}", logs());
     let dead_failed = eventually(Duration::from_secs(15), || failed_set(&brokers).contains(&dead_addr));

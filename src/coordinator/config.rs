@@ -28,6 +28,9 @@ pub struct CoordinatorConfig {
     pub startup_grace_ms: u64,
     /// A failed proxy that answers healthily for this long returns to the free pool.
     pub recovery_ms: u64,
+    /// Errors on this coordinator's side (its name lookups, its sockets) are not held against
+    /// a proxy until they have lasted this long without a healthy answer.
+    pub local_error_grace_ms: u64,
     /// How often the coordinator tells the brokers it is alive (the default failure quorum is a
     /// majority of the live coordinators).
     pub heartbeat_interval_ms: u64,
@@ -55,6 +58,7 @@ impl Default for CoordinatorConfig {
             failure_window_ms: 1000,
             startup_grace_ms: 30_000,
             recovery_ms: 2000,
+            local_error_grace_ms: 30_000,
             heartbeat_interval_ms: 1000,
             proxy_lease_ms: 750,
             reconcile_interval_ms: 2000,
@@ -78,6 +82,7 @@ pub const COORDINATOR_KEYS: &[&str] = &[
     "failure_window_ms",
     "startup_grace_ms",
     "recovery_ms",
+    "local_error_grace_ms",
     "heartbeat_interval_ms",
     "proxy_lease_ms",
     "reconcile_interval_ms",
@@ -135,6 +140,7 @@ impl CoordinatorConfig {
             "failure_window_ms" => self.failure_window_ms = positive(value)?,
             "startup_grace_ms" => self.startup_grace_ms = num(value)?,
             "recovery_ms" => self.recovery_ms = num(value)?,
+            "local_error_grace_ms" => self.local_error_grace_ms = num(value)?,
             "heartbeat_interval_ms" => self.heartbeat_interval_ms = positive(value)?,
             "proxy_lease_ms" => self.proxy_lease_ms = num(value)?,
             "reconcile_interval_ms" => self.reconcile_interval_ms = positive(value)?,

@@ -5,7 +5,10 @@
 //!
 //! - the latest probe failed for a reason that says something about the proxy (refused, reset,
 //!   timed out, a Redis node behind it down), not about this coordinator (its own name lookup,
-//!   its own sockets running out): those count neither way;
+//!   its own sockets running out): those count neither way, until they have lasted
+//!   `local_error_grace` without a healthy answer (a name that has not resolved for that long
+//!   is as good as gone: a container that was killed before this coordinator ever resolved
+//!   it must still be failed over);
 //! - `failure_probes` probes in a row failed;
 //! - no healthy answer for at least `window` (from the last healthy answer, so a proxy whose
 //!   lease — always shorter than the window — was renewed by that answer has stopped serving
@@ -42,6 +45,7 @@ pub struct DetectorConfig {
     pub startup_grace: Duration,
     pub recovery: Duration,
     pub report_every: Duration,
+    pub local_error_grace: Duration,
 }
 
 /// What the agent knows besides the probe result.
@@ -91,6 +95,14 @@ impl Detector {
     }
 
     pub fn on_probe(&mut self, c: &DetectorConfig, now: Duration, probe: &Probe, ctx: Context) -> Verdict {
+        let lasting;
+        let probe = match probe {
+            Probe::Local(reason) if self.unreachable_for(now) >= c.local_error_grace => {
+                lasting = Probe::Down(format!("{reason}, for {} s", self.unreachable_for(now).as_secs()));
+                &lasting
+            }
+            other => other,
+        };
         match probe {
             Probe::Healthy => {
                 self.failures = 0;
@@ -160,6 +172,7 @@ mod tests {
         startup_grace: Duration::from_secs(30),
         recovery: Duration::from_secs(2),
         report_every: Duration::from_secs(1),
+        local_error_grace: Duration::from_secs(30),
     };
 
     fn ms(n: u64) -> Duration {
@@ -230,6 +243,20 @@ mod tests {
         // ... and do not count as healthy either: the silence still adds up.
         assert_eq!(d.on_probe(&CFG, ms(5000), &down(), live), Verdict::Nothing);
         assert_eq!(d.on_probe(&CFG, ms(5050), &down(), live), Verdict::Report("connect: refused".into()));
+    }
+
+    #[test]
+    fn a_name_that_never_resolves_counts_after_the_local_error_grace() {
+        // Killed before this coordinator ever resolved its name, which is gone now.
+        let mut d = Detector::default();
+        let live = Context::default();
+        let dns = Probe::Local("lookup: Name or service not known".into());
+        assert_eq!(d.on_probe(&CFG, ms(29_900), &dns, live), Verdict::Nothing);
+        assert_eq!(d.on_probe(&CFG, ms(30_000), &dns, live), Verdict::Nothing, "one failure");
+        assert_eq!(
+            d.on_probe(&CFG, ms(30_200), &dns, live),
+            Verdict::Report("lookup: Name or service not known, for 30 s".into())
+        );
     }
 
     #[test]

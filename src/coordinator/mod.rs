@@ -61,6 +61,7 @@ impl Timing {
                 startup_grace: Duration::from_millis(c.startup_grace_ms),
                 recovery: Duration::from_millis(c.recovery_ms),
                 report_every: Duration::from_secs(1),
+                local_error_grace: Duration::from_millis(c.local_error_grace_ms),
             },
             heartbeat_interval: Duration::from_millis(c.heartbeat_interval_ms),
             lease_ms: c.proxy_lease_ms,

@@ -159,21 +159,8 @@ impl Proxy {
 
     pub fn start(extra: &[&str]) -> Proxy {
         for _ in 0..5 {
-            let port = free_port();
-            let dir = TempDir::new("proxy");
-            let log = dir.0.join("proxy.log");
-            let child = Command::new(BIN)
-                .arg("proxy")
-                .args(["--address", &format!("127.0.0.1:{port}")])
-                .args(extra)
-                .env_remove("RUST_LOG")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).expect("log file"))
-                .spawn()
-                .expect("spawn moonraft proxy");
-            let mut proc = Proc { child: Some(child) };
-            if wait_ping(port, &mut proc) {
-                return Proxy { port, proc, log, _dir: dir };
+            if let Some(p) = Proxy::start_on(free_port(), extra) {
+                return p;
             }
         }
         panic!("could not start the proxy");
@@ -712,6 +699,36 @@ pub fn proxy_epoch(port: u16) -> Option<u64> {
         Frame::Integer(e) if e >= 0 => Some(e as u64),
         _ => None,
     }
+}
+
+/// The port of a `host:port` address.
+pub fn port_of_addr(addr: &str) -> u16 {
+    addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("host:port")
+}
+
+/// The brokers' failed set.
+pub fn failed_set(b: &BrokerGroup) -> Vec<String> {
+    let v = b.call("GET", "/proxies/failed/addresses", None).json();
+    v["addresses"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect()
+}
+
+/// Proxies with a failure record of any coordinator (quorum or not).
+pub fn reported(b: &BrokerGroup) -> Vec<String> {
+    let m = b.call("GET", "/metadata", None).json();
+    m["failures"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
+}
+
+/// The proxies holding masters with slots in a cluster's JSON, in node order.
+pub fn master_proxies(c: &serde_json::Value) -> Vec<String> {
+    let mut v: Vec<String> = c["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["repl"]["role"] == "master" && n["slots"].as_array().is_some_and(|s| !s.is_empty()))
+        .map(|n| n["proxy_address"].as_str().unwrap().to_owned())
+        .collect();
+    v.dedup();
+    v
 }
 
 /// True if `f` holds at every check for the whole of `period` (checked every 50 ms).
