@@ -471,7 +471,7 @@ impl Ctl {
                 if changes.is_empty() {
                     bail!("give at least one KEY=VALUE");
                 }
-                let req = pb::ChangeClusterConfigRequest { cluster_name: name.clone(), changes };
+                let req = pb::ChangeClusterConfigRequest { cluster_name: name.clone(), changes, expected_epoch: None };
                 api().change_cluster_config(request(req, CALL)).await.map_err(api_failure)?;
                 self.done(format!("cluster {name}: config changed"));
             }

@@ -177,6 +177,24 @@ fn conformance(api: &Api) {
     assert_eq!(info["node_number_with_slots"], 8);
     // config
     api.ok("PATCH", "/clusters/config/mycluster", Some(r#"{"compression_strategy":"set_get_only"}"#));
+    // Conditional writes: the ETag is the cluster's epoch; If-Match applies only at that epoch.
+    let got = api.ok("GET", "/clusters/meta/mycluster", None);
+    let cluster_epoch = got.json()["cluster"]["epoch"].as_u64().unwrap();
+    assert_eq!(got.header("etag"), Some(format!("\"{cluster_epoch}\"").as_str()));
+    let body = Some(r#"{"compression_strategy":"allow_all"}"#);
+    let stale = format!("\"{}\"", cluster_epoch - 1);
+    let r = api.call_with("PATCH", "/clusters/config/mycluster", body, &[("If-Match", &stale)]);
+    assert_eq!((r.status, r.json()), (412, json!({"error": "EPOCH_MISMATCH", "epoch": cluster_epoch})));
+    let r =
+        api.call_with("PATCH", "/clusters/config/mycluster", body, &[("If-Match", &format!("\"{cluster_epoch}\""))]);
+    assert_eq!(r.status, 200);
+    let r =
+        api.call_with("PATCH", "/clusters/config/mycluster", body, &[("If-Match", &format!("\"{cluster_epoch}\""))]);
+    assert_eq!((r.status, r.error_code()), (412, "EPOCH_MISMATCH".to_owned()), "the epoch moved on");
+    let r = api.call_with("PATCH", "/clusters/config/mycluster", body, &[("If-Match", "soon")]);
+    assert_eq!((r.status, r.error_code()), (400, "INVALID_REQUEST".to_owned()));
+    let r = api.call_with("PATCH", "/clusters/config/nosuch", body, &[("If-Match", "\"1\"")]);
+    assert_eq!((r.status, r.error_code()), (404, "CLUSTER_NOT_FOUND".to_owned()));
     let bad = api.call("PATCH", "/clusters/config/mycluster", Some(r#"{"migration_scan_count":"0"}"#));
     assert_eq!(bad.status, 400);
     assert_eq!(
@@ -665,4 +683,31 @@ fn a_full_disk_answers_storage_error_and_loses_nothing_acknowledged() {
         assert!(listed.contains(&a.as_str()), "acknowledged {a} lost: {listed:?}");
     }
     assert_eq!(register(1000).status, 200);
+}
+
+/// A call forwarded by a follower gets the leader's own answer even when it takes longer than
+/// `forward_timeout_ms`: here an `auto` scale-out waiting for proxies that never sync (none
+/// runs) ends in `PROXY_NOT_SYNC` after ~6 s. The follower used to give up at 5 s with `RETRY`
+/// while the leader carried on, so the client's retry met `NODE_NUMBER_CHANGING`.
+#[test]
+fn a_slow_forwarded_call_gets_the_leaders_answer_not_retry() {
+    let group = BrokerGroup::start_with(3, &["--auto-sync-timeout-ms", "8000"]);
+    let leader = group.wait_leader(Duration::from_secs(20)).expect("a leader");
+    let api = Api::new(&group);
+    for i in 1..=4 {
+        let body = json!({"proxy_address": format!("127.0.0.1:{}", free_port()), "nodes": [format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port())], "host": format!("h{i}")});
+        api.ok("POST", "/proxies/meta", Some(&body.to_string()));
+    }
+    api.ok("POST", "/clusters/meta/slow", Some(r#"{"node_number": 4}"#));
+    let follower = group.members.iter().find(|m| m.id != leader).expect("a follower");
+    let started = std::time::Instant::now();
+    let r = http(&follower.http, "POST", "/api/v3/clusters/migrations/auto/slow/8", None).expect("an answer");
+    let took = started.elapsed();
+    assert_eq!(
+        (r.status, r.error_code()),
+        (500, "PROXY_NOT_SYNC".to_owned()),
+        "after {took:?}: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert!(took > Duration::from_secs(5), "the call should have outlived the old 5 s forward timeout: {took:?}");
 }

@@ -186,12 +186,27 @@ fn grpc_api_conformance_three_members() {
         // Config and balance.
         let mut changes = std::collections::HashMap::new();
         changes.insert("compression_strategy".to_owned(), "set_get_only".to_owned());
-        let req = pb::ChangeClusterConfigRequest { cluster_name: "c".into(), changes: changes.clone() };
+        let req =
+            pb::ChangeClusterConfigRequest { cluster_name: "c".into(), changes: changes.clone(), expected_epoch: None };
         call!(m, api.change_cluster_config(req)).unwrap();
         let c = call!(m, api.get_cluster(cn("c"))).unwrap().cluster.unwrap();
         assert_eq!(c.config.unwrap().compression_strategy, "set_get_only");
+        // Conditional: applied at the expected epoch, refused at any other.
+        let cas = |epoch: u64, strategy: &str| {
+            let mut ch = std::collections::HashMap::new();
+            ch.insert("compression_strategy".to_owned(), strategy.to_owned());
+            pb::ChangeClusterConfigRequest { cluster_name: "c".into(), changes: ch, expected_epoch: Some(epoch) }
+        };
+        let st = call!(m, api.change_cluster_config(cas(c.epoch - 1, "allow_all"))).unwrap_err();
+        assert_error(st, Code::FailedPrecondition, "EPOCH_MISMATCH");
+        call!(m, api.change_cluster_config(cas(c.epoch, "allow_all"))).unwrap();
+        let c2 = call!(m, api.get_cluster(cn("c"))).unwrap().cluster.unwrap();
+        assert!(c2.epoch > c.epoch);
+        assert_eq!(c2.config.unwrap().compression_strategy, "allow_all");
+        let st = call!(m, api.change_cluster_config(cas(c.epoch, "disabled"))).unwrap_err();
+        assert_error(st, Code::FailedPrecondition, "EPOCH_MISMATCH");
         changes.insert("compression_strategy".to_owned(), "zip".to_owned());
-        let req = pb::ChangeClusterConfigRequest { cluster_name: "c".into(), changes };
+        let req = pb::ChangeClusterConfigRequest { cluster_name: "c".into(), changes, expected_epoch: None };
         let st = call!(m, api.change_cluster_config(req)).unwrap_err();
         assert_error(st, Code::InvalidArgument, "INVALID_CONFIG");
         call!(m, api.balance_masters(cn("c"))).unwrap();

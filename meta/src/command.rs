@@ -14,30 +14,95 @@ use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    Initialize { enable_ordered_proxy: bool },
+    Initialize {
+        enable_ordered_proxy: bool,
+    },
     AddProxy(RegisterProxy),
-    RemoveProxy { address: String },
-    AddFailure { address: String, reporter_id: String, now: u64 },
-    PurgeFailures { now: u64, failure_ttl: u64 },
-    WithdrawFailure { address: String, reporter_id: String },
-    CoordinatorAlive { reporter_id: String, now_ms: u64, forget_after_ms: u64 },
-    RecoverProxy { address: String },
-    ReplaceFailedProxy { address: String },
-    CommitMigration { cluster_name: String, range_list: Vec<Range>, tag: SlotTag },
-    CreateCluster { name: String, node_number: u64, default_config: ClusterConfig },
-    RemoveCluster { name: String },
-    AddNodes { name: String, node_number: u64 },
-    ScaleUpNodes { name: String, cluster_node_number: u64 },
-    DeleteFreeNodes { name: String },
-    ExpandSlots { name: String },
-    ShrinkSlots { name: String, new_node_number: u64 },
-    AutoPhase1 { name: String, node_number: u64 },
-    AutoPhase2 { name: String, node_number: u64 },
-    ChangeConfig { name: String, changes: BTreeMap<String, String> },
-    BalanceMasters { name: String },
-    ForceEpoch { new_epoch: u64 },
-    RecoverEpoch { observed_max_epoch: u64 },
-    RestoreStore { store: Box<Store> },
+    RemoveProxy {
+        address: String,
+    },
+    AddFailure {
+        address: String,
+        reporter_id: String,
+        now: u64,
+    },
+    PurgeFailures {
+        now: u64,
+        failure_ttl: u64,
+    },
+    WithdrawFailure {
+        address: String,
+        reporter_id: String,
+    },
+    CoordinatorAlive {
+        reporter_id: String,
+        now_ms: u64,
+        forget_after_ms: u64,
+    },
+    RecoverProxy {
+        address: String,
+    },
+    ReplaceFailedProxy {
+        address: String,
+    },
+    CommitMigration {
+        cluster_name: String,
+        range_list: Vec<Range>,
+        tag: SlotTag,
+    },
+    CreateCluster {
+        name: String,
+        node_number: u64,
+        default_config: ClusterConfig,
+    },
+    RemoveCluster {
+        name: String,
+    },
+    AddNodes {
+        name: String,
+        node_number: u64,
+    },
+    ScaleUpNodes {
+        name: String,
+        cluster_node_number: u64,
+    },
+    DeleteFreeNodes {
+        name: String,
+    },
+    ExpandSlots {
+        name: String,
+    },
+    ShrinkSlots {
+        name: String,
+        new_node_number: u64,
+    },
+    AutoPhase1 {
+        name: String,
+        node_number: u64,
+    },
+    AutoPhase2 {
+        name: String,
+        node_number: u64,
+    },
+    /// `expected_epoch`: apply only if the cluster is at that epoch (a compare-and-set).
+    ChangeConfig {
+        name: String,
+        changes: BTreeMap<String, String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expected_epoch: Option<u64>,
+    },
+    BalanceMasters {
+        name: String,
+    },
+    ForceEpoch {
+        new_epoch: u64,
+    },
+    RecoverEpoch {
+        observed_max_epoch: u64,
+    },
+    RestoreStore {
+        store: Box<Store>,
+    },
 }
 
 /// What `AutoPhase1` decided.
@@ -127,7 +192,15 @@ impl Store {
                 }
                 Ok(CommandOutput::Done)
             }
-            ChangeConfig { name, changes } => done(self.change_config(name, changes)),
+            ChangeConfig { name, changes, expected_epoch } => {
+                if let Some(expected) = expected_epoch {
+                    let current = self.clusters.get(name).map(|c| c.epoch).ok_or(MetaError::ClusterNotFound)?;
+                    if current != *expected {
+                        return Err(MetaError::EpochMismatch { current });
+                    }
+                }
+                done(self.change_config(name, changes))
+            }
             BalanceMasters { name } => done(self.balance_masters(name)),
             ForceEpoch { new_epoch } => done(self.force_epoch(*new_epoch)),
             RecoverEpoch { observed_max_epoch } => {

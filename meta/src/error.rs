@@ -50,6 +50,9 @@ pub enum MetaError {
     ProxyResourceOutOfOrder,
     #[error("ONE_CLUSTER_ALREADY_EXISTED")]
     OneClusterAlreadyExisted,
+    /// A conditional write (`If-Match: "<epoch>"`) found the cluster at another epoch.
+    #[error("EPOCH_MISMATCH")]
+    EpochMismatch { current: u64 },
 }
 
 impl MetaError {
@@ -68,6 +71,7 @@ impl MetaError {
             | SlotsAlreadyEven
             | MissingServerProxyIndex => 400,
             ClusterNotFound | ProxyNotFound | FreeNodeNotFound | MigrationTaskNotFound => 404,
+            EpochMismatch { .. } => 412,
             _ => 409,
         }
     }

@@ -228,8 +228,15 @@ pub async fn commit_migration(b: &Broker, cluster_name: String, slot_range: Slot
     b.write(cmd).await.map(|_| ())
 }
 
-pub async fn change_config(b: &Broker, name: String, changes: BTreeMap<String, String>) -> Result<(), ApiError> {
-    b.write(Command::ChangeConfig { name, changes }).await.map(|_| ())
+/// `PATCH /clusters/config/{name}`; with `expected_epoch` (`If-Match`) only if the cluster is
+/// still at that epoch, else `412 EPOCH_MISMATCH` with the current one.
+pub async fn change_config(
+    b: &Broker,
+    name: String,
+    changes: BTreeMap<String, String>,
+    expected_epoch: Option<u64>,
+) -> Result<(), ApiError> {
+    b.write(Command::ChangeConfig { name, changes, expected_epoch }).await.map(|_| ())
 }
 
 pub async fn balance(b: &Broker, name: String) -> Result<(), ApiError> {

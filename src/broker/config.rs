@@ -20,6 +20,36 @@ impl Member {
     }
 }
 
+/// Calls whose longest duration on the leader differs (see `BrokerConfig::forward_wait`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardedCall {
+    AutoScale,
+    Membership,
+    Other,
+}
+
+impl ForwardedCall {
+    /// By `/api/v3` path.
+    pub fn of_path(path: &str) -> ForwardedCall {
+        if path.starts_with("/api/v3/clusters/migrations/auto/") {
+            ForwardedCall::AutoScale
+        } else if path.starts_with("/api/v3/raft/") {
+            ForwardedCall::Membership
+        } else {
+            ForwardedCall::Other
+        }
+    }
+
+    /// By gRPC method name.
+    pub fn of_method(method: &str) -> ForwardedCall {
+        match method {
+            "auto_scale" => ForwardedCall::AutoScale,
+            "add_learner" | "change_membership" => ForwardedCall::Membership,
+            _ => ForwardedCall::Other,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadMode {
     Linearizable,
@@ -44,6 +74,10 @@ pub struct BrokerConfig {
     pub proposal_timeout_ms: u64,
     pub forward_timeout_ms: u64,
     pub read_mode: ReadMode,
+    /// TEST ONLY, breaks safety on purpose: every member answers reads from its own copy,
+    /// without asking the leader and without the linearizable-read round. Exists so the
+    /// fault-injection harness (`jepsen/`) can show that it catches stale reads.
+    pub unsafe_local_reads: bool,
     pub failure_purge_interval: u64,
     pub failure_ttl: u64,
     /// Distinct reporters needed to fail a proxy over; 0 (the default): a majority of the
@@ -87,6 +121,7 @@ impl Default for BrokerConfig {
             proposal_timeout_ms: 5000,
             forward_timeout_ms: 5000,
             read_mode: ReadMode::Linearizable,
+            unsafe_local_reads: false,
             failure_purge_interval: 10,
             failure_ttl: 60,
             failure_quorum: 0,
@@ -119,6 +154,7 @@ pub const BROKER_KEYS: &[&str] = &[
     "proposal_timeout_ms",
     "forward_timeout_ms",
     "read_mode",
+    "unsafe_local_reads",
     "failure_purge_interval",
     "failure_ttl",
     "failure_quorum",
@@ -215,6 +251,7 @@ impl BrokerConfig {
             "max_in_snapshot_log_to_keep" => self.max_in_snapshot_log_to_keep = num(value)?,
             "proposal_timeout_ms" => self.proposal_timeout_ms = positive(value)?,
             "forward_timeout_ms" => self.forward_timeout_ms = positive(value)?,
+            "unsafe_local_reads" => self.unsafe_local_reads = boolean(value)?,
             "read_mode" => {
                 self.read_mode = match value {
                     "linearizable" => ReadMode::Linearizable,
@@ -273,6 +310,23 @@ impl BrokerConfig {
         Ok(())
     }
 
+    /// How long a follower waits for the leader's answer to a forwarded call: at least
+    /// `forward_timeout_ms`, and longer than the call itself may take on the leader (`auto`
+    /// waits for proxies, membership changes for the new members), so that a slow call is
+    /// never answered `RETRY` while the leader carries on with it — the client's retry would
+    /// then meet `NODE_NUMBER_CHANGING` or apply twice.
+    pub fn forward_wait(&self, call: ForwardedCall) -> std::time::Duration {
+        let proposal = self.proposal_timeout_ms;
+        let longest = match call {
+            ForwardedCall::AutoScale => 2 * proposal + self.auto_sync_timeout_ms,
+            ForwardedCall::Membership => 4 * proposal,
+            // Reads and writes: one proposal (or read round); `recover_epoch` asks proxies
+            // first (1 s).
+            ForwardedCall::Other => proposal + 1000,
+        };
+        std::time::Duration::from_millis(self.forward_timeout_ms.max(longest + 2000))
+    }
+
     /// The rule `GET /failures` applies to the coordinators' reports.
     pub fn failure_rule(&self) -> moonraft_meta::store::FailureRule {
         moonraft_meta::store::FailureRule {
@@ -328,6 +382,19 @@ mod tests {
         assert_eq!(parse_members(toml).unwrap(), want);
         assert_eq!(parse_members("1=a:7800/a:7799, 2=b:7800/b:7799").unwrap(), want);
         assert!(parse_members("x").is_err());
+    }
+
+    #[test]
+    fn a_forwarded_call_waits_longer_than_it_can_take_on_the_leader() {
+        let c = BrokerConfig::default();
+        let s = |call| c.forward_wait(call).as_millis() as u64;
+        assert!(s(ForwardedCall::AutoScale) > c.auto_sync_timeout_ms + 2 * c.proposal_timeout_ms);
+        assert!(s(ForwardedCall::Membership) > 4 * c.proposal_timeout_ms);
+        assert!(s(ForwardedCall::Other) > c.proposal_timeout_ms);
+        assert_eq!(ForwardedCall::of_path("/api/v3/clusters/migrations/auto/a/8"), ForwardedCall::AutoScale);
+        assert_eq!(ForwardedCall::of_path("/api/v3/raft/learners"), ForwardedCall::Membership);
+        assert_eq!(ForwardedCall::of_method("change_membership"), ForwardedCall::Membership);
+        assert_eq!(ForwardedCall::of_method("get_cluster"), ForwardedCall::Other);
     }
 
     #[test]

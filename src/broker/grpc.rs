@@ -99,7 +99,7 @@ pub async fn forward(broker: &Broker, leader: &BrokerNode, req: Request) -> Resu
         .collect();
     let path_and_query = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
     let msg = ForwardRequest { method: parts.method.as_str().to_owned(), path_and_query, headers, body: body.to_vec() };
-    let timeout = Duration::from_millis(broker.config.forward_timeout_ms);
+    let timeout = broker.config.forward_wait(super::config::ForwardedCall::of_path(parts.uri.path()));
     let channel = leader_channel(broker, leader)?;
     let mut client = RaftInternalClient::new(channel).max_decoding_message_size(usize::MAX);
     let mut request = tonic::Request::new(msg);

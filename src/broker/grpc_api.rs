@@ -18,7 +18,6 @@ use moonraft_proto::broker::broker_api_client::BrokerApiClient;
 use moonraft_proto::broker::raft_admin_client::RaftAdminClient;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
@@ -34,7 +33,7 @@ pub fn status_of(e: &ApiError) -> Status {
         (ApiError::Meta(moonraft_meta::MetaError::AlreadyExisted), _) => Code::AlreadyExists,
         (_, 400) => Code::InvalidArgument,
         (_, 404) => Code::NotFound,
-        (_, 409) => Code::FailedPrecondition,
+        (_, 409) | (_, 412) => Code::FailedPrecondition,
         (_, 503) => Code::Unavailable,
         (_, 504) => Code::DeadlineExceeded,
         _ => Code::Internal,
@@ -75,10 +74,11 @@ impl GrpcApi {
         super::grpc::leader_channel(b, &leader).map(Some).map_err(|_| err(ApiError::Retry))
     }
 
-    fn forwarded<T>(&self, req: Request<T>) -> Request<T> {
+    /// `method`: the RPC's name, for how long the leader may take (`BrokerConfig::forward_wait`).
+    fn forwarded<T>(&self, req: Request<T>, method: &str) -> Request<T> {
         let mut r = Request::new(req.into_inner());
         r.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-        r.set_timeout(Duration::from_millis(self.broker.config.forward_timeout_ms));
+        r.set_timeout(self.broker.config.forward_wait(super::config::ForwardedCall::of_method(method)));
         r
     }
 }
@@ -93,7 +93,7 @@ macro_rules! on_leader {
     ($self:ident, $req:ident, $client:ident :: $method:ident, $local:expr) => {{
         match $self.route(&$req)? {
             Some(channel) => {
-                let r = $self.forwarded($req);
+                let r = $self.forwarded($req, stringify!($method));
                 return forward_result($client::new(channel).max_decoding_message_size(usize::MAX).$method(r).await);
             }
             None => {
@@ -102,6 +102,19 @@ macro_rules! on_leader {
                 Ok(Response::new(reply))
             }
         }
+    }};
+}
+
+/// A read: like `on_leader!`, except that with the test-only `unsafe_local_reads` it is
+/// answered from this member's own copy.
+macro_rules! read_on_leader {
+    ($self:ident, $req:ident, $client:ident :: $method:ident, $local:expr) => {{
+        if $self.broker.config.unsafe_local_reads {
+            let $req = $req.into_inner();
+            let reply = $local;
+            return Ok(Response::new(reply));
+        }
+        on_leader!($self, $req, $client::$method, $local)
     }};
 }
 
@@ -252,7 +265,7 @@ impl pb::broker_api_server::BrokerApi for GrpcApi {
     }
 
     async fn get_cluster(&self, req: Request<pb::ClusterName>) -> Result<Response<pb::GetClusterReply>, Status> {
-        on_leader!(self, req, BrokerApiClient::get_cluster, {
+        read_on_leader!(self, req, BrokerApiClient::get_cluster, {
             let c = ok(api::cluster(&self.broker, &req.cluster_name).await)?;
             pb::GetClusterReply { cluster: c.as_ref().map(cluster) }
         })
@@ -292,14 +305,14 @@ impl pb::broker_api_server::BrokerApi for GrpcApi {
     }
 
     async fn get_proxy_addresses(&self, req: Request<pb::Page>) -> Result<Response<pb::ProxyAddresses>, Status> {
-        on_leader!(self, req, BrokerApiClient::get_proxy_addresses, {
+        read_on_leader!(self, req, BrokerApiClient::get_proxy_addresses, {
             let a = ok(api::proxy_addresses(&self.broker).await)?;
             pb::ProxyAddresses { addresses: api::page(&a, to_usize(req.offset), to_usize(req.limit)) }
         })
     }
 
     async fn get_proxy(&self, req: Request<pb::ProxyAddress>) -> Result<Response<pb::GetProxyReply>, Status> {
-        on_leader!(self, req, BrokerApiClient::get_proxy, {
+        read_on_leader!(self, req, BrokerApiClient::get_proxy, {
             let p = ok(api::proxy(&self.broker, &req.proxy_address).await)?;
             pb::GetProxyReply { proxy: p.as_ref().map(proxy) }
         })
@@ -441,7 +454,7 @@ impl pb::broker_api_server::BrokerApi for GrpcApi {
     ) -> Result<Response<pb::Empty>, Status> {
         on_leader!(self, req, BrokerApiClient::change_cluster_config, {
             let changes = req.changes.into_iter().collect();
-            ok(api::change_config(&self.broker, req.cluster_name, changes).await)?;
+            ok(api::change_config(&self.broker, req.cluster_name, changes, req.expected_epoch).await)?;
             pb::Empty {}
         })
     }
@@ -482,7 +495,7 @@ impl pb::broker_api_server::BrokerApi for GrpcApi {
     }
 
     async fn get_epoch(&self, req: Request<pb::Empty>) -> Result<Response<pb::Epoch>, Status> {
-        on_leader!(self, req, BrokerApiClient::get_epoch, {
+        read_on_leader!(self, req, BrokerApiClient::get_epoch, {
             let _ = req;
             pb::Epoch { epoch: ok(api::epoch(&self.broker).await)? }
         })
@@ -503,7 +516,7 @@ impl pb::broker_api_server::BrokerApi for GrpcApi {
     }
 
     async fn get_metadata(&self, req: Request<pb::Empty>) -> Result<Response<pb::Metadata>, Status> {
-        on_leader!(self, req, BrokerApiClient::get_metadata, {
+        read_on_leader!(self, req, BrokerApiClient::get_metadata, {
             let _ = req;
             let store = ok(api::metadata(&self.broker).await)?;
             let json = serde_json::to_vec(&store).map_err(|e| Status::internal(e.to_string()))?;

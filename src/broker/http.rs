@@ -152,8 +152,26 @@ async fn cluster_names(State(b): Shared, Query(p): Query<Page>) -> ApiResult {
     ApiResult(names.map(|n| json_ok(&json!({"names": api::page(&n, p.offset, p.limit)}))))
 }
 
+/// With an `ETag` of the cluster's epoch, for conditional writes (`If-Match`).
 async fn get_cluster(State(b): Shared, Path(name): Path<String>, headers: HeaderMap) -> ApiResult {
-    ApiResult(api::cluster(&b, &name).await.map(|c| json_maybe_gzip(&headers, &json!({"cluster": c}))))
+    ApiResult(api::cluster(&b, &name).await.map(|c| {
+        let etag = c.as_ref().and_then(|c| HeaderValue::from_str(&format!("\"{}\"", c.epoch)).ok());
+        let mut resp = json_maybe_gzip(&headers, &json!({"cluster": c}));
+        if let Some(etag) = etag {
+            resp.headers_mut().insert(header::ETAG, etag);
+        }
+        resp
+    }))
+}
+
+/// `If-Match: "<epoch>"` (also unquoted or weak): the epoch a conditional write expects.
+fn if_match_epoch(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(v) = headers.get(header::IF_MATCH) else { return Ok(None) };
+    let text = v.to_str().unwrap_or_default().trim();
+    let bare = text.trim_start_matches("W/").trim_matches('"');
+    bare.parse::<u64>().map(Some).map_err(|_| {
+        ApiError::InvalidRequest(format!("If-Match: expected a cluster epoch such as \"12\", got {text:?}"))
+    })
 }
 
 async fn cluster_info(State(b): Shared, Path(name): Path<String>) -> ApiResult {
@@ -237,10 +255,11 @@ async fn commit_migration(State(b): Shared, body: Bytes) -> ApiResult {
     done(run.await)
 }
 
-async fn change_config(State(b): Shared, Path(name): Path<String>, body: Bytes) -> ApiResult {
+async fn change_config(State(b): Shared, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> ApiResult {
     let run = async {
+        let expected = if_match_epoch(&headers)?;
         let changes: BTreeMap<String, String> = parse_body(&body)?;
-        api::change_config(&b, name, changes).await
+        api::change_config(&b, name, changes, expected).await
     };
     done(run.await)
 }
@@ -365,7 +384,10 @@ async fn raft_change_membership(State(b): Shared, body: Bytes) -> ApiResult {
 /// Followers hand requests to the leader; the leader answers them itself.
 async fn forward_to_leader(State(b): Shared, req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    let local = path == "/api/v3/raft/status" || path == "/api/v3/raft/init" || !path.starts_with("/api/v3/");
+    let local = path == "/api/v3/raft/status"
+        || path == "/api/v3/raft/init"
+        || !path.starts_with("/api/v3/")
+        || (b.config.unsafe_local_reads && req.method() == Method::GET);
     if local || b.is_leader() {
         return next.run(req).await;
     }

@@ -150,6 +150,9 @@ pub async fn run(mut config: BrokerConfig) -> Result<()> {
         data_dir = %broker.config.data_dir.display(),
         "broker started"
     );
+    if broker.config.unsafe_local_reads {
+        warn!("unsafe_local_reads is on: reads are answered from this member's own copy and may be stale (a test setting, never for production)");
+    }
     if broker.config.bootstrap {
         let members = broker.config.initial_members.clone();
         if let Err(e) = initialize(&broker, &members).await {

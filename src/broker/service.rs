@@ -56,6 +56,9 @@ impl ApiError {
             ApiError::Meta(MetaError::InvalidConfig { key, value, message }) => {
                 json!({"error": "INVALID_CONFIG", "key": key, "value": value, "message": message})
             }
+            ApiError::Meta(MetaError::EpochMismatch { current }) => {
+                json!({"error": "EPOCH_MISMATCH", "epoch": current})
+            }
             ApiError::InvalidMembership(m) | ApiError::InvalidRequest(m) | ApiError::StorageError(m) => {
                 json!({"error": self.to_string(), "message": m})
             }
@@ -141,7 +144,7 @@ impl Broker {
         if !self.is_initialized() {
             return Err(ApiError::NotInitialized);
         }
-        if self.config.read_mode == ReadMode::Linearizable {
+        if self.config.read_mode == ReadMode::Linearizable && !self.config.unsafe_local_reads {
             match tokio::time::timeout(self.proposal_timeout(), self.raft.ensure_linearizable()).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(RaftError::Fatal(f))) => return Err(fatal(f)),
