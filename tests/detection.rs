@@ -95,8 +95,20 @@ fn slow_starts_and_blips_are_not_failures_but_a_crash_is() {
     let r = client.cmd(&["SET", "{a}x", "1"]);
     assert!(r == simple("OK") || error_text(&r).starts_with("MOVED"), "{r:?}");
 
+    // Keys on every master, so the victim's Redis holds data when it is killed.
+    let cc = ClusterClient { entry: masters.iter().map(|m| port_of_addr(m)).collect() };
+    for i in 0..100 {
+        let r = cc.cmd(&["SET", &format!("key{i}"), "old"], Duration::from_secs(10));
+        assert_eq!(r, Ok(simple("OK")), "SET key{i}");
+    }
     // kill -9 of a master proxy: failed over.
     let victim = masters[0].clone();
+    let victim_redis: Vec<u16> = redis[paused].iter().map(|r| r.port).collect();
+    let dbsize = |port: u16| match Conn::try_connect(port).ok().and_then(|mut c| c.try_cmd(&["DBSIZE"]).ok()) {
+        Some(moonraft_proxy::resp::Frame::Integer(n)) => n,
+        _ => -1,
+    };
+    assert!(victim_redis.iter().any(|p| dbsize(*p) > 0), "the victim's Redis holds keys");
     let killed_at = Instant::now();
     proxies[paused].proc.kill();
     let failed_over = eventually(Duration::from_secs(20), || {
@@ -119,6 +131,9 @@ fn slow_starts_and_blips_are_not_failures_but_a_crash_is() {
         coordinators.iter().any(|c| c.log_text().contains("failed proxy answers healthily again")),
         "the recovery is not in the logs"
     );
+    // Its Redis nodes were emptied before it rejoined the pool: their keys are older than its
+    // replacement's, and a cluster that gets this proxy later must not see them.
+    assert_eq!(victim_redis.iter().map(|p| dbsize(*p)).collect::<Vec<_>>(), vec![0, 0]);
     // As a free proxy it gets metadata (no slots) and serves nothing.
     let synced_free = eventually(Duration::from_secs(10), || {
         let want = brokers.call("GET", &format!("/proxies/meta/{victim}"), None).json()["proxy"]["epoch"].as_u64();

@@ -639,3 +639,29 @@ fn config_errors_name_the_key() {
     let _p = Proc { child: Some(child) };
     assert!(eventually(Duration::from_secs(5), || Conn::try_connect(port).is_ok()));
 }
+
+/// `UMCTL RESETNODES` empties a free proxy's Redis nodes (what a coordinator does before a
+/// replaced proxy rejoins the pool) and refuses while the proxy serves a cluster.
+#[test]
+fn resetnodes_empties_only_a_free_proxy() {
+    let s = SingleProxy::start(&[]);
+    let mut c = s.proxy.conn();
+    assert_eq!(c.cmd(&["SET", "k1", "v"]), simple("OK"));
+    let mut a = s.a.conn();
+    let before = a.cmd(&["DBSIZE"]);
+    let refused = error_text(&c.cmd(&["UMCTL", "RESETNODES"]));
+    assert!(refused.starts_with("ERR_IN_CLUSTER"), "{refused}");
+    assert_eq!(a.cmd(&["DBSIZE"]), before, "nothing emptied while in a cluster");
+    // The proxy becomes free (its coordinator pushes free metadata): now it empties its nodes.
+    let free_repl = ["UMCTL", "SETREPL", "5", "NOFLAG", "master", "", &s.a.addr(), "0", "master", "", &s.b.addr(), "0"];
+    assert_eq!(c.cmd(&free_repl), simple("OK"));
+    assert_eq!(c.cmd(&["UMCTL", "SETCLUSTER", "v2", "6", "NOFLAG", ""]), simple("OK"));
+    assert_eq!(s.b.conn().cmd(&["SET", "other", "1"]), simple("OK"));
+    assert_eq!(c.cmd(&["UMCTL", "RESETNODES"]), simple("OK"));
+    assert_eq!(a.cmd(&["DBSIZE"]), Frame::Integer(0));
+    assert_eq!(s.b.conn().cmd(&["DBSIZE"]), Frame::Integer(0));
+    // A proxy that knows no node yet says so.
+    let fresh = Proxy::start(&[]);
+    let e = error_text(&fresh.conn().cmd(&["UMCTL", "RESETNODES"]));
+    assert!(e.starts_with("ERR_NO_NODES"), "{e}");
+}

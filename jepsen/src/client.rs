@@ -47,7 +47,7 @@ impl std::fmt::Display for CallError {
     }
 }
 
-/// One HTTP/1.1 request (`Connection: close`), bounded by `timeout`.
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`), bounded by `timeout`.
 pub async fn http(
     addr: &str,
     method: &str,
@@ -56,36 +56,119 @@ pub async fn http(
     headers: &[(&str, String)],
     timeout: Duration,
 ) -> Result<HttpReply, CallError> {
-    let connect = tokio::time::timeout(timeout, TcpStream::connect(addr)).await;
-    let mut s = match connect {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(CallError::NotSent(format!("connect {addr}: {e}"))),
-        Err(_) => return Err(CallError::NotSent(format!("connect {addr}: timeout"))),
-    };
-    let _ = s.set_nodelay(true);
-    let body = body.unwrap_or("");
-    let mut req =
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    if !body.is_empty() {
-        req.push_str("Content-Type: application/json\r\n");
+    HttpConns::default().call(addr, method, path, body, headers, timeout).await
+}
+
+/// Keep-alive HTTP/1.1 connections, one per address: a worker that opened a new connection per
+/// call would leave tens of thousands of sockets in TIME_WAIT within minutes, and the kernel's
+/// search for a free port then costs more than the calls.
+#[derive(Default)]
+pub struct HttpConns {
+    conns: std::collections::HashMap<String, TcpStream>,
+}
+
+impl HttpConns {
+    pub async fn call(
+        &mut self,
+        addr: &str,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, String)],
+        timeout: Duration,
+    ) -> Result<HttpReply, CallError> {
+        let body = body.unwrap_or("");
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n", body.len());
+        if !body.is_empty() {
+            req.push_str("Content-Type: application/json\r\n");
+        }
+        for (n, v) in headers {
+            req.push_str(&format!("{n}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        let reused = self.conns.contains_key(addr);
+        let mut stream = match self.conns.remove(addr) {
+            Some(s) => s,
+            None => connect(addr, timeout).await?,
+        };
+        let exchange = async {
+            stream.write_all(req.as_bytes()).await?;
+            read_http(&mut stream).await
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok((reply, keep))) => {
+                if keep {
+                    self.conns.insert(addr.to_owned(), stream);
+                }
+                Ok(reply)
+            }
+            // A kept connection the server had closed while idle: nothing was read, so
+            // nothing was done; a read may try once more on a fresh connection.
+            Ok(Err(e)) if reused && e.kind() == std::io::ErrorKind::UnexpectedEof && method == "GET" => {
+                Box::pin(self.call(addr, method, path, Some(body).filter(|b| !b.is_empty()), headers, timeout)).await
+            }
+            Ok(Err(e)) => Err(CallError::Unknown(format!("{addr}: {e}"))),
+            Err(_) => Err(CallError::Unknown(format!("{addr}: timeout"))),
+        }
     }
-    for (n, v) in headers {
-        req.push_str(&format!("{n}: {v}\r\n"));
+}
+
+async fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, CallError> {
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err(CallError::NotSent(format!("connect {addr}: {e}"))),
+        Err(_) => Err(CallError::NotSent(format!("connect {addr}: timeout"))),
     }
-    req.push_str("\r\n");
-    req.push_str(body);
-    let exchange = async {
-        s.write_all(req.as_bytes()).await?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await?;
-        Ok::<_, std::io::Error>(raw)
+}
+
+/// Reads one response: headers, then `Content-Length` bytes or chunks (or to the end when
+/// neither is given). Returns whether the connection can be used again.
+async fn read_http(s: &mut TcpStream) -> std::io::Result<(HttpReply, bool)> {
+    const MAX: usize = 64 << 20;
+    let mut raw: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 16384];
+    let head_end = loop {
+        if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before a reply"));
+        }
+        raw.extend_from_slice(&chunk[..n]);
+        if raw.len() > MAX {
+            return Err(std::io::Error::other("reply too large"));
+        }
     };
-    let raw = match tokio::time::timeout(timeout, exchange).await {
-        Ok(Ok(raw)) => raw,
-        Ok(Err(e)) => return Err(CallError::Unknown(format!("{addr}: {e}"))),
-        Err(_) => return Err(CallError::Unknown(format!("{addr}: timeout"))),
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
+    let length: Option<usize> =
+        head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok());
+    let chunked = head.lines().any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
+    let close = head.lines().any(|l| l.starts_with("connection:") && l.contains("close"));
+    let complete = |raw: &Vec<u8>| match (length, chunked) {
+        (Some(n), _) => raw.len() >= head_end + n,
+        (None, true) => raw[head_end..].windows(5).any(|w| w == b"0\r\n\r\n"),
+        (None, false) => false,
     };
-    parse_http(&raw).ok_or_else(|| CallError::Unknown(format!("{addr}: unparsable reply")))
+    while !complete(&raw) {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            if length.is_none() && !chunked {
+                break;
+            }
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed in a reply"));
+        }
+        raw.extend_from_slice(&chunk[..n]);
+        if raw.len() > MAX {
+            return Err(std::io::Error::other("reply too large"));
+        }
+    }
+    let reply = parse_http(&raw).ok_or_else(|| std::io::Error::other("unparsable reply"))?;
+    Ok((reply, !close && (length.is_some() || chunked)))
 }
 
 fn parse_http(raw: &[u8]) -> Option<HttpReply> {
@@ -134,24 +217,18 @@ pub fn grpc_code(s: &tonic::Status) -> Option<String> {
     s.metadata().contains_key("x-moonraft-error").then(|| s.message().to_owned())
 }
 
-/// One RESP command on a fresh connection... or on `conn` if given (kept on success).
+/// One RESP command on this client's connection to `addr` (made if needed, dropped on error).
 pub async fn resp(
-    conn: &mut Option<(String, TcpStream)>,
+    conns: &mut std::collections::HashMap<String, TcpStream>,
     addr: &str,
     args: &[&str],
     timeout: Duration,
 ) -> Result<Frame, CallError> {
-    if conn.as_ref().is_none_or(|(a, _)| a != addr) {
-        let c = tokio::time::timeout(timeout, TcpStream::connect(addr)).await;
-        let s = match c {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(CallError::NotSent(format!("connect {addr}: {e}"))),
-            Err(_) => return Err(CallError::NotSent(format!("connect {addr}: timeout"))),
-        };
-        let _ = s.set_nodelay(true);
-        *conn = Some((addr.to_owned(), s));
+    if !conns.contains_key(addr) {
+        let s = connect(addr, timeout).await?;
+        conns.insert(addr.to_owned(), s);
     }
-    let Some((_, stream)) = conn.as_mut() else { return Err(CallError::NotSent("no connection".into())) };
+    let Some(stream) = conns.get_mut(addr) else { return Err(CallError::NotSent("no connection".into())) };
     let req = Request::from_strs(args);
     let exchange = async {
         stream.write_all(&req.raw).await?;
@@ -162,11 +239,11 @@ pub async fn resp(
     match tokio::time::timeout(timeout, exchange).await {
         Ok(Ok(f)) => Ok(f),
         Ok(Err(e)) => {
-            *conn = None;
+            conns.remove(addr);
             Err(CallError::Unknown(format!("{addr}: {e}")))
         }
         Err(_) => {
-            *conn = None;
+            conns.remove(addr);
             Err(CallError::Unknown(format!("{addr}: timeout")))
         }
     }
@@ -187,13 +264,13 @@ pub enum ClusterReply {
 pub struct ClusterClient {
     pub seeds: Vec<String>,
     next: usize,
-    conn: Option<(String, TcpStream)>,
+    conns: std::collections::HashMap<String, TcpStream>,
     slots: std::collections::HashMap<u16, String>,
 }
 
 impl ClusterClient {
     pub fn new(seeds: Vec<String>, start: usize) -> ClusterClient {
-        ClusterClient { seeds, next: start, conn: None, slots: Default::default() }
+        ClusterClient { seeds, next: start, conns: Default::default(), slots: Default::default() }
     }
 
     pub async fn cmd(&mut self, key: &str, args: &[&str], timeout: Duration) -> ClusterReply {
@@ -209,13 +286,13 @@ impl ClusterClient {
             });
             let left = deadline.saturating_duration_since(tokio::time::Instant::now()).min(Duration::from_secs(3));
             if asking {
-                if let Err(e) = resp(&mut self.conn, &addr, &["ASKING"], left).await {
+                if let Err(e) = resp(&mut self.conns, &addr, &["ASKING"], left).await {
                     last = e.to_string();
                     target = None;
                     continue;
                 }
             }
-            match resp(&mut self.conn, &addr, args, left).await {
+            match resp(&mut self.conns, &addr, args, left).await {
                 Ok(Frame::Error(e)) if e.starts_with("MOVED ") || e.starts_with("ASK ") => {
                     asking = e.starts_with("ASK ");
                     let to = e.split(' ').nth(2).map(str::to_owned);

@@ -84,6 +84,7 @@ pub struct Worker {
     last_epoch: u64,
     counter: u64,
     grpc: BTreeMap<usize, pb::broker_api_client::BrokerApiClient<tonic::transport::Channel>>,
+    http: client::HttpConns,
     cluster: Option<ClusterClient>,
 }
 
@@ -96,6 +97,7 @@ impl Worker {
             last_epoch: 0,
             counter: 0,
             grpc: BTreeMap::new(),
+            http: client::HttpConns::default(),
             cluster: (!proxies.is_empty()).then(|| ClusterClient::new(proxies.to_vec(), id as usize)),
         }
     }
@@ -215,7 +217,7 @@ async fn register_op(ctx: &Ctx, w: &mut Worker) {
         let body = json!({"migration_scan_count": to.to_string()}).to_string();
         let headers: Vec<(&str, String)> = expected.map(|e| vec![("If-Match", format!("\"{e}\""))]).unwrap_or_default();
         let path = format!("/api/v3/clusters/config/{key}");
-        match client::http(&http_addr, "PATCH", &path, Some(&body), &headers, ctx.timeout).await {
+        match w.http.call(&http_addr, "PATCH", &path, Some(&body), &headers, ctx.timeout).await {
             Ok(r) => {
                 let code = r.error_code();
                 a.end(write_outcome(r.status, code.as_deref()), value, code)
@@ -253,7 +255,7 @@ async fn register_read(ctx: &Ctx, w: &mut Worker, key: &str, m: usize, use_grpc:
     } else {
         let a = Attempt::begin(ctx, w, "read", key, Value::Null, &http_addr, "http");
         let path = format!("/api/v3/clusters/meta/{key}");
-        match client::http(&http_addr, "GET", &path, None, &[], ctx.timeout).await {
+        match w.http.call(&http_addr, "GET", &path, None, &[], ctx.timeout).await {
             Ok(r) if r.status == 200 => {
                 let j = r.json();
                 let epoch = r.header("etag").and_then(|e| e.trim_matches('"').parse().ok());
@@ -307,7 +309,7 @@ async fn set_op(ctx: &Ctx, w: &mut Worker) {
     } else {
         let a = Attempt::begin(ctx, w, "add", "proxies", json!(element), &http_addr, "http");
         let body = json!({"proxy_address": element, "nodes": nodes, "host": "set"}).to_string();
-        match client::http(&http_addr, "POST", "/api/v3/proxies/meta", Some(&body), &[], ctx.timeout).await {
+        match w.http.call(&http_addr, "POST", "/api/v3/proxies/meta", Some(&body), &[], ctx.timeout).await {
             Ok(r) => {
                 let code = r.error_code();
                 let kind = if code.as_deref() == Some("ALREADY_EXISTED") {
@@ -348,7 +350,7 @@ async fn epoch_op(ctx: &Ctx, w: &mut Worker) {
             }
         } else {
             let a = Attempt::begin(ctx, w, "bump", "epoch", json!(n), &http_addr, "http");
-            match client::http(&http_addr, "PUT", &format!("/api/v3/epoch/{n}"), None, &[], ctx.timeout).await {
+            match w.http.call(&http_addr, "PUT", &format!("/api/v3/epoch/{n}"), None, &[], ctx.timeout).await {
                 Ok(r) => {
                     let code = r.error_code();
                     let kind = write_outcome(r.status, code.as_deref());
@@ -390,7 +392,7 @@ async fn epoch_read(ctx: &Ctx, w: &mut Worker, f: &str, m: usize, use_grpc: bool
         }
     } else {
         let a = Attempt::begin(ctx, w, f, "epoch", Value::Null, &http_addr, "http");
-        match client::http(&http_addr, "GET", "/api/v3/epoch", None, &[], ctx.timeout).await {
+        match w.http.call(&http_addr, "GET", "/api/v3/epoch", None, &[], ctx.timeout).await {
             Ok(r) if r.status == 200 => match r.json().as_u64() {
                 Some(e) => {
                     a.end(Kind::Ok, json!(e), None);
@@ -506,7 +508,7 @@ pub async fn final_reads(ctx: &Ctx, w: &mut Worker) {
             for attempt in 0..40 {
                 let (http_addr, _) = ctx.brokers[attempt % ctx.brokers.len()].clone();
                 let a = Attempt::begin(ctx, w, "final-read", "proxies", Value::Null, &http_addr, "http");
-                match client::http(&http_addr, "GET", "/api/v3/proxies/addresses", None, &[], ctx.timeout).await {
+                match w.http.call(&http_addr, "GET", "/api/v3/proxies/addresses", None, &[], ctx.timeout).await {
                     Ok(r) if r.status == 200 => {
                         let all: Vec<Value> = r.json()["addresses"]
                             .as_array()

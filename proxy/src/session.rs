@@ -208,6 +208,9 @@ impl Session {
             "umctl" if args.get(1).is_some_and(|a| a.eq_ignore_ascii_case(b"health")) => {
                 Pending::Task(Box::pin(umctl::health(self.state.clone(), args[2..].to_vec())))
             }
+            "umctl" if args.get(1).is_some_and(|a| a.eq_ignore_ascii_case(b"resetnodes")) => {
+                Pending::Task(Box::pin(umctl::reset_nodes(self.state.clone())))
+            }
             "umctl" => {
                 let reply = umctl::handle(&self.state, &args[1..], self.proto);
                 if args.get(1).is_some_and(|a| a.eq_ignore_ascii_case(b"setcluster")) {

@@ -403,6 +403,38 @@ pub async fn health(state: std::sync::Arc<ProxyState>, args: Vec<Bytes>) -> Byte
     Bytes::from_static(resp::OK)
 }
 
+/// `UMCTL RESETNODES` (moonraft): empties this proxy's Redis nodes (`FLUSHALL`) — what a
+/// coordinator does before a failed, replaced proxy returns to the free pool, so that its old
+/// keys never reappear in a cluster it joins later. Refused unless the proxy is free: no cluster
+/// in its routing metadata nor in its replication metadata, and its nodes known (`SETREPL`).
+pub async fn reset_nodes(state: std::sync::Arc<ProxyState>) -> Bytes {
+    let cluster = state.installed.load().table.meta.name.clone();
+    if !cluster.is_empty() {
+        return resp::error(&format!("ERR_IN_CLUSTER this proxy serves cluster {cluster}: its nodes are not emptied"));
+    }
+    let entries = state.replication.lock().map(|r| r.entries()).unwrap_or_default();
+    if let Some(e) = entries.iter().find(|e| !e.cluster.is_empty()) {
+        return resp::error(&format!("ERR_IN_CLUSTER node {} belongs to cluster {}", e.node, e.cluster));
+    }
+    if entries.is_empty() {
+        return resp::error("ERR_NO_NODES no Redis node known yet (no SETREPL received)");
+    }
+    for e in &entries {
+        let pool = state.registry.pool(&e.node, 2);
+        let flush = resp::Request::from_strs(&["FLUSHALL"]);
+        match tokio::time::timeout(std::time::Duration::from_secs(30), pool.call(&flush)).await {
+            Ok(Ok(reply)) if reply.first() == Some(&b'+') => {}
+            Ok(Ok(other)) => {
+                return resp::error(&format!("ERR {} FLUSHALL: {}", e.node, one_line(&String::from_utf8_lossy(&other))))
+            }
+            Ok(Err(err)) => return resp::error(&format!("ERR {} {}", e.node, one_line(&err.to_string()))),
+            Err(_) => return resp::error(&format!("ERR {} FLUSHALL timed out", e.node)),
+        }
+        tracing::info!(node = %e.node, "emptied the node of a free proxy (UMCTL RESETNODES)");
+    }
+    Bytes::from_static(resp::OK)
+}
+
 fn one_line(s: &str) -> String {
     s.trim_end().replace(['\r', '\n'], " ")
 }

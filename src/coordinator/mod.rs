@@ -479,8 +479,25 @@ async fn withdraw_failure(co: &Coordinator, agent: &AgentState) -> bool {
 }
 
 /// Returns a failed proxy that answers healthily again to the pool; true once done (or found
-/// not failed any more).
+/// not failed any more). A replaced proxy (in no cluster) has its Redis nodes emptied first
+/// (`UMCTL RESETNODES`): its keys are older than its replacement's, and a cluster that gets it
+/// later must not see them (a scale-out would serve them as the moved keys' values).
 async fn recover_proxy(co: &Coordinator, agent: &AgentState) -> bool {
+    if !agent.in_cluster.load(Ordering::Relaxed) {
+        let timeout = Duration::from_secs(35);
+        let reset = async {
+            let mut c = ProxyConn::connect_via(&agent.address, &agent.resolved, co.timing().proxy_timeout).await?;
+            let reply = c.call(&["UMCTL".to_owned(), "RESETNODES".to_owned()], timeout).await?;
+            match error_text(&reply) {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
+        };
+        if let Err(e) = reset.await {
+            warn!(proxy = %agent.address, "not recovering yet: emptying its Redis nodes failed: {e}");
+            return false;
+        }
+    }
     let proxy_address = agent.address.clone();
     let r = co
         .brokers

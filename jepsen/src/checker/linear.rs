@@ -142,18 +142,25 @@ impl List {
     }
 }
 
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct Bits(Vec<u64>);
+/// The set of placed operations as a 128-bit Zobrist hash: each operation has a random 128-bit
+/// tag and the set's hash is the XOR of its members' tags, updated in O(1) when an operation is
+/// placed or taken back. A full bitset per cache entry cost memory and copying in proportion to
+/// the history (gigabytes for a minute of a fast workload); two different sets colliding on 128
+/// bits is not a practical concern.
+struct Zobrist(Vec<u128>);
 
-impl Bits {
-    fn new(n: usize) -> Bits {
-        Bits(vec![0; n.div_ceil(64)])
-    }
-    fn set(&mut self, i: usize) {
-        self.0[i / 64] |= 1 << (i % 64);
-    }
-    fn clear(&mut self, i: usize) {
-        self.0[i / 64] &= !(1 << (i % 64));
+impl Zobrist {
+    fn new(n: usize) -> Zobrist {
+        // splitmix64: fixed seed, so a check is reproducible.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        Zobrist((0..n).map(|_| (u128::from(next()) << 64) | u128::from(next())).collect())
     }
 }
 
@@ -162,9 +169,10 @@ pub fn check(initial: Option<i64>, ops: &[Timed], max_steps: u64) -> Verdict {
     let mut list = List::new(ops);
     let mut returns_left = ops.iter().filter(|t| t.complete_ns.is_some()).count();
     let mut state = initial;
-    let mut placed = Bits::new(ops.len());
+    let tags = Zobrist::new(ops.len());
+    let mut placed: u128 = 0;
     let mut placed_count = 0usize;
-    let mut cache: HashSet<(Bits, Option<i64>)> = HashSet::new();
+    let mut cache: HashSet<(u128, Option<i64>)> = HashSet::new();
     // (op placed, state before it)
     let mut stack: Vec<(usize, Option<i64>)> = Vec::new();
     let mut cursor = list.e[HEAD].next;
@@ -185,9 +193,8 @@ pub fn check(initial: Option<i64>, ops: &[Timed], max_steps: u64) -> Verdict {
         if !entry.is_return {
             let op = entry.op;
             if let Some(next_state) = ops[op].op.step(state) {
-                let mut next_placed = placed.clone();
-                next_placed.set(op);
-                if cache.insert((next_placed.clone(), next_state)) {
+                let next_placed = placed ^ tags.0[op];
+                if cache.insert((next_placed, next_state)) {
                     stack.push((op, state));
                     state = next_state;
                     placed = next_placed;
@@ -223,7 +230,7 @@ pub fn check(initial: Option<i64>, ops: &[Timed], max_steps: u64) -> Verdict {
                 return Verdict::Invalid { blocked: t.clone(), concurrent, states: deepest.2 };
             };
             state = before;
-            placed.clear(op);
+            placed ^= tags.0[op];
             placed_count -= 1;
             if ops[op].complete_ns.is_some() {
                 returns_left += 1;
