@@ -711,3 +711,21 @@ fn a_slow_forwarded_call_gets_the_leaders_answer_not_retry() {
     );
     assert!(took > Duration::from_secs(5), "the call should have outlived the old 5 s forward timeout: {took:?}");
 }
+
+/// A write the leader proposed but could not commit (its followers are gone) answers `RETRY`
+/// with `"outcome":"unknown"`: it may still be applied, so a blind retry of a non-idempotent
+/// call could apply it twice. (A plain `RETRY` means nothing was applied.)
+#[test]
+fn a_proposal_that_times_out_says_its_outcome_is_unknown() {
+    let mut group = BrokerGroup::start_with(3, &["--proposal-timeout-ms", "1000"]);
+    let leader = group.wait_leader(Duration::from_secs(20)).expect("a leader");
+    let api = Api::new(&group);
+    register(&api, 1);
+    for m in group.members.iter_mut().filter(|m| m.id != leader) {
+        m.proc.kill();
+    }
+    let leader_http = group.members.iter().find(|m| m.id == leader).unwrap().http.clone();
+    let body = json!({"proxy_address": "server_proxy9:6009", "nodes": ["redis17:6379", "redis18:6379"]});
+    let r = http(&leader_http, "POST", "/api/v3/proxies/meta", Some(&body.to_string())).expect("an answer");
+    assert_eq!((r.status, r.json()), (409, json!({"error": "RETRY", "outcome": "unknown"})));
+}

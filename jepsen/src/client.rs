@@ -28,6 +28,12 @@ impl HttpReply {
     pub fn error_code(&self) -> Option<String> {
         self.json()["error"].as_str().map(str::to_owned)
     }
+
+    /// A `RETRY` that says the request may have been applied (`"outcome":"unknown"`).
+    pub fn retry_maybe_applied(&self) -> bool {
+        let j = self.json();
+        j["error"] == "RETRY" && j["outcome"] == "unknown"
+    }
 }
 
 /// Why a call has no answer.
@@ -215,6 +221,16 @@ pub fn grpc_error(s: &tonic::Status) -> CallError {
 /// The `/api/v3` error code a gRPC status carries (its message), if the server produced it.
 pub fn grpc_code(s: &tonic::Status) -> Option<String> {
     s.metadata().contains_key("x-moonraft-error").then(|| s.message().to_owned())
+}
+
+/// Whether a gRPC `RETRY` says the call may have been applied (the JSON body in the trailer has
+/// `"outcome":"unknown"`).
+pub fn grpc_retry_maybe_applied(s: &tonic::Status) -> bool {
+    s.metadata()
+        .get("x-moonraft-error")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+        .is_some_and(|j| j["outcome"] == "unknown")
 }
 
 /// One RESP command on this client's connection to `addr` (made if needed, dropped on error).

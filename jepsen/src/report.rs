@@ -101,6 +101,17 @@ pub fn html(events: &[Event], results: &Value) -> String {
             base = top;
         }
     }
+    // Each anomaly's operation: a red line at its invocation.
+    for a in results["anomalies"].as_array().into_iter().flatten() {
+        if let Some(ms) = a["op"]["invoke_ms"].as_f64() {
+            svg.push_str(&format!(
+                "<line x1=\"{0:.1}\" y1=\"0\" x2=\"{0:.1}\" y2=\"{1}\" stroke=\"#d00\" stroke-width=\"2\"><title>{2}</title></line>",
+                x(ms / 1000.0),
+                h - pad,
+                esc(&a["op"]["op"].to_string())
+            ));
+        }
+    }
     svg.push_str("</svg>");
     chart(&mut svg, &format!("Latency of ok operations (ms, log scale; max {max_lat:.0}): median blue, max grey"));
     let ly = |v: f64| {
@@ -159,4 +170,31 @@ pub fn html(events: &[Event], results: &Value) -> String {
         lost = results["lost"],
         results_json = esc(&serde_json::to_string_pretty(results).unwrap_or_default()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{Note, Recorder};
+    use serde_json::json;
+
+    #[test]
+    fn the_page_shades_faults_and_marks_anomalies() {
+        let r = Recorder::new(None).unwrap();
+        let op = |p: u64| Note { process: p, f: "read".into(), key: Some("k".into()), ..Note::default() };
+        r.record(
+            Kind::Invoke,
+            Note { process: NEMESIS, f: "kill".into(), value: json!({"process": "broker1"}), ..Note::default() },
+        );
+        r.record(Kind::Invoke, op(1));
+        r.record(Kind::Ok, op(1));
+        r.record(Kind::Ok, Note { process: NEMESIS, f: "kill".into(), ..Note::default() });
+        let results = json!({"valid": false, "workload": "register", "nemesis": ["kill"], "ops": 1, "ok": 1, "fail": 0,
+            "info": 0, "lost": 0, "anomalies": [{"type": "not-linearizable", "op": {"invoke_ms": 0.5, "op": "Read(Some(<1>))"}}]});
+        let page = html(&r.events(), &results);
+        assert!(page.contains("fill=\"#f6d5d5\""), "a shaded fault");
+        assert!(page.contains("stroke=\"#d00\""), "the anomaly's line");
+        assert!(page.contains("Read(Some(&lt;1&gt;))"), "escaped");
+        assert!(page.contains("color:#c22\">false"));
+    }
 }

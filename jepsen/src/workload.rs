@@ -114,14 +114,30 @@ impl Worker {
     }
 }
 
-/// How a write's answer is recorded: a definite refusal did not happen, a `RETRY` or a lost
-/// answer may have.
-fn write_outcome(status: u16, code: Option<&str>) -> Kind {
-    match (status, code) {
+/// How a write's answer is recorded: a definite refusal did not happen (a plain `RETRY` included:
+/// the broker says so); a `RETRY` with `"outcome":"unknown"`, a storage error or a lost answer
+/// may have.
+fn write_outcome(r: &client::HttpReply) -> Kind {
+    let code = r.error_code();
+    match (r.status, code.as_deref()) {
         (200, _) => Kind::Ok,
-        (_, Some("RETRY")) => Kind::Info,
-        (500, _) | (502..=599, _) if code != Some("RAFT_NOT_INITIALIZED") => Kind::Info,
+        (_, Some("RETRY")) if r.retry_maybe_applied() => Kind::Info,
+        (_, Some("RETRY")) => Kind::Fail,
+        (500, _) | (502..=599, _) if code.as_deref() != Some("RAFT_NOT_INITIALIZED") => Kind::Info,
         _ => Kind::Fail,
+    }
+}
+
+/// The same for a gRPC error status.
+fn grpc_write_outcome(s: &tonic::Status) -> (Kind, String) {
+    match client::grpc_code(s) {
+        Some(code) if code == "RETRY" && client::grpc_retry_maybe_applied(s) => (Kind::Info, code),
+        Some(code) if code == "STORAGE_ERROR" => (Kind::Info, code),
+        Some(code) => (Kind::Fail, code),
+        None => {
+            let e = client::grpc_error(s);
+            (call_error_outcome(&e), e.to_string())
+        }
     }
 }
 
@@ -202,14 +218,10 @@ async fn register_op(ctx: &Ctx, w: &mut Worker) {
         let req = pb::ChangeClusterConfigRequest { cluster_name: key.clone(), changes, expected_epoch: expected };
         match tokio::time::timeout(ctx.timeout, c.change_cluster_config(req)).await {
             Ok(Ok(_)) => a.end(Kind::Ok, value, None),
-            Ok(Err(s)) => match client::grpc_code(&s) {
-                Some(code) if code == "RETRY" || code == "STORAGE_ERROR" => a.end(Kind::Info, value, Some(code)),
-                Some(code) => a.end(Kind::Fail, value, Some(code)),
-                None => {
-                    let e = client::grpc_error(&s);
-                    a.end(call_error_outcome(&e), value, Some(e.to_string()))
-                }
-            },
+            Ok(Err(s)) => {
+                let (kind, why) = grpc_write_outcome(&s);
+                a.end(kind, value, Some(why))
+            }
             Err(_) => a.end(Kind::Info, value, Some("timeout".into())),
         }
     } else {
@@ -220,7 +232,7 @@ async fn register_op(ctx: &Ctx, w: &mut Worker) {
         match w.http.call(&http_addr, "PATCH", &path, Some(&body), &headers, ctx.timeout).await {
             Ok(r) => {
                 let code = r.error_code();
-                a.end(write_outcome(r.status, code.as_deref()), value, code)
+                a.end(write_outcome(&r), value, code)
             }
             Err(e) => a.end(call_error_outcome(&e), value, Some(e.to_string())),
         }
@@ -293,17 +305,13 @@ async fn set_op(ctx: &Ctx, w: &mut Worker) {
         };
         match tokio::time::timeout(ctx.timeout, c.add_proxy(req)).await {
             Ok(Ok(_)) => a.end(Kind::Ok, json!(element), None),
-            Ok(Err(s)) => match client::grpc_code(&s) {
-                Some(code) if code == "ALREADY_EXISTED" => a.end(Kind::Ok, json!(element), Some(code)),
-                Some(code) if code == "RETRY" || code == "STORAGE_ERROR" => {
-                    a.end(Kind::Info, json!(element), Some(code))
-                }
-                Some(code) => a.end(Kind::Fail, json!(element), Some(code)),
-                None => {
-                    let e = client::grpc_error(&s);
-                    a.end(call_error_outcome(&e), json!(element), Some(e.to_string()))
-                }
-            },
+            Ok(Err(s)) if client::grpc_code(&s).as_deref() == Some("ALREADY_EXISTED") => {
+                a.end(Kind::Ok, json!(element), Some("ALREADY_EXISTED".into()))
+            }
+            Ok(Err(s)) => {
+                let (kind, why) = grpc_write_outcome(&s);
+                a.end(kind, json!(element), Some(why))
+            }
             Err(_) => a.end(Kind::Info, json!(element), Some("timeout".into())),
         }
     } else {
@@ -312,11 +320,7 @@ async fn set_op(ctx: &Ctx, w: &mut Worker) {
         match w.http.call(&http_addr, "POST", "/api/v3/proxies/meta", Some(&body), &[], ctx.timeout).await {
             Ok(r) => {
                 let code = r.error_code();
-                let kind = if code.as_deref() == Some("ALREADY_EXISTED") {
-                    Kind::Ok
-                } else {
-                    write_outcome(r.status, code.as_deref())
-                };
+                let kind = if code.as_deref() == Some("ALREADY_EXISTED") { Kind::Ok } else { write_outcome(&r) };
                 a.end(kind, json!(element), code)
             }
             Err(e) => a.end(call_error_outcome(&e), json!(element), Some(e.to_string())),
@@ -338,14 +342,10 @@ async fn epoch_op(ctx: &Ctx, w: &mut Worker) {
                     w.last_epoch = n;
                     a.end(Kind::Ok, json!(n), None)
                 }
-                Ok(Err(s)) => match client::grpc_code(&s) {
-                    Some(code) if code == "RETRY" || code == "STORAGE_ERROR" => a.end(Kind::Info, json!(n), Some(code)),
-                    Some(code) => a.end(Kind::Fail, json!(n), Some(code)),
-                    None => {
-                        let e = client::grpc_error(&s);
-                        a.end(call_error_outcome(&e), json!(n), Some(e.to_string()))
-                    }
-                },
+                Ok(Err(s)) => {
+                    let (kind, why) = grpc_write_outcome(&s);
+                    a.end(kind, json!(n), Some(why))
+                }
                 Err(_) => a.end(Kind::Info, json!(n), Some("timeout".into())),
             }
         } else {
@@ -353,7 +353,7 @@ async fn epoch_op(ctx: &Ctx, w: &mut Worker) {
             match w.http.call(&http_addr, "PUT", &format!("/api/v3/epoch/{n}"), None, &[], ctx.timeout).await {
                 Ok(r) => {
                     let code = r.error_code();
-                    let kind = write_outcome(r.status, code.as_deref());
+                    let kind = write_outcome(&r);
                     if kind == Kind::Ok {
                         w.last_epoch = n;
                     }

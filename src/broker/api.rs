@@ -485,12 +485,12 @@ async fn membership_change(
 ) -> Result<(), ApiError> {
     let timeout = Duration::from_millis(b.config.proposal_timeout_ms * 4);
     match tokio::time::timeout(timeout, change).await {
-        Err(_) => Err(ApiError::Retry),
+        Err(_) => Err(ApiError::RetryUnknown),
         Ok(Ok(_)) => Ok(()),
         Ok(Err(openraft::error::RaftError::APIError(e))) => match e {
             openraft::error::ClientWriteError::ForwardToLeader(_) => Err(ApiError::Retry),
             other => Err(ApiError::InvalidMembership(other.to_string())),
         },
-        Ok(Err(_)) => Err(ApiError::Retry),
+        Ok(Err(_)) => Err(ApiError::RetryUnknown),
     }
 }

@@ -29,7 +29,7 @@ pub const ERROR_TRAILER: &str = "x-moonraft-error";
 /// `ApiError` → gRPC status with the mapping of `raft-broker.md` §8.1.
 pub fn status_of(e: &ApiError) -> Status {
     let code = match (e, e.status()) {
-        (ApiError::Retry, _) => Code::Unavailable,
+        (ApiError::Retry | ApiError::RetryUnknown, _) => Code::Unavailable,
         (ApiError::Meta(moonraft_meta::MetaError::AlreadyExisted), _) => Code::AlreadyExists,
         (_, 400) => Code::InvalidArgument,
         (_, 404) => Code::NotFound,
@@ -83,9 +83,10 @@ impl GrpcApi {
     }
 }
 
-/// A failure of the forwarding itself (not an answer of the leader) is a `RETRY`.
+/// A failure of the forwarding itself (not an answer of the leader) is a `RETRY` whose outcome
+/// is unknown: the leader may have received the call.
 fn forward_result<T>(r: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
-    r.map_err(|s| if s.metadata().contains_key(ERROR_TRAILER) { s } else { err(ApiError::Retry) })
+    r.map_err(|s| if s.metadata().contains_key(ERROR_TRAILER) { s } else { err(ApiError::RetryUnknown) })
 }
 
 /// Forwards the call to the leader when this member is not it, else evaluates `$local`.

@@ -67,7 +67,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
 fn error_response(e: &ApiError, broker: Option<&Broker>) -> Response {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = (status, axum::Json(e.body())).into_response();
-    if matches!(e, ApiError::Retry) {
+    if matches!(e, ApiError::Retry | ApiError::RetryUnknown) {
         if let Some((_, node)) = broker.and_then(Broker::leader) {
             if let Ok(v) = HeaderValue::from_str(&node.http_address) {
                 resp.headers_mut().insert(LEADER_HEADER, v);
@@ -404,7 +404,7 @@ async fn forward_to_leader(State(b): Shared, req: Request, next: Next) -> Respon
         Ok(resp) => resp,
         Err(e) => {
             tracing::warn!(leader = %leader.raft_address, "forwarding to the leader failed: {e}");
-            error_response(&ApiError::Retry, Some(&b))
+            error_response(&ApiError::RetryUnknown, Some(&b))
         }
     }
 }

@@ -28,8 +28,14 @@ fn fatal(f: openraft::error::Fatal<NodeId>) -> ApiError {
 pub enum ApiError {
     #[error("{0}")]
     Meta(#[from] MetaError),
+    /// Try again; the request was not applied (no leader, not the leader, nothing proposed).
     #[error("RETRY")]
     Retry,
+    /// Try again, but the request may have been applied (a proposal or a forwarded call timed
+    /// out): `{"error":"RETRY","outcome":"unknown"}`, so a client knows a blind retry of a
+    /// non-idempotent call could apply it twice.
+    #[error("RETRY")]
+    RetryUnknown,
     #[error("RAFT_NOT_INITIALIZED")]
     NotInitialized,
     #[error("RAFT_ALREADY_INITIALIZED")]
@@ -59,6 +65,7 @@ impl ApiError {
             ApiError::Meta(MetaError::EpochMismatch { current }) => {
                 json!({"error": "EPOCH_MISMATCH", "epoch": current})
             }
+            ApiError::RetryUnknown => json!({"error": "RETRY", "outcome": "unknown"}),
             ApiError::InvalidMembership(m) | ApiError::InvalidRequest(m) | ApiError::StorageError(m) => {
                 json!({"error": self.to_string(), "message": m})
             }
@@ -69,7 +76,10 @@ impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
             ApiError::Meta(e) => e.status(),
-            ApiError::Retry | ApiError::AlreadyInitialized | ApiError::UseRaftMembershipApi => 409,
+            ApiError::Retry
+            | ApiError::RetryUnknown
+            | ApiError::AlreadyInitialized
+            | ApiError::UseRaftMembershipApi => 409,
             ApiError::NotInitialized => 503,
             ApiError::InvalidMembership(_) | ApiError::InvalidRequest(_) => 400,
             ApiError::ProxyNotSync | ApiError::StorageError(_) => 500,
@@ -128,13 +138,18 @@ impl Broker {
             return Err(ApiError::NotInitialized);
         }
         match tokio::time::timeout(self.proposal_timeout(), self.raft.client_write(cmd)).await {
-            Err(_) => Err(ApiError::Retry),
+            // Proposed but not known to be committed: it may still be.
+            Err(_) => Err(ApiError::RetryUnknown),
             Ok(Ok(resp)) => resp.data.map_err(ApiError::Meta),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(ApiError::Retry),
-            Ok(Err(RaftError::Fatal(f))) => Err(fatal(f)),
+            // A core that stopped with the proposal in flight may have replicated it.
+            Ok(Err(RaftError::Fatal(f))) => Err(match fatal(f) {
+                ApiError::Retry => ApiError::RetryUnknown,
+                other => other,
+            }),
             Ok(Err(e)) => {
                 warn!("proposal failed: {e}");
-                Err(ApiError::Retry)
+                Err(ApiError::RetryUnknown)
             }
         }
     }
