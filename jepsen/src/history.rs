@@ -57,6 +57,8 @@ pub struct Recorder {
 
 struct RecorderInner {
     events: Vec<Event>,
+    /// Each process's latest completion.
+    last: std::collections::HashMap<u64, Kind>,
     file: Option<std::io::BufWriter<std::fs::File>>,
 }
 
@@ -78,7 +80,10 @@ impl Recorder {
             Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p)?)),
             None => None,
         };
-        Ok(Recorder { start: Instant::now(), inner: Mutex::new(RecorderInner { events: Vec::new(), file }) })
+        Ok(Recorder {
+            start: Instant::now(),
+            inner: Mutex::new(RecorderInner { events: Vec::new(), last: Default::default(), file }),
+        })
     }
 
     pub fn elapsed_ns(&self) -> u64 {
@@ -106,8 +111,16 @@ impl Recorder {
                 let _ = writeln!(f, "{line}");
             }
         }
+        if kind != Kind::Invoke {
+            inner.last.insert(e.process, kind);
+        }
         inner.events.push(e.clone());
         e
+    }
+
+    /// The latest completion of `process`.
+    pub fn last_kind(&self, process: u64) -> Option<Kind> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).last.get(&process).copied()
     }
 
     pub fn flush(&self) {

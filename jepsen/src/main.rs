@@ -234,6 +234,11 @@ async fn test(a: Args, out: PathBuf) -> Result<i32> {
             let mut w = Worker::new(id, seed, &proxies);
             while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
                 workload::op(&ctx, &mut w).await;
+                // After a refusal or an unknown outcome, a short pause: a worker would otherwise
+                // spin on instant RETRYs during a fault and drown the history in them.
+                if ctx.rec.last_kind(id) != Some(history::Kind::Ok) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
             }
         }));
     }
