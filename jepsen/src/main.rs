@@ -43,6 +43,9 @@ test options:
                           for redis-* workloads
   --time-limit S          seconds of workload (default 60)
   --concurrency C         client workers (default 10)
+  --rate R                operations per second, all workers together (default 1000; 0: as
+                          fast as they go — a fast workload makes gigabytes of history in
+                          minutes)
   --out DIR               history.jsonl, results.json, report.html, logs/ (default
                           jepsen-out/<workload>-<time>)
   --nemesis-interval S    average seconds of a fault and of the quiet between (default 5)
@@ -68,6 +71,7 @@ struct Args {
     faults: Vec<Fault>,
     time_limit: u64,
     concurrency: u64,
+    rate: u64,
     out: Option<PathBuf>,
     interval: u64,
     brokers: usize,
@@ -96,6 +100,7 @@ fn parse(argv: &[String]) -> Result<Args> {
         faults: Vec::new(),
         time_limit: 60,
         concurrency: 10,
+        rate: 1000,
         out: None,
         interval: 5,
         brokers: 3,
@@ -136,6 +141,7 @@ fn parse(argv: &[String]) -> Result<Args> {
             }
             "--time-limit" => a.time_limit = num(value()?)?,
             "--concurrency" => a.concurrency = num(value()?)?.max(1),
+            "--rate" => a.rate = num(value()?)?,
             "--out" => a.out = Some(PathBuf::from(value()?)),
             "--nemesis-interval" => a.interval = num(value()?)?.max(1),
             "--brokers" => a.brokers = num(value()?)?.clamp(1, 9) as usize,
@@ -199,11 +205,12 @@ async fn test(a: Args, out: PathBuf) -> Result<i32> {
         bail!("the partition nemesis needs network namespaces: {}", topo.net.why_not.clone().unwrap_or_default());
     }
     eprintln!(
-        "moonraft-jepsen: workload {} nemesis {:?} for {} s, {} workers, seed {seed}, out {}",
+        "moonraft-jepsen: workload {} nemesis {:?} for {} s, {} workers at {} ops/s, seed {seed}, out {}",
         a.workload.name(),
         a.faults.iter().map(|f| f.name()).collect::<Vec<_>>(),
         a.time_limit,
         a.concurrency,
+        if a.rate == 0 { "unlimited".to_owned() } else { a.rate.to_string() },
         out.display()
     );
     let brokers: Vec<(String, String)> = topo.brokers.iter().map(|b| (b.http.clone(), b.grpc.clone())).collect();
@@ -230,9 +237,16 @@ async fn test(a: Args, out: PathBuf) -> Result<i32> {
     for id in 0..a.concurrency {
         let (ctx, stop) = (ctx.clone(), stop.clone());
         let proxies = proxies.clone();
+        // Each worker's share of the rate, as a gap between the starts of its operations.
+        let gap = (a.rate > 0).then(|| Duration::from_secs_f64(a.concurrency as f64 / a.rate as f64));
         workers.push(tokio::spawn(async move {
             let mut w = Worker::new(id, seed, &proxies);
+            let mut next = tokio::time::Instant::now();
             while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+                if let Some(gap) = gap {
+                    tokio::time::sleep_until(next).await;
+                    next = (next + gap).max(tokio::time::Instant::now() - gap * 4);
+                }
                 workload::op(&ctx, &mut w).await;
                 // After a refusal or an unknown outcome, a short pause: a worker would otherwise
                 // spin on instant RETRYs during a fault and drown the history in them.
@@ -349,6 +363,7 @@ fn check(
         "nemesis": a.faults.iter().map(|f| f.name()).collect::<Vec<_>>(),
         "time_limit_s": a.time_limit,
         "concurrency": a.concurrency,
+        "rate": a.rate,
         "seed": seed,
         "hosts": hosts_line,
         "ops": counts.ops,
