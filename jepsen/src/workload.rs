@@ -457,11 +457,7 @@ async fn redis_register_op(ctx: &Ctx, w: &mut Worker) {
     };
     let (kind, frame, error, via) = cluster_outcome(reply);
     let result = match (read, frame) {
-        (true, Some(Frame::Null)) => Value::Null,
-        (true, Some(Frame::Bulk(b))) => match std::str::from_utf8(&b).ok().and_then(|s| s.parse::<i64>().ok()) {
-            Some(v) => json!(v),
-            None => Value::Null,
-        },
+        (true, Some(f)) => int_value(f),
         (false, _) => json!(value),
         _ => Value::Null,
     };
@@ -531,56 +527,58 @@ pub async fn final_reads(ctx: &Ctx, w: &mut Worker) {
         Workload::RedisRegister => {
             for k in 0..REDIS_KEYS {
                 let key = format!("r{k}");
-                for _ in 0..20 {
-                    let note = record_redis(ctx, w, "read", &key, Value::Null);
-                    let Some(cc) = w.cluster.as_mut() else { return };
-                    let (kind, frame, error, via) = cluster_outcome(cc.cmd(&key, &["GET", &key], ctx.timeout).await);
-                    let result = match frame {
-                        Some(Frame::Bulk(b)) => std::str::from_utf8(&b)
-                            .ok()
-                            .and_then(|s| s.parse::<i64>().ok())
-                            .map(Value::from)
-                            .unwrap_or_default(),
-                        _ => Value::Null,
-                    };
-                    let kind = if kind == Kind::Info { Kind::Fail } else { kind };
-                    ctx.rec.record(kind, Note { value: result, error, via, ..note });
-                    if kind == Kind::Ok {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
+                final_redis_read(ctx, w, "read", &key, &["GET", &key], int_value).await;
             }
         }
         Workload::RedisSet => {
             for k in 0..REDIS_KEYS {
                 let key = format!("s{k}");
-                for _ in 0..20 {
-                    let note = record_redis(ctx, w, "final-read", &key, Value::Null);
-                    let Some(cc) = w.cluster.as_mut() else { return };
-                    let (kind, frame, error, via) =
-                        cluster_outcome(cc.cmd(&key, &["SMEMBERS", &key], ctx.timeout).await);
-                    let result = match frame {
-                        Some(Frame::Array(items)) | Some(Frame::Set(items)) => Value::Array(
-                            items
-                                .iter()
-                                .filter_map(|f| match f {
-                                    Frame::Bulk(b) => Some(Value::String(String::from_utf8_lossy(b).into_owned())),
-                                    _ => None,
-                                })
-                                .collect(),
-                        ),
-                        _ => Value::Null,
-                    };
-                    let kind = if kind == Kind::Info { Kind::Fail } else { kind };
-                    ctx.rec.record(kind, Note { value: result, error, via, ..note });
-                    if kind == Kind::Ok {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
+                final_redis_read(ctx, w, "final-read", &key, &["SMEMBERS", &key], members).await;
             }
         }
+    }
+}
+
+/// A register value read back from Redis (`null` for a missing key).
+fn int_value(f: Frame) -> Value {
+    match f {
+        Frame::Bulk(b) => {
+            std::str::from_utf8(&b).ok().and_then(|s| s.parse::<i64>().ok()).map(Value::from).unwrap_or_default()
+        }
+        _ => Value::Null,
+    }
+}
+
+/// A set's members read back from Redis.
+fn members(f: Frame) -> Value {
+    match f {
+        Frame::Array(items) | Frame::Set(items) => Value::Array(
+            items
+                .iter()
+                .filter_map(|f| match f {
+                    Frame::Bulk(b) => Some(Value::String(String::from_utf8_lossy(b).into_owned())),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        _ => Value::Null,
+    }
+}
+
+/// A read after the faults are healed, retried until it answers (bounded).
+async fn final_redis_read(ctx: &Ctx, w: &mut Worker, f: &str, key: &str, args: &[&str], parse: fn(Frame) -> Value) {
+    for _ in 0..20 {
+        let note = record_redis(ctx, w, f, key, Value::Null);
+        let Some(cc) = w.cluster.as_mut() else { return };
+        let (kind, frame, error, via) = cluster_outcome(cc.cmd(key, args, ctx.timeout).await);
+        let result = frame.map(parse).unwrap_or_default();
+        // A read whose answer was lost says nothing: a failure, not an unknown outcome.
+        let kind = if kind == Kind::Info { Kind::Fail } else { kind };
+        ctx.rec.record(kind, Note { value: result, error, via, ..note });
+        if kind == Kind::Ok {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
