@@ -121,7 +121,8 @@ impl Net {
         }
     }
 
-    /// Cuts every host off from the hosts outside its group (packets dropped both ways).
+    /// Cuts every host of a group off from the hosts of the other groups (packets dropped both
+    /// ways); hosts in no group keep every link.
     pub fn partition(&self, groups: &[Vec<usize>]) -> Result<()> {
         if !self.isolated {
             bail!("partitions need network namespaces ({})", self.why_not.clone().unwrap_or_default());
@@ -130,7 +131,8 @@ impl Net {
         for (i, host) in self.hosts.iter().enumerate() {
             let Some(ns) = &host.ns else { continue };
             for (j, other) in self.hosts.iter().enumerate() {
-                if i != j && group_of(i) != group_of(j) {
+                let (gi, gj) = (group_of(i), group_of(j));
+                if gi.is_some() && gj.is_some() && gi != gj {
                     run(&["ip", "netns", "exec", ns, "iptables", "-A", "INPUT", "-s", &other.ip, "-j", "DROP"])?;
                     run(&["ip", "netns", "exec", ns, "iptables", "-A", "OUTPUT", "-d", &other.ip, "-j", "DROP"])?;
                 }
