@@ -182,7 +182,17 @@ pub fn check(initial: Option<i64>, ops: &[Timed], max_steps: u64) -> Verdict {
     while returns_left > 0 {
         steps += 1;
         if steps > max_steps {
-            return Verdict::Unknown(format!("search stopped after {max_steps} steps ({} operations)", ops.len()));
+            let at = deepest
+                .1
+                .map(|op| {
+                    format!(
+                        ", deepest point: {} placed, blocked by the operation invoked at {:.3} s",
+                        deepest.0,
+                        ops[op].invoke_ns as f64 / 1e9
+                    )
+                })
+                .unwrap_or_default();
+            return Verdict::Unknown(format!("search stopped after {max_steps} steps ({} operations{at})", ops.len()));
         }
         if cursor == list.tail() {
             // Only calls without returns were left after the cursor; cannot happen while
