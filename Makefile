@@ -14,6 +14,7 @@ docker-image:
 
 # 3 brokers, 2 coordinators, 6 proxies, 12 redis.
 docker-up:
+	./docker/credentials.sh
 	$(COMPOSE) up -d
 
 docker-down:

@@ -11,6 +11,15 @@ cd "$(dirname "$0")/.."
 PROJECT="moonraft-wt-$$"
 COMPOSE="docker-compose -p $PROJECT -f docker/docker-compose.yml"
 BROKERS="localhost:7799 localhost:7899 localhost:7999"
+# The deployment's credentials (generated once into docker/.env).
+./docker/credentials.sh >/dev/null
+set -a
+# shellcheck disable=SC1091
+source docker/.env
+set +a
+AUTH=(-H "Authorization: Bearer $MOONRAFT_ADMIN_TOKEN")
+# redis-cli reads the proxies' data password from REDISCLI_AUTH.
+export REDISCLI_AUTH="$MOONRAFT_PROXY_PASSWORD"
 
 cleanup() {
     $COMPOSE down -v --remove-orphans >/dev/null 2>&1 || true
@@ -36,7 +45,7 @@ api() {
     local out
     for _ in $(seq 1 60); do
         for b in $BROKERS; do
-            out=$(curl -s -m 5 -X "$1" -H 'Content-Type: application/json' "http://$b/api/v3$2" ${3:+-d "$3"}) || continue
+            out=$(curl -s -m 5 -X "$1" -H 'Content-Type: application/json' "${AUTH[@]}" "http://$b/api/v3$2" ${3:+-d "$3"}) || continue
             case "$out" in *'"error":"RETRY"'*) continue ;; esac
             printf '%s' "$out"; return 0
         done
@@ -60,6 +69,8 @@ t1=$SECONDS
 $COMPOSE up -d >/dev/null 2>&1
 examples/mem-broker/init.sh >/dev/null
 
+expect "no token, no metadata" "$(curl -s -o /dev/null -w '%{http_code}' http://localhost:7799/api/v3/proxies/addresses)" 401
+expect "no admin password, no UMCTL" "$(env -u REDISCLI_AUTH redis-cli -h server_proxy1 -p 6001 umctl getepoch 2>&1 | cut -d' ' -f1)" NOPERM
 expect "6 proxy addresses" "$(api GET /proxies/addresses | jq -c .addresses)" \
     '["server_proxy1:6001","server_proxy2:6002","server_proxy3:6003","server_proxy4:6004","server_proxy5:6005","server_proxy6:6006"]'
 api POST /clusters/meta/mycluster '{"node_number": 4}' >/dev/null
@@ -124,7 +135,7 @@ if ! eventually 60 serves; then
     exit 1
 fi
 for i in 1 50 123 200; do expect "key$i after the failover" "$(redis-cli -c -h "${entry%:*}" -p "${entry#*:}" get key$i)" "value$i"; done
-expect "delete the failed proxy" "$(curl -s -o /dev/null -w '%{http_code}' -XDELETE "http://localhost:$((7699 + 100 * (leader == 1 ? 2 : 1)))/api/v3/proxies/meta/$victim")" 200
+expect "delete the failed proxy" "$(curl -s -o /dev/null -w '%{http_code}' "${AUTH[@]}" -XDELETE "http://localhost:$((7699 + 100 * (leader == 1 ? 2 : 1)))/api/v3/proxies/meta/$victim")" 200
 # Metadata lives in the brokers' volumes: a restart of the whole stack keeps it.
 $COMPOSE restart >/dev/null 2>&1
 expect "clusters after a restart" "$(api GET /clusters/names | jq -c .names)" '["mycluster"]'

@@ -11,6 +11,19 @@
 set -euo pipefail
 BROKERS="${BROKERS:-127.0.0.1:7799 127.0.0.1:7899 127.0.0.1:7999}"
 DEMO_DIR="${DEMO_DIR:-moonraft-demo}"
+# The demo's generated credentials (absent for `moonraft demo --insecure`): MOONRAFT_TOKEN for
+# the brokers, REDISCLI_AUTH (read by redis-cli) for the proxies, MOONRAFT_REDIS_PASSWORD for
+# the redis-servers.
+if [ -f "$DEMO_DIR/credentials.env" ]; then
+    # shellcheck disable=SC1091
+    source "$DEMO_DIR/credentials.env"
+fi
+AUTH=()
+if [ -n "${MOONRAFT_TOKEN:-}" ]; then AUTH=(-H "Authorization: Bearer $MOONRAFT_TOKEN"); fi
+# redis-cli straight to a redis-server (not through a proxy).
+redis_node() {
+    if [ -n "${MOONRAFT_REDIS_PASSWORD:-}" ]; then REDISCLI_AUTH="$MOONRAFT_REDIS_PASSWORD" redis-cli "$@"; else redis-cli "$@"; fi
+}
 
 step() { printf '\n== %s\n' "$*"; }
 expect() { # expect <what> <actual> <wanted>
@@ -35,7 +48,7 @@ call() {
     local out
     for _ in $(seq 1 50); do
         for b in $BROKERS; do
-            out=$(curl -s -m 5 -w '\n%{http_code}' -X "$1" -H 'Content-Type: application/json' \
+            out=$(curl -s -m 5 -w '\n%{http_code}' -X "$1" -H 'Content-Type: application/json' "${AUTH[@]}" \
                 "http://$b/api/v3$2" ${3:+-d "$3"}) || continue
             case "$out" in *'"error":"RETRY"'*) continue ;; esac
             printf '%s' "$out"
@@ -100,7 +113,7 @@ expect "b after the scale-out" "$(redis-cli -c -p 6004 get b)" "1"
 
 step "5. kill A (proxy 127.0.0.1:6001) by pid; it is replaced, B serves its slots"
 # Replication of what A holds must be complete first (only replicated writes survive).
-synced() { [ "$(redis-cli -p 7001 dbsize)" = "$(redis-cli -p 7004 dbsize)" ]; }
+synced() { [ "$(redis_node -p 7001 dbsize)" = "$(redis_node -p 7004 dbsize)" ]; }
 eventually 30 synced
 pid=$(jq -r '.proxies[] | select(.address == "127.0.0.1:6001") | .pid' "$DEMO_DIR/demo.json")
 kill -9 "$pid"

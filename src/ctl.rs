@@ -2,6 +2,7 @@
 //! Tables for people, `--json` for scripts; an API error prints its code and a hint and exits 1,
 //! a usage or connection problem exits 2.
 
+use crate::auth::{BearerToken, Secret};
 use anyhow::{anyhow, bail, Context, Result};
 use moonraft_meta::Store;
 use moonraft_proto::broker as pb;
@@ -9,6 +10,7 @@ use moonraft_proto::broker::broker_api_client::BrokerApiClient;
 use moonraft_proto::broker::raft_admin_client::RaftAdminClient;
 use serde_json::{json, Value};
 use std::time::Duration;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub const USAGE: &str = "moonraft ctl — administer a moonraft broker group over gRPC
@@ -19,6 +21,8 @@ USAGE:
     --broker   brokers' gRPC addresses (grpc_address), tried in order
                (default: $MOONRAFT_BROKER, else 127.0.0.1:7800)
     --json     print JSON instead of tables
+    --token    the brokers' admin_token, or read_token for reads only
+               (default: $MOONRAFT_TOKEN; --token-file FILE reads it from a file)
 
 COMMANDS:
     clusters                             list clusters
@@ -55,23 +59,36 @@ struct Ctl {
     channel: Channel,
     address: String,
     json: bool,
+    token: BearerToken,
 }
 
 /// Parsed command line: global flags and the rest.
 struct Args {
     brokers: Vec<String>,
     json: bool,
+    token: Option<Secret>,
     rest: Vec<String>,
 }
 
 fn parse_args(args: &[String]) -> Result<Args> {
     let mut brokers = std::env::var("MOONRAFT_BROKER").ok().filter(|s| !s.is_empty());
     let mut json = false;
+    let mut token = std::env::var("MOONRAFT_TOKEN").ok().and_then(|t| Secret::new(&t));
     let mut rest = Vec::new();
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
             "--json" => json = true,
+            "--token" => {
+                i += 1;
+                token = Secret::new(args.get(i).ok_or_else(|| anyhow!("--token needs a value"))?);
+            }
+            a if a.starts_with("--token=") => token = Secret::new(&a["--token=".len()..]),
+            "--token-file" => {
+                i += 1;
+                let path = args.get(i).ok_or_else(|| anyhow!("--token-file needs a path"))?;
+                token = Secret::new(&crate::auth::read_secret_file(path).map_err(|e| anyhow!(e))?);
+            }
             "--broker" => {
                 i += 1;
                 brokers = Some(args.get(i).cloned().ok_or_else(|| anyhow!("--broker needs an address"))?);
@@ -83,7 +100,7 @@ fn parse_args(args: &[String]) -> Result<Args> {
     }
     let brokers = brokers.unwrap_or_else(|| "127.0.0.1:7800".to_owned());
     let brokers = brokers.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
-    Ok(Args { brokers, json, rest })
+    Ok(Args { brokers, json, token, rest })
 }
 
 /// Exit status and message of a failed `ctl` run.
@@ -101,7 +118,8 @@ pub fn main(args: &[String]) -> std::result::Result<(), Failure> {
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| usage(e.into()))?;
     runtime.block_on(async move {
-        let ctl = Ctl::connect(&parsed.brokers, parsed.json).await.map_err(usage)?;
+        let token = BearerToken::new(parsed.token.as_ref()).map_err(|e| usage(anyhow!(e)))?;
+        let ctl = Ctl::connect(&parsed.brokers, parsed.json, token).await.map_err(usage)?;
         let words: Vec<&str> = parsed.rest.iter().map(String::as_str).collect();
         ctl.run(&words).await.map_err(|e| match e.downcast::<ApiFailure>() {
             Ok(api) => Failure { code: 1, message: api.to_string() },
@@ -157,6 +175,8 @@ fn hint(code: &str) -> Option<&'static str> {
         "INVALID_META_VERSION" | "EPOCH_SMALLER_THAN_CURRENT" => {
             "a restored dump must be from this version and have epochs not below the current ones"
         }
+        "UNAUTHORIZED" => "the brokers need a token: pass --token (or MOONRAFT_TOKEN) with their admin_token",
+        "FORBIDDEN" => "this token may only read: pass the admin_token to change anything",
         "PROXY_NOT_SYNC" => "some proxies did not reach the new epoch in time: check the coordinators, then retry",
         _ => return None,
     })
@@ -177,6 +197,12 @@ fn api_failure(status: tonic::Status) -> anyhow::Error {
                 _ => None,
             };
             ApiFailure { code, detail }.into()
+        }
+        None if status.code() == tonic::Code::Unauthenticated => {
+            ApiFailure { code: "UNAUTHORIZED".into(), detail: None }.into()
+        }
+        None if status.code() == tonic::Code::PermissionDenied => {
+            ApiFailure { code: "FORBIDDEN".into(), detail: None }.into()
         }
         None => anyhow!("the broker call failed: {} ({:?})", status.message(), status.code()),
     }
@@ -211,7 +237,7 @@ fn flag<'a>(words: &[&'a str], name: &str) -> Option<&'a str> {
 }
 
 impl Ctl {
-    async fn connect(brokers: &[String], json: bool) -> Result<Ctl> {
+    async fn connect(brokers: &[String], json: bool, token: BearerToken) -> Result<Ctl> {
         let mut last = None;
         for b in brokers {
             let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{b}"))
@@ -219,7 +245,7 @@ impl Ctl {
                 .connect_timeout(Duration::from_secs(2))
                 .tcp_nodelay(true);
             match endpoint.connect().await {
-                Ok(channel) => return Ok(Ctl { channel, address: b.clone(), json }),
+                Ok(channel) => return Ok(Ctl { channel, address: b.clone(), json, token }),
                 Err(e) => last = Some(format!("{b}: {e}")),
             }
         }
@@ -229,12 +255,13 @@ impl Ctl {
         )
     }
 
-    fn api(&self) -> BrokerApiClient<Channel> {
-        BrokerApiClient::new(self.channel.clone()).max_decoding_message_size(usize::MAX)
+    fn api(&self) -> BrokerApiClient<InterceptedService<Channel, BearerToken>> {
+        BrokerApiClient::with_interceptor(self.channel.clone(), self.token.clone())
+            .max_decoding_message_size(usize::MAX)
     }
 
-    fn admin(&self) -> RaftAdminClient<Channel> {
-        RaftAdminClient::new(self.channel.clone())
+    fn admin(&self) -> RaftAdminClient<InterceptedService<Channel, BearerToken>> {
+        RaftAdminClient::with_interceptor(self.channel.clone(), self.token.clone())
     }
 
     fn done(&self, what: String) {

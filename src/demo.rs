@@ -12,13 +12,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const VERSION_MARK: &str = "moonraft-demo-1";
+const VERSION_MARK: &str = "moonraft-demo-2";
 
-pub const USAGE: &str = "moonraft demo [--data-dir DIR] [--proxies 6] [--brokers 3] [--coordinators 2] [--fresh]
+pub const USAGE: &str =
+    "moonraft demo [--data-dir DIR] [--proxies 6] [--brokers 3] [--coordinators 2] [--fresh] [--insecure]
 
 Starts brokers, coordinators, proxies and their redis-servers on 127.0.0.1 and stays in the
 foreground; Ctrl-C stops everything. DIR (default ./moonraft-demo) keeps the state between
-runs and holds demo.json (what runs, with pids) and logs/.";
+runs and holds demo.json (what runs, with pids), logs/ and the credentials generated on the
+first start (credentials.env: `source` it for curl, redis-cli and moonraft ctl).
+--insecure (first start only) runs everything without credentials, as undermoon did.";
 
 struct Options {
     data_dir: PathBuf,
@@ -26,11 +29,18 @@ struct Options {
     brokers: usize,
     coordinators: usize,
     fresh: bool,
+    insecure: bool,
 }
 
 fn parse(args: &[String]) -> Result<Option<Options>> {
-    let mut o =
-        Options { data_dir: PathBuf::from("moonraft-demo"), proxies: 6, brokers: 3, coordinators: 2, fresh: false };
+    let mut o = Options {
+        data_dir: PathBuf::from("moonraft-demo"),
+        proxies: 6,
+        brokers: 3,
+        coordinators: 2,
+        fresh: false,
+        insecure: false,
+    };
     let mut i = 0;
     while i < args.len() {
         let value = |i: usize| args.get(i + 1).cloned().with_context(|| format!("{} needs a value", args[i]));
@@ -49,6 +59,11 @@ fn parse(args: &[String]) -> Result<Option<Options>> {
             "--coordinators" => o.coordinators = count(i, 9)?,
             "--fresh" => {
                 o.fresh = true;
+                i += 1;
+                continue;
+            }
+            "--insecure" => {
+                o.insecure = true;
                 i += 1;
                 continue;
             }
@@ -107,6 +122,85 @@ fn layout(o: &Options) -> Layout {
     }
 }
 
+/// The demo's credentials, generated on its first start and kept in the data dir.
+#[derive(serde::Serialize, serde::Deserialize, Clone)]
+struct Credentials {
+    /// Brokers: everything (coordinators, `moonraft ctl`, curl).
+    admin_token: String,
+    /// Brokers: reads only.
+    read_token: String,
+    /// Brokers among themselves (Raft, forwarding).
+    cluster_secret: String,
+    /// Proxies: `AUTH admin …` (coordinators, brokers, proxies among themselves).
+    proxy_admin_password: String,
+    /// Proxies: data commands (`AUTH <password>`, `REDISCLI_AUTH`).
+    password: String,
+    /// redis-servers: `requirepass` (and `masterauth`).
+    redis_password: String,
+}
+
+/// Picks one credential (for the environment variable of a child).
+type SecretOf = fn(&Credentials) -> &str;
+
+/// 128 random bits, hex.
+fn random_secret() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("cannot read /dev/urandom to generate the demo's credentials")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Loads the demo's credentials, or generates them on a first start; `None` for an insecure
+/// demo.
+fn credentials(dir: &Path, insecure: bool, first_start: bool) -> Result<Option<Credentials>> {
+    let path = dir.join("credentials.json");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if insecure {
+            bail!("{} was started with credentials: --insecure needs --fresh", dir.display());
+        }
+        return Ok(Some(serde_json::from_str(&text).with_context(|| format!("{} is not valid", path.display()))?));
+    }
+    if insecure || (!first_start && dir.join("insecure").exists()) {
+        std::fs::write(dir.join("insecure"), "this demo runs without credentials\n")?;
+        return Ok(None);
+    }
+    let c = Credentials {
+        admin_token: random_secret()?,
+        read_token: random_secret()?,
+        cluster_secret: random_secret()?,
+        proxy_admin_password: random_secret()?,
+        password: random_secret()?,
+        redis_password: random_secret()?,
+    };
+    write_private(&path, &serde_json::to_vec_pretty(&c)?)?;
+    let env = format!(
+        "# moonraft demo credentials: `source` this file.\n\
+         export MOONRAFT_TOKEN={}      # brokers (curl -H \"Authorization: Bearer $MOONRAFT_TOKEN\", moonraft ctl)\n\
+         export MOONRAFT_READ_TOKEN={}\n\
+         export REDISCLI_AUTH={}       # proxies' data password (redis-cli uses it)\n\
+         export MOONRAFT_PROXY_ADMIN_PASSWORD={}   # redis-cli --user admin --pass …\n\
+         export MOONRAFT_REDIS_PASSWORD={}         # the redis-servers' requirepass\n",
+        c.admin_token, c.read_token, c.password, c.proxy_admin_password, c.redis_password
+    );
+    write_private(&dir.join("credentials.env"), env.as_bytes())?;
+    Ok(Some(c))
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, content: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(content)?;
+    Ok(())
+}
+
 fn check_free(address: &str) -> Result<()> {
     match TcpListener::bind(address) {
         Ok(_) => Ok(()),
@@ -129,11 +223,12 @@ fn wait_port(address: &str, child: &mut Child, what: &str, log: &Path) -> Result
 }
 
 /// A small blocking HTTP request to a broker (the demo needs a handful, no client crate).
-fn http(address: &str, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+fn http(address: &str, method: &str, path: &str, body: &str, token: Option<&str>) -> Result<(u16, String)> {
     let mut s = TcpStream::connect(address)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes())?;
@@ -204,9 +299,19 @@ pub fn main(args: &[String]) -> Result<()> {
             check_free(n)?;
         }
     }
+    let first_start = !mark.exists();
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
     std::fs::write(&mark, VERSION_MARK)?;
+    let creds = credentials(dir, o.insecure, first_start)?;
+    // Secrets go to the children in their environment, not on command lines `ps` shows.
+    let secret_env = |cmd: &mut Command, vars: &[(&str, SecretOf)]| {
+        if let Some(c) = &creds {
+            for (name, get) in vars {
+                cmd.env(name, get(c));
+            }
+        }
+    };
     let exe = std::env::current_exe().context("cannot find the moonraft binary")?;
     let mut children: Vec<Running> = Vec::new();
 
@@ -223,6 +328,12 @@ pub fn main(args: &[String]) -> Result<()> {
                 .args(["--repl-diskless-sync-delay", "0"])
                 .arg("--dir")
                 .arg(&rdir);
+            if let Some(c) = &creds {
+                // In an included file (mode 0600) rather than on the command line `ps` shows.
+                let conf = rdir.join("auth.conf");
+                write_private(&conf, format!("requirepass {0}\nmasterauth {0}\n", c.redis_password).as_bytes())?;
+                cmd.arg("--include").arg(&conf);
+            }
             let mut r = spawn("redis", n, &mut cmd, &log)?;
             wait_port(n, &mut r.child, "redis-server", &log)?;
             children.push(r);
@@ -232,6 +343,14 @@ pub fn main(args: &[String]) -> Result<()> {
         let log = logs.join(format!("proxy{}.log", p.rsplit(':').next().unwrap_or_default()));
         let mut cmd = Command::new(&exe);
         cmd.args(["proxy", "--address", p]).env_remove("RUST_LOG");
+        secret_env(
+            &mut cmd,
+            &[
+                ("MOONRAFT_PASSWORD", |c| &c.password),
+                ("MOONRAFT_ADMIN_PASSWORD", |c| &c.proxy_admin_password),
+                ("MOONRAFT_BACKEND_PASSWORD", |c| &c.redis_password),
+            ],
+        );
         let mut r = spawn("proxy", p, &mut cmd, &log)?;
         wait_port(p, &mut r.child, "proxy", &log)?;
         children.push(r);
@@ -245,6 +364,15 @@ pub fn main(args: &[String]) -> Result<()> {
             .arg("--data-dir")
             .arg(dir.join(format!("broker{i}")))
             .env_remove("RUST_LOG");
+        secret_env(
+            &mut cmd,
+            &[
+                ("MOONRAFT_ADMIN_TOKEN", |c| &c.admin_token),
+                ("MOONRAFT_READ_TOKEN", |c| &c.read_token),
+                ("MOONRAFT_CLUSTER_SECRET", |c| &c.cluster_secret),
+                ("MOONRAFT_PROXY_ADMIN_PASSWORD", |c| &c.proxy_admin_password),
+            ],
+        );
         let mut r = spawn("broker", h, &mut cmd, &log)?;
         wait_port(h, &mut r.child, "broker", &log)?;
         children.push(r);
@@ -263,6 +391,10 @@ pub fn main(args: &[String]) -> Result<()> {
             &format!("coordinator{}", i + 1),
         ])
         .env_remove("RUST_LOG");
+        secret_env(
+            &mut cmd,
+            &[("MOONRAFT_TOKEN", |c| &c.admin_token), ("MOONRAFT_PROXY_ADMIN_PASSWORD", |c| &c.proxy_admin_password)],
+        );
         let mut r = spawn("coordinator", c, &mut cmd, &log)?;
         wait_port(c, &mut r.child, "coordinator", &log)?;
         children.push(r);
@@ -274,7 +406,7 @@ pub fn main(args: &[String]) -> Result<()> {
             format!(r#"{{"proxy_address":"{p}","nodes":["{}","{}"],"host":"host{}"}}"#, nodes[0], nodes[1], n + 1);
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            match http(api, "POST", "/api/v3/proxies/meta", &body) {
+            match http(api, "POST", "/api/v3/proxies/meta", &body, creds.as_ref().map(|c| c.admin_token.as_str())) {
                 Ok((200, _)) => break,
                 Ok((409, b)) if b.contains("ALREADY_EXISTED") => break,
                 Ok(_) | Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
@@ -284,8 +416,8 @@ pub fn main(args: &[String]) -> Result<()> {
         }
     }
     let ready = started.elapsed();
-    write_demo_json(dir, &l, &children)?;
-    print_summary(&o, &l, &children, ready);
+    write_demo_json(dir, &l, &children, creds.as_ref())?;
+    print_summary(&o, &l, &children, ready, creds.as_ref());
     wait_for_signal();
     println!("\nstopping {} processes…", children.len());
     // Stop coordinators first (no failovers while the rest goes down), then the others.
@@ -299,8 +431,9 @@ fn pid_of(children: &[Running], role: &str, address: &str) -> u32 {
     children.iter().find(|c| c.role == role && c.address == address).map(|c| c.child.id()).unwrap_or(0)
 }
 
-fn write_demo_json(dir: &Path, l: &Layout, children: &[Running]) -> Result<()> {
+fn write_demo_json(dir: &Path, l: &Layout, children: &[Running], creds: Option<&Credentials>) -> Result<()> {
     let json = serde_json::json!({
+        "credentials": creds,
         "brokers": l.brokers.iter().map(|(i, h, g)| serde_json::json!({"id": i, "http": h, "grpc": g, "pid": pid_of(children, "broker", h)})).collect::<Vec<_>>(),
         "coordinators": l.coordinators.iter().map(|c| serde_json::json!({"address": c, "pid": pid_of(children, "coordinator", c)})).collect::<Vec<_>>(),
         "proxies": l.proxies.iter().enumerate().map(|(n, (p, nodes))| serde_json::json!({"address": p, "nodes": nodes, "host": format!("host{}", n + 1), "pid": pid_of(children, "proxy", p)})).collect::<Vec<_>>(),
@@ -308,12 +441,12 @@ fn write_demo_json(dir: &Path, l: &Layout, children: &[Running]) -> Result<()> {
     });
     let path = dir.join("demo.json");
     let tmp = dir.join("demo.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&json)?)?;
+    write_private(&tmp, &serde_json::to_vec_pretty(&json)?)?;
     std::fs::rename(&tmp, &path)?;
     Ok(())
 }
 
-fn print_summary(o: &Options, l: &Layout, children: &[Running], ready: Duration) {
+fn print_summary(o: &Options, l: &Layout, children: &[Running], ready: Duration, creds: Option<&Credentials>) {
     println!(
         "moonraft demo: {} processes ready in {:.1} s (data in {})\n",
         children.len(),
@@ -338,10 +471,25 @@ fn print_summary(o: &Options, l: &Layout, children: &[Running], ready: Duration)
             o.data_dir.join("logs").join(log).display()
         );
     }
-    println!(
-        "\nTry:\n  curl http://127.0.0.1:7799/api/v3/proxies/addresses\n  curl -XPOST -H 'Content-Type: application/json' http://127.0.0.1:7799/api/v3/clusters/meta/mycluster -d '{{\"node_number\": 4}}'\n  redis-cli -c -p 6001 set a 1\n  moonraft ctl --broker 127.0.0.1:7800 clusters\n\nPids are in {}. Ctrl-C stops everything.",
-        o.data_dir.join("demo.json").display()
-    );
+    let demo_json = o.data_dir.join("demo.json");
+    match creds {
+        Some(c) => {
+            println!("\nCredentials (also in {} and {}):", demo_json.display(), o.data_dir.join("credentials.env").display());
+            println!("  brokers  admin token     {}", c.admin_token);
+            println!("  brokers  read token      {}", c.read_token);
+            println!("  proxies  password        {}", c.password);
+            println!("  proxies  admin password  {}", c.proxy_admin_password);
+            println!("  redis    requirepass     {}", c.redis_password);
+            println!(
+                "\nTry:\n  source {}\n  curl -H \"Authorization: Bearer $MOONRAFT_TOKEN\" http://127.0.0.1:7799/api/v3/proxies/addresses\n  curl -H \"Authorization: Bearer $MOONRAFT_TOKEN\" -XPOST -H 'Content-Type: application/json' http://127.0.0.1:7799/api/v3/clusters/meta/mycluster -d '{{\"node_number\": 4}}'\n  redis-cli -c -p 6001 set a 1\n  moonraft ctl --broker 127.0.0.1:7800 clusters",
+                o.data_dir.join("credentials.env").display()
+            );
+        }
+        None => println!(
+            "\nNo credentials (--insecure): anyone who reaches these ports controls them.\n\nTry:\n  curl http://127.0.0.1:7799/api/v3/proxies/addresses\n  curl -XPOST -H 'Content-Type: application/json' http://127.0.0.1:7799/api/v3/clusters/meta/mycluster -d '{{\"node_number\": 4}}'\n  redis-cli -c -p 6001 set a 1\n  moonraft ctl --broker 127.0.0.1:7800 clusters"
+        ),
+    }
+    println!("\nPids are in {}. Ctrl-C stops everything.", demo_json.display());
 }
 
 /// Blocks until SIGINT or SIGTERM.

@@ -1,5 +1,6 @@
 //! `moonraft`: one binary, one subcommand per role.
 
+mod auth;
 mod broker;
 mod coordinator;
 mod ctl;
@@ -57,12 +58,16 @@ fn run(args: &[String]) -> Result<()> {
     }
 }
 
-fn init_logging(filter: &str) {
+/// Sets up logging, then logs the warnings found while reading the configuration.
+fn init_logging(filter: &str, warnings: &[String]) {
     let filter = std::env::var("RUST_LOG").ok().filter(|f| !f.trim().is_empty()).unwrap_or_else(|| filter.to_owned());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .try_init();
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
 }
 
 fn proxy(args: &[String]) -> Result<()> {
@@ -77,9 +82,12 @@ fn proxy(args: &[String]) -> Result<()> {
         return Ok(());
     }
     let mut config = ProxyConfig::default();
-    settings::apply(&cli, PROXY_KEYS, |k, v| config.set(k, v))?;
+    let warnings = settings::apply(&cli, PROXY_KEYS, |k, v| config.set(k, v))?;
     config.validate().map_err(anyhow::Error::msg)?;
-    init_logging(&config.log);
+    init_logging(&config.log, &warnings);
+    if config.admin_password.is_none() {
+        tracing::warn!("no admin_password: anyone who reaches {} can change its routing with UMCTL and read keys with UMREAD (set admin_password to close it)", config.address);
+    }
     // One worker: a current-thread runtime avoids work-stealing and cross-thread wake-ups,
     // which is what decides throughput when the proxy shares few cores with Redis.
     let runtime = if config.thread_number == 1 {
@@ -113,8 +121,16 @@ fn broker(args: &[String]) -> Result<()> {
         return Ok(());
     }
     let mut config = BrokerConfig::default();
-    settings::apply(&cli, &keys, |k, v| config.set(k, v))?;
-    init_logging(&config.log);
+    let mut ignored = Vec::new();
+    let mut warnings = settings::apply(&cli, &keys, |k, v| {
+        if IGNORED_KEYS.contains(&k) {
+            ignored.push(format!("config key {k} does not apply to the Raft broker and is ignored"));
+            return Ok(());
+        }
+        config.set(k, v)
+    })?;
+    warnings.extend(ignored);
+    init_logging(&config.log, &warnings);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("broker")
@@ -140,8 +156,8 @@ fn coordinator(args: &[String]) -> Result<()> {
         return Ok(());
     }
     let mut config = CoordinatorConfig::default();
-    settings::apply(&cli, COORDINATOR_KEYS, |k, v| config.set(k, v))?;
-    init_logging(&config.log);
+    let warnings = settings::apply(&cli, COORDINATOR_KEYS, |k, v| config.set(k, v))?;
+    init_logging(&config.log, &warnings);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.thread_number)
         .thread_name("coordinator")

@@ -61,8 +61,15 @@ fn toml_to_string(v: &toml::Value) -> String {
     }
 }
 
-/// Applies file, environment and flags, in that order, through `set`.
-pub fn apply(cli: &CliArgs, keys: &[&str], mut set: impl FnMut(&str, &str) -> Result<(), String>) -> Result<()> {
+/// Applies file, environment and flags, in that order, through `set`. Returns the warnings
+/// (unknown keys in the file) for the caller to log once logging is set up — they are found
+/// before the `log` key is known.
+pub fn apply(
+    cli: &CliArgs,
+    keys: &[&str],
+    mut set: impl FnMut(&str, &str) -> Result<(), String>,
+) -> Result<Vec<String>> {
+    let mut warnings = Vec::new();
     if let Some(path) = &cli.file {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
@@ -70,7 +77,7 @@ pub fn apply(cli: &CliArgs, keys: &[&str], mut set: impl FnMut(&str, &str) -> Re
             text.parse().with_context(|| format!("config file {} is not valid TOML", path.display()))?;
         for (key, value) in &table {
             if !keys.contains(&key.as_str()) {
-                tracing::warn!("ignoring unknown key {key:?} in {}", path.display());
+                warnings.push(format!("ignoring unknown key {key:?} in {}", path.display()));
                 continue;
             }
             set(key, &toml_to_string(value))
@@ -86,7 +93,7 @@ pub fn apply(cli: &CliArgs, keys: &[&str], mut set: impl FnMut(&str, &str) -> Re
     for (key, value) in &cli.flags {
         set(key, value).map_err(|e| anyhow::anyhow!("invalid value for {key} in --{}: {e}", key.replace('_', "-")))?;
     }
-    Ok(())
+    Ok(warnings)
 }
 
 #[cfg(test)]
@@ -126,11 +133,13 @@ mod tests {
         let keys = ["k_file", "k_env", "k_flag"];
         let cli = parse_cli(&strs(&[file.to_str().unwrap(), "--k-flag", "3"]), &keys).unwrap();
         let mut got = std::collections::BTreeMap::new();
-        apply(&cli, &keys, |k, v| {
+        let warnings = apply(&cli, &keys, |k, v| {
             got.insert(k.to_string(), v.to_string());
             Ok(())
         })
         .unwrap();
+        assert_eq!(warnings.len(), 1, "the unknown key is reported: {warnings:?}");
+        assert!(warnings[0].contains("unknown"));
         assert_eq!(got["k_file"], "1");
         assert_eq!(got["k_env"], "2");
         assert_eq!(got["k_flag"], "3");

@@ -33,7 +33,7 @@ fn first_master_proxy(cluster: &Value) -> String {
 }
 
 fn client(s: &Stack) -> ClusterClient {
-    ClusterClient { entry: proxies(&s.cluster("c")).iter().map(|p| port(p)).collect() }
+    ClusterClient { entry: proxies(&s.cluster("c")).iter().map(|p| port(p)).collect(), password: None }
 }
 
 fn dbsize(addr: &str) -> Option<i64> {

@@ -70,6 +70,34 @@ fn stop(demo: Demo, json: &Value) {
     stop_with(demo, json, "TERM")
 }
 
+/// The demo's generated credentials, from `demo.json`.
+struct Creds {
+    token: String,
+    password: String,
+}
+
+impl Creds {
+    fn of(json: &Value) -> Creds {
+        let c = &json["credentials"];
+        Creds {
+            token: c["admin_token"].as_str().expect("admin_token in demo.json").to_owned(),
+            password: c["password"].as_str().expect("password in demo.json").to_owned(),
+        }
+    }
+
+    fn http(&self, addr: &str, method: &str, path: &str, body: Option<&str>) -> HttpResponse {
+        let bearer = format!("Bearer {}", self.token);
+        http_with(addr, method, path, body, &[("Authorization", &bearer)]).unwrap()
+    }
+
+    /// redis-cli with the proxies' data password (`REDISCLI_AUTH`, as `credentials.env` sets).
+    fn cli(&self, args: &[&str]) -> String {
+        let out =
+            Command::new("redis-cli").args(args).env("REDISCLI_AUTH", &self.password).output().expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim_end().to_owned()
+    }
+}
+
 #[test]
 fn demo_starts_serves_resumes_and_cleans_up() {
     let _ports = FIXED_PORTS.lock().unwrap_or_else(|e| e.into_inner());
@@ -84,37 +112,53 @@ fn demo_starts_serves_resumes_and_cleans_up() {
     assert_eq!(json["proxies"][4]["address"], "127.0.0.1:6005");
     assert_eq!(json["proxies"][4]["nodes"], serde_json::json!(["127.0.0.1:7009", "127.0.0.1:7010"]));
     assert!(pids(&json).iter().all(|p| *p > 0 && alive(*p)));
-    let addrs = http("127.0.0.1:7799", "GET", "/api/v3/proxies/addresses", None).unwrap().json();
+    // Secured by default: the generated credentials are in demo.json and credentials.env
+    // (owner-only), and nothing answers without them.
+    let creds = Creds::of(&json);
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["demo.json", "credentials.env", "credentials.json"] {
+        let mode = std::fs::metadata(data.join(f)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{f} is readable by others");
+    }
+    let env = std::fs::read_to_string(data.join("credentials.env")).unwrap();
+    assert!(env.contains(&format!("MOONRAFT_TOKEN={}", creds.token)) && env.contains(&creds.password));
+    assert_eq!(http("127.0.0.1:7799", "GET", "/api/v3/proxies/addresses", None).unwrap().status, 401);
+    assert!(redis_cli(&["-p", "6001", "UMCTL", "GETEPOCH"]).starts_with("NOPERM"));
+    assert!(redis_cli(&["-p", "7001", "PING"]).starts_with("NOAUTH"), "redis-servers need their password");
+    let addrs = creds.http("127.0.0.1:7799", "GET", "/api/v3/proxies/addresses", None).json();
     assert_eq!(addrs["addresses"].as_array().map(Vec::len), Some(6));
-    let r = http("127.0.0.1:7899", "POST", "/api/v3/clusters/meta/mycluster", Some(r#"{"node_number": 4}"#)).unwrap();
+    let r = creds.http("127.0.0.1:7899", "POST", "/api/v3/clusters/meta/mycluster", Some(r#"{"node_number": 4}"#));
     assert_eq!(r.status, 200);
-    let cluster = http("127.0.0.1:7999", "GET", "/api/v3/clusters/meta/mycluster", None).unwrap().json();
+    let cluster = creds.http("127.0.0.1:7999", "GET", "/api/v3/clusters/meta/mycluster", None).json();
     let proxy =
         cluster["cluster"]["nodes"][0]["proxy_address"].as_str().unwrap().rsplit(':').next().unwrap().to_owned();
-    assert!(eventually(Duration::from_secs(10), || redis_cli(&["-c", "-p", &proxy, "SET", "a", "1"]) == "OK"));
-    assert_eq!(redis_cli(&["-c", "-p", "6001", "GET", "a"]), "1");
-    // A second demo on the same ports is refused with one clear line.
+    assert!(eventually(Duration::from_secs(10), || creds.cli(&["-c", "-p", &proxy, "SET", "a", "1"]) == "OK"));
+    assert_eq!(creds.cli(&["-c", "-p", "6001", "GET", "a"]), "1");
+    assert!(redis_cli(&["-c", "-p", "6001", "GET", "a"]).starts_with("NOAUTH"));
     let out = Command::new(BIN).args(["demo", "--data-dir"]).arg(dir.0.join("other")).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not free"), "{}", String::from_utf8_lossy(&out.stderr));
     stop(demo, &json);
 
-    // Same data dir: the cluster and its data are still there.
+    // Resumed: same state, same credentials.
     std::fs::remove_file(data.join("demo.json")).unwrap();
     let demo = start(&data, &[]);
     let (json, _) = wait_ready(&data);
-    let names = http("127.0.0.1:7799", "GET", "/api/v3/clusters/names", None).unwrap().json();
+    assert_eq!(Creds::of(&json).token, creds.token);
+    let names = creds.http("127.0.0.1:7799", "GET", "/api/v3/clusters/names", None).json();
     assert_eq!(names["names"], serde_json::json!(["mycluster"]));
-    assert!(eventually(Duration::from_secs(15), || redis_cli(&["-c", "-p", "6001", "GET", "a"]) == "1"));
+    assert!(eventually(Duration::from_secs(15), || creds.cli(&["-c", "-p", "6001", "GET", "a"]) == "1"));
     stop(demo, &json);
 
-    // --fresh wipes it.
+    // --fresh --insecure: empty, and open as undermoon was.
     std::fs::remove_file(data.join("demo.json")).unwrap();
-    let demo = start(&data, &["--fresh"]);
+    let demo = start(&data, &["--fresh", "--insecure"]);
     let (json, ready) = wait_ready(&data);
     eprintln!("demo ready after {ready:?} (measured from the test's side)");
+    assert!(json["credentials"].is_null());
     let names = http("127.0.0.1:7799", "GET", "/api/v3/clusters/names", None).unwrap().json();
     assert_eq!(names["names"], serde_json::json!([]));
+    assert_eq!(redis_cli(&["-p", "6001", "UMCTL", "GETEPOCH"]).parse::<u64>().map(|e| e > 0), Ok(true));
     stop(demo, &json);
 }
 

@@ -96,7 +96,7 @@ fn slow_starts_and_blips_are_not_failures_but_a_crash_is() {
     assert!(r == simple("OK") || error_text(&r).starts_with("MOVED"), "{r:?}");
 
     // Keys on every master, so the victim's Redis holds data when it is killed.
-    let cc = ClusterClient { entry: masters.iter().map(|m| port_of_addr(m)).collect() };
+    let cc = ClusterClient { entry: masters.iter().map(|m| port_of_addr(m)).collect(), password: None };
     for i in 0..100 {
         let r = cc.cmd(&["SET", &format!("key{i}"), "old"], Duration::from_secs(10));
         assert_eq!(r, Ok(simple("OK")), "SET key{i}");

@@ -95,7 +95,7 @@ fn start_writer(entry: Vec<u16>) -> Writer {
     let acked = Arc::new(Mutex::new(HashMap::new()));
     let (stop2, acked2) = (stop.clone(), acked.clone());
     let thread = std::thread::spawn(move || {
-        let client = ClusterClient { entry };
+        let client = ClusterClient { entry, password: None };
         let started = Instant::now();
         let mut n = 0usize;
         while !stop2.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(300) {
@@ -121,7 +121,7 @@ impl Writer {
 }
 
 fn check(s: &Stack, keys: usize, acked: &HashMap<String, String>) {
-    let client = ClusterClient { entry: entry_points(s) };
+    let client = ClusterClient { entry: entry_points(s), password: None };
     for i in 0..keys {
         let got = client.cmd(&["GET", &format!("key{i}")], Duration::from_secs(20));
         assert_eq!(got, Ok(bulk(&format!("value{i}"))), "key{i}:\n{}", s.logs());
@@ -137,7 +137,7 @@ fn check(s: &Stack, keys: usize, acked: &HashMap<String, String>) {
 fn scale_out_and_in_under_writes_loses_nothing() {
     let mut s = Stack::start(6, 2, &[]);
     assert_eq!(s.brokers.call("POST", "/clusters/meta/c", Some(r#"{"node_number": 4}"#)).status, 200);
-    let client = ClusterClient { entry: entry_points(&s) };
+    let client = ClusterClient { entry: entry_points(&s), password: None };
     const KEYS: usize = 3000;
     for i in 0..KEYS {
         let r = client.cmd(&["SET", &format!("key{i}"), &format!("value{i}")], Duration::from_secs(20));
@@ -195,7 +195,7 @@ fn scale_out_and_in_under_writes_loses_nothing() {
 fn a_full_destination_pauses_the_copy_and_reports_why() {
     let s = Stack::start(4, 1, &[]);
     assert_eq!(s.brokers.call("POST", "/clusters/meta/c", Some(r#"{"node_number": 4}"#)).status, 200);
-    let client = ClusterClient { entry: entry_points(&s) };
+    let client = ClusterClient { entry: entry_points(&s), password: None };
     const KEYS: usize = 500;
     for i in 0..KEYS {
         let r = client.cmd(&["SET", &format!("key{i}"), &format!("value{i}")], Duration::from_secs(20));
@@ -231,7 +231,7 @@ fn big_keys_are_copied_in_chunks_and_arrive_whole() {
     use moonraft_proxy::slot::key_slot;
     let s = Stack::start(4, 1, &[]);
     assert_eq!(s.brokers.call("POST", "/clusters/meta/c", Some(r#"{"node_number": 4}"#)).status, 200);
-    let client = ClusterClient { entry: entry_points(&s) };
+    let client = ClusterClient { entry: entry_points(&s), password: None };
     // Keys in 4096-8191, a range the expand from 4 to 8 nodes moves.
     let name = |prefix: &str| {
         (0..).map(|i| format!("{prefix}{i}")).find(|k| (4096..8192).contains(&key_slot(k.as_bytes()))).unwrap()
@@ -389,8 +389,10 @@ fn killing_the_source_proxy_mid_copy_loses_nothing() {
     s.host(&source).proxy.proc.kill();
     wait_migrated(&s, 8);
     assert!(!proxies_of(&s).contains(&source), "the killed source was failed over");
-    let client =
-        ClusterClient { entry: s.hosts.iter().filter(|h| h.proxy.addr() != source).map(|h| h.proxy.port).collect() };
+    let client = ClusterClient {
+        entry: s.hosts.iter().filter(|h| h.proxy.addr() != source).map(|h| h.proxy.port).collect(),
+        password: None,
+    };
     for i in (0..KEYS).step_by(97) {
         let got = client.cmd(&["GET", &format!("key{i}")], Duration::from_secs(20));
         assert_eq!(got, Ok(bulk(&format!("value{i}"))), "key{i}:\n{}", s.logs());
@@ -428,7 +430,7 @@ fn reads_and_pulls_during_a_migration_where_scripting_is_disabled() {
     let reader = {
         let (stop, entry) = (stop.clone(), entry_points(&s));
         std::thread::spawn(move || {
-            let client = ClusterClient { entry };
+            let client = ClusterClient { entry, password: None };
             let (mut reads, mut wrong) = (0usize, Vec::new());
             let started = Instant::now();
             while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(120) {

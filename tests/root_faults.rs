@@ -110,8 +110,14 @@ fn a_proxy_name_that_resolves_late_is_not_a_failure_but_a_dead_one_is() {
     // "late": a running proxy whose name resolves only after 2 s. "dead": a name that resolves
     // from the start to a port where nothing listens.
     let redis = [Redis::start(), Redis::start()];
-    let proxy = Proxy::start(&[]);
-    let late_addr = format!("{late}:{}", proxy.port);
+    // It announces itself under the name it is registered with (pushes carry TARGET=<name>).
+    let (proxy, late_addr) = (0..5)
+        .find_map(|_| {
+            let port = free_port();
+            let addr = format!("{late}:{port}");
+            Proxy::start_on(port, &["--announce-address", &addr]).map(|p| (p, addr))
+        })
+        .expect("a proxy");
     let dead_addr = format!("{dead}:{}", free_port());
     write_in_place(&hosts, &format!("{base}\n127.0.0.1 {dead}\n"));
     register_proxy(&brokers, &late_addr, [&redis[0].addr(), &redis[1].addr()], "late");

@@ -53,6 +53,9 @@ pub enum MetaError {
     /// A conditional write (`If-Match: "<epoch>"`) found the cluster at another epoch.
     #[error("EPOCH_MISMATCH")]
     EpochMismatch { current: u64 },
+    /// `PUT /metadata` with a document that breaks one of the store's invariants.
+    #[error("INVALID_METADATA")]
+    InvalidMetadata { message: String },
 }
 
 impl MetaError {
@@ -69,7 +72,8 @@ impl MetaError {
             | InvalidMigrationTask
             | InvalidConfig { .. }
             | SlotsAlreadyEven
-            | MissingServerProxyIndex => 400,
+            | MissingServerProxyIndex
+            | InvalidMetadata { .. } => 400,
             ClusterNotFound | ProxyNotFound | FreeNodeNotFound | MigrationTaskNotFound => 404,
             EpochMismatch { .. } => 412,
             _ => 409,

@@ -11,6 +11,7 @@ pub mod failover;
 pub mod migration;
 pub mod slots;
 pub mod store;
+pub mod validate;
 pub mod view;
 
 pub use error::MetaError;

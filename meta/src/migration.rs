@@ -297,7 +297,8 @@ pub fn exposed(cluster: &ClusterStore, limit: usize) -> ClusterStore {
                 let src = (entry.meta.src_chunk_index, entry.meta.src_chunk_part);
                 let dst = (entry.meta.dst_chunk_index, entry.meta.dst_chunk_part);
                 let busy = out_count.get(&src).copied().unwrap_or(0) >= 1;
-                if src.0 >= view.chunks.len() || dst.0 >= view.chunks.len() {
+                // Only a document from outside could name a missing chunk or part (`validate`).
+                if src.0 >= view.chunks.len() || dst.0 >= view.chunks.len() || src.1 > 1 || dst.1 > 1 {
                     continue;
                 }
                 if (limit > 0 && exposed_count >= limit) || busy {

@@ -25,8 +25,9 @@ impl From<Range> for (u16, u16) {
 }
 
 impl Range {
+    /// 0 for an inverted range (only a document from outside can hold one; `validate` refuses it).
     pub fn len(&self) -> u32 {
-        self.end as u32 - self.start as u32 + 1
+        (self.end as u32 + 1).saturating_sub(self.start as u32)
     }
     pub fn is_empty(&self) -> bool {
         false

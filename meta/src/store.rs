@@ -689,6 +689,7 @@ impl Store {
         if new.global_epoch < self.global_epoch {
             return Err(MetaError::EpochSmallerThanCurrent);
         }
+        crate::validate::validate(&new).map_err(|message| MetaError::InvalidMetadata { message })?;
         *self = new;
         Ok(())
     }

@@ -292,6 +292,78 @@ fn epochs_and_restore() {
     let mut wrong = back;
     wrong.version = "mem-broker-0.1".into();
     assert_eq!(other.restore(wrong), Err(MetaError::InvalidMetaVersion));
+    // every rule of the whole-document check, on a copy of a good document
+    let mut bad = |name: &str, f: &dyn Fn(&mut Store)| {
+        let mut doc = s.clone();
+        f(&mut doc);
+        let before = other.clone();
+        match other.restore(doc) {
+            Err(MetaError::InvalidMetadata { message }) => assert!(!message.is_empty(), "{name}"),
+            r => panic!("{name}: expected INVALID_METADATA, got {r:?}"),
+        }
+        assert_eq!(other, before, "{name}: a refused restore changes nothing");
+    };
+    let entry = |src: (usize, usize), dst: (usize, usize), migrating: bool| moonraft_meta::store::MigrationEntry {
+        range_list: vec![r(0, 10)],
+        is_migrating: migrating,
+        meta: moonraft_meta::store::MigrationMetaStore {
+            epoch: 1,
+            src_chunk_index: src.0,
+            src_chunk_part: src.1,
+            dst_chunk_index: dst.0,
+            dst_chunk_part: dst.1,
+        },
+    };
+    let chunk0 = |d: &mut Store| d.clusters.get_mut("a").unwrap().chunks[0].clone();
+    bad("chunk part 2", &|d| {
+        d.clusters.get_mut("a").unwrap().chunks[0].migrating_slots[1].push(entry((0, 1), (0, 2), true))
+    });
+    bad("chunk index out of range", &|d| {
+        d.clusters.get_mut("a").unwrap().chunks[0].migrating_slots[0].push(entry((0, 0), (7, 0), true))
+    });
+    bad("entry stored away from its source", &|d| {
+        d.clusters.get_mut("a").unwrap().chunks[0].migrating_slots[1].push(entry((0, 0), (0, 1), true))
+    });
+    bad("dangling proxy", &|d| {
+        d.clusters.get_mut("a").unwrap().chunks[0].proxy_addresses[0] = "ghost:1".into();
+    });
+    bad("proxy in two chunks", &|d| {
+        let c = chunk0(d);
+        d.clusters.get_mut("a").unwrap().chunks.push(c);
+    });
+    bad("overlapping slots", &|d| {
+        let c = d.clusters.get_mut("a").unwrap();
+        c.chunks[0].stable_slots[1].as_mut().unwrap().range_list.push(r(0, 0));
+    });
+    bad("uncovered slots", &|d| {
+        d.clusters.get_mut("a").unwrap().chunks[0].stable_slots[1] = None;
+    });
+    bad("inverted range", &|d| {
+        d.clusters.get_mut("a").unwrap().chunks[0].stable_slots[0].as_mut().unwrap().range_list.push(r(9, 3));
+    });
+    bad("slot past 16383", &|d| {
+        d.clusters.get_mut("a").unwrap().chunks[0].stable_slots[0].as_mut().unwrap().range_list.push(r(16383, 20000));
+    });
+    bad("cluster name differs from its key", &|d| d.clusters.get_mut("a").unwrap().name = "b".into());
+    bad("cluster epoch above the global epoch", &|d| d.clusters.get_mut("a").unwrap().epoch = u64::MAX);
+    bad("proxy's cluster missing", &|d| {
+        let free = d.all_proxies.values_mut().find(|p| p.cluster.is_none()).unwrap();
+        free.cluster = Some("nope".into());
+    });
+    bad("proxy in a chunk but free", &|d| {
+        let used = d.all_proxies.values_mut().find(|p| p.cluster.is_some()).unwrap();
+        used.cluster = None;
+    });
+    bad("node addresses differ", &|d| {
+        d.clusters.get_mut("a").unwrap().chunks[0].node_addresses[3] = "elsewhere:1".into();
+    });
+    bad("failed proxy unknown", &|d| {
+        d.failed_proxies.insert("ghost:1".into());
+    });
+    bad("proxy key differs", &|d| {
+        let p = d.all_proxies.values_mut().next().unwrap();
+        p.proxy_address = "other:1".into();
+    });
     // the dump uses the documented field names
     let v: serde_json::Value = serde_json::from_str(&dump).unwrap();
     assert_eq!(v["version"], "mem-broker-0.2");
@@ -385,6 +457,8 @@ enum Op {
     DeleteFree(u8),
     DeleteProxy(u8, u8),
     Report(u8, u8, u8),
+    Failover(u8, u8),
+    Recover(u8, u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -396,6 +470,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..3).prop_map(Op::DeleteFree),
         1 => (0u8..6, 0u8..4).prop_map(|(h, p)| Op::DeleteProxy(h, p)),
         1 => (0u8..6, 0u8..4, 0u8..2).prop_map(|(h, p, r)| Op::Report(h, p, r)),
+        1 => (0u8..6, 0u8..4).prop_map(|(h, p)| Op::Failover(h, p)),
+        1 => (0u8..6, 0u8..4).prop_map(|(h, p)| Op::Recover(h, p)),
     ]
 }
 
@@ -411,10 +487,14 @@ fn apply(s: &mut Store, op: &Op) -> Result<(), MetaError> {
             s.report_failure(&format!("h{h}:{}", 6000 + p as u16), &format!("r{r}"), 1000);
             Ok(())
         }
+        Op::Failover(h, p) => s.failover(&format!("h{h}:{}", 6000 + p as u16)).map(|_| ()),
+        Op::Recover(h, p) => s.recover_proxy(&format!("h{h}:{}", 6000 + p as u16)).map(|_| ()),
     }
 }
 
 fn check_invariants(s: &Store) -> Result<(), TestCaseError> {
+    // The restore validation accepts every state the operations reach.
+    prop_assert_eq!(moonraft_meta::validate::validate(s), Ok(()));
     let mut owner: BTreeMap<&str, &str> = BTreeMap::new();
     for (name, c) in &s.clusters {
         prop_assert!(c.epoch <= s.global_epoch);

@@ -318,6 +318,7 @@ proptest! {
                 continue;
             }
             prop_assert!(owners(&s, "c").iter().all(|&n| n == 1));
+            prop_assert_eq!(moonraft_meta::validate::validate(&s), Ok(()), "mid-migration state");
             let v = view::cluster(&s, "c", 1).unwrap();
             let mut covered = vec![0u8; SLOTS as usize];
             for n in &v.nodes {

@@ -48,6 +48,11 @@ pub struct BackendSettings {
     pub connect_timeout: Duration,
     pub queue_len: usize,
     pub max_bulk_len: usize,
+    /// `AUTH [user] <password>` (encoded) sent first on every connection to a Redis node.
+    pub node_auth: Option<Bytes>,
+    /// `AUTH admin <password>` (or `AUTH <password>`) sent first on every connection to another
+    /// proxy (migration traffic: `UMSYNC`, `UMREAD`, forwarded commands).
+    pub peer_auth: Option<Bytes>,
 }
 
 impl Default for BackendSettings {
@@ -57,6 +62,8 @@ impl Default for BackendSettings {
             connect_timeout: Duration::from_millis(1000),
             queue_len: 4096,
             max_bulk_len: crate::resp::DEFAULT_MAX_BULK_LEN,
+            node_auth: None,
+            peer_auth: None,
         }
     }
 }
@@ -120,7 +127,8 @@ impl NodePool {
 pub struct BackendRegistry {
     settings: BackendSettings,
     conns_per_node: usize,
-    pools: Mutex<HashMap<(String, u8), Weak<NodePool>>>,
+    /// By (address, protocol, is another proxy).
+    pools: Mutex<HashMap<(String, u8, bool), Weak<NodePool>>>,
 }
 
 impl BackendRegistry {
@@ -132,14 +140,25 @@ impl BackendRegistry {
         &self.settings
     }
 
+    /// The shared pool of a Redis node.
     pub fn pool(&self, address: &str, proto: u8) -> Arc<NodePool> {
+        self.shared_pool(address, proto, false)
+    }
+
+    /// The shared pool of another proxy (authenticated as a peer).
+    pub fn peer_pool(&self, address: &str) -> Arc<NodePool> {
+        self.shared_pool(address, 2, true)
+    }
+
+    fn shared_pool(&self, address: &str, proto: u8, peer: bool) -> Arc<NodePool> {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (address.to_owned(), proto);
+        let key = (address.to_owned(), proto, peer);
         if let Some(p) = pools.get(&key).and_then(Weak::upgrade) {
             return p;
         }
         pools.retain(|_, w| w.strong_count() > 0);
-        let pool = Arc::new(self.new_pool(address, proto, self.conns_per_node));
+        let auth = if peer { self.settings.peer_auth.clone() } else { self.settings.node_auth.clone() };
+        let pool = Arc::new(self.new_pool(address, proto, self.conns_per_node, auth));
         pools.insert(key, Arc::downgrade(&pool));
         pool
     }
@@ -148,15 +167,16 @@ impl BackendRegistry {
     /// (the migration copy pipelines hundreds of commands at a time) must not queue in front
     /// of clients' commands on a shared connection.
     pub fn private_pool(&self, address: &str, conns: usize) -> Arc<NodePool> {
-        Arc::new(self.new_pool(address, 2, conns.max(1)))
+        Arc::new(self.new_pool(address, 2, conns.max(1), self.settings.node_auth.clone()))
     }
 
-    fn new_pool(&self, address: &str, proto: u8, conns: usize) -> NodePool {
+    fn new_pool(&self, address: &str, proto: u8, conns: usize, auth: Option<Bytes>) -> NodePool {
         let conns = (0..conns)
             .map(|_| {
                 let (tx, rx) = mpsc::channel(self.settings.queue_len);
                 let failed = Arc::new(AtomicBool::new(false));
-                tokio::spawn(run_connection(address.to_owned(), proto, rx, failed.clone(), self.settings.clone()));
+                let target = Target { address: address.to_owned(), proto, auth: auth.clone() };
+                tokio::spawn(run_connection(target, rx, failed.clone(), self.settings.clone()));
                 Conn { tx, failed }
             })
             .collect();
@@ -164,12 +184,45 @@ impl BackendRegistry {
     }
 }
 
-/// Connects to a node, switching to RESP3 first when `proto` is 3.
-pub async fn connect(address: &str, proto: u8, timeout: Duration, max_bulk_len: usize) -> std::io::Result<TcpStream> {
+/// Where one connection goes and how it introduces itself.
+struct Target {
+    address: String,
+    proto: u8,
+    auth: Option<Bytes>,
+}
+
+/// Encodes `AUTH [user] <password>`.
+pub fn auth_command(user: Option<&str>, password: &str) -> Bytes {
+    match user {
+        Some(u) => Request::from_strs(&["AUTH", u, password]).raw,
+        None => Request::from_strs(&["AUTH", password]).raw,
+    }
+}
+
+/// Connects to a node: `auth` (an encoded `AUTH`) first if given, then RESP3 when `proto` is 3.
+pub async fn connect(
+    address: &str,
+    proto: u8,
+    timeout: Duration,
+    max_bulk_len: usize,
+    auth: Option<&Bytes>,
+) -> std::io::Result<TcpStream> {
     let mut stream = tokio::time::timeout(timeout, TcpStream::connect(address))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     stream.set_nodelay(true)?;
+    if let Some(auth) = auth {
+        stream.write_all(auth).await?;
+        let reply = tokio::time::timeout(timeout, read_reply(&mut stream, &mut BytesMut::new(), 1 << 16))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "AUTH timed out"))??;
+        if reply.first() == Some(&b'-') {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("{address} refused AUTH: {}", String::from_utf8_lossy(&reply).trim_end()),
+            ));
+        }
+    }
     if proto >= 3 {
         let hello = Request::from_strs(&["HELLO", "3"]);
         stream.write_all(&hello.raw).await?;
@@ -209,15 +262,15 @@ enum Ended {
 }
 
 async fn run_connection(
-    address: String,
-    proto: u8,
+    target: Target,
     mut rx: mpsc::Receiver<BackendCommand>,
     failed: Arc<AtomicBool>,
     settings: BackendSettings,
 ) {
+    let Target { address, proto, auth } = target;
     let mut backoff = Duration::from_millis(100);
     loop {
-        match connect(&address, proto, settings.connect_timeout, settings.max_bulk_len).await {
+        match connect(&address, proto, settings.connect_timeout, settings.max_bulk_len, auth.as_ref()).await {
             Ok(stream) => {
                 failed.store(false, Ordering::Relaxed);
                 backoff = Duration::from_millis(100);

@@ -4,7 +4,8 @@
 
 use std::net::ToSocketAddrs;
 
-#[derive(Debug, Clone, PartialEq)]
+/// `Debug` leaves the passwords out (see the impl below).
+#[derive(Clone, PartialEq)]
 pub struct ProxyConfig {
     pub address: String,
     pub announce_address: String,
@@ -23,6 +24,13 @@ pub struct ProxyConfig {
     /// Milliseconds.
     pub backend_timeout: u64,
     pub password: Option<String>,
+    /// `AUTH admin <admin_password>` unlocks `UMCTL`, the inter-proxy commands (`UMSYNC`,
+    /// `UMREAD`) and `CONFIG SET`; unset: they are open (undermoon compatibility).
+    pub admin_password: Option<String>,
+    /// Sent as `AUTH [backend_user] <backend_password>` on every connection to the Redis nodes
+    /// (their `requirepass` or ACL user), and set as `masterauth` for replication.
+    pub backend_password: Option<String>,
+    pub backend_user: Option<String>,
     pub active_redirection: bool,
     pub max_redirections: u64,
     pub default_redirection_address: String,
@@ -43,6 +51,27 @@ pub struct ProxyConfig {
     pub log: String,
 }
 
+impl std::fmt::Debug for ProxyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |p: &Option<String>| if p.is_some() { "<set>" } else { "<unset>" };
+        f.debug_struct("ProxyConfig")
+            .field("address", &self.address)
+            .field("announce_address", &self.announce_address)
+            .field("password", &hidden(&self.password))
+            .field("admin_password", &hidden(&self.admin_password))
+            .field("backend_password", &hidden(&self.backend_password))
+            .field("backend_user", &self.backend_user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Equality of a presented password with a configured one, in time independent of where they
+/// differ (the length is not secret).
+pub fn password_matches(configured: &str, presented: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    configured.as_bytes().ct_eq(presented).into()
+}
+
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
@@ -60,6 +89,9 @@ impl Default for ProxyConfig {
             session_timeout: 0,
             backend_timeout: 3000,
             password: None,
+            admin_password: None,
+            backend_password: None,
+            backend_user: None,
             active_redirection: false,
             max_redirections: 0,
             default_redirection_address: String::new(),
@@ -90,6 +122,9 @@ pub const PROXY_KEYS: &[&str] = &[
     "session_timeout",
     "backend_timeout",
     "password",
+    "admin_password",
+    "backend_password",
+    "backend_user",
     "active_redirection",
     "max_redirections",
     "default_redirection_address",
@@ -111,6 +146,10 @@ fn positive<T: std::str::FromStr + PartialOrd + Default>(v: &str) -> Result<T, S
 
 fn number<T: std::str::FromStr>(v: &str) -> Result<T, String> {
     v.trim().parse::<T>().map_err(|_| format!("expected an integer, got {v:?}"))
+}
+
+fn non_empty(v: &str) -> Option<String> {
+    (!v.is_empty()).then(|| v.to_owned())
 }
 
 /// `true/false`, `1/0`, `yes/no`, `on/off` (case-insensitive).
@@ -160,7 +199,10 @@ impl ProxyConfig {
             "backend_high_flush_interval" => self.backend_high_flush_interval = positive(value)?,
             "session_timeout" => self.session_timeout = number(value)?,
             "backend_timeout" => self.backend_timeout = positive(value)?,
-            "password" => self.password = if value.is_empty() { None } else { Some(value.to_owned()) },
+            "password" => self.password = non_empty(value),
+            "admin_password" => self.admin_password = non_empty(value),
+            "backend_password" => self.backend_password = non_empty(value),
+            "backend_user" => self.backend_user = non_empty(value),
             "active_redirection" => {
                 if boolean(value)? {
                     return Err("active redirection is not supported yet; clients follow MOVED".into());

@@ -97,7 +97,7 @@ async fn switch(
 
 async fn run_source(state: Arc<ProxyState>, cluster: String, task: MigrationTask) {
     let sh = task.shared.clone();
-    let dst_proxy = state.registry.pool(&task.meta.dst_proxy_address, 2);
+    let dst_proxy = state.registry.peer_pool(&task.meta.dst_proxy_address);
     let config = state.installed.load().table.meta.config.clone();
     let max_blocking = Duration::from_millis(config.migration_max_blocking_time.max(1));
     info!(cluster = %cluster, ranges = %task.ranges_tokens(), dst = %task.meta.dst_proxy_address, "migration started");
@@ -641,7 +641,7 @@ pub async fn umsync(state: Arc<ProxyState>, key: Bytes) -> Bytes {
 /// The destination's connections to the task's source proxy, opened on first use and kept for
 /// the task's life.
 fn source_proxy<'a>(state: &ProxyState, task: &'a MigrationTask) -> &'a Arc<NodePool> {
-    task.shared.source_proxy.get_or_init(|| state.registry.pool(&task.meta.src_proxy_address, 2))
+    task.shared.source_proxy.get_or_init(|| state.registry.peer_pool(&task.meta.src_proxy_address))
 }
 
 /// The reply to a command sent with `NodePool::send`, or an error reply (the backend's reply

@@ -86,10 +86,34 @@ impl Drop for Replication {
     }
 }
 
+/// How a replicator logs in to its node, and what its node needs to log in to its master.
+/// (No `Debug`: it holds passwords.)
+#[derive(Clone, Default)]
+pub struct NodeLogin {
+    /// Encoded `AUTH`, sent first on the connection.
+    pub auth: Option<Bytes>,
+    /// `CONFIG SET masteruser/masterauth …`, sent once per connection before `REPLICAOF`, so a
+    /// replica can sync from a master with `requirepass`.
+    pub setup: Vec<Request>,
+}
+
+impl NodeLogin {
+    pub fn of(config: &crate::config::ProxyConfig, auth: Option<Bytes>) -> NodeLogin {
+        let mut setup = Vec::new();
+        if let Some(p) = &config.backend_password {
+            if let Some(u) = &config.backend_user {
+                setup.push(Request::from_strs(&["CONFIG", "SET", "masteruser", u]));
+            }
+            setup.push(Request::from_strs(&["CONFIG", "SET", "masterauth", p]));
+        }
+        NodeLogin { auth, setup }
+    }
+}
+
 impl Replication {
     /// Installs new replication metadata: unchanged replicators keep running, new ones start,
     /// missing ones stop.
-    pub fn apply(&mut self, cmd: SetRepl, interval: Duration) {
+    pub fn apply(&mut self, cmd: SetRepl, interval: Duration, login: NodeLogin) {
         self.epoch = cmd.epoch;
         let mut next: HashMap<(String, String), (ReplEntry, JoinHandle<()>)> = HashMap::new();
         for entry in cmd.entries {
@@ -102,7 +126,7 @@ impl Replication {
                     if let Some((_, h)) = previous {
                         h.abort();
                     }
-                    let handle = tokio::spawn(run_replicator(entry.clone(), interval));
+                    let handle = tokio::spawn(run_replicator(entry.clone(), interval, login.clone()));
                     next.insert(key, (entry, handle));
                 }
             }
@@ -134,7 +158,7 @@ async fn replicaof_args(master: &str) -> Result<(String, String), String> {
     Ok((ip.to_string(), port.to_owned()))
 }
 
-async fn assert_role(entry: &ReplEntry, conn: &mut Option<TcpStream>) -> Result<(), String> {
+async fn assert_role(entry: &ReplEntry, conn: &mut Option<TcpStream>, login: &NodeLogin) -> Result<(), String> {
     let req = match entry.role {
         Role::Master => Request::from_strs(&["REPLICAOF", "NO", "ONE"]),
         Role::Replica => {
@@ -143,11 +167,25 @@ async fn assert_role(entry: &ReplEntry, conn: &mut Option<TcpStream>) -> Result<
         }
     };
     if conn.is_none() {
-        *conn = Some(
-            connect(&entry.node, 2, Duration::from_secs(1), 1 << 20)
-                .await
-                .map_err(|e| format!("cannot connect: {e}"))?,
-        );
+        let mut stream = connect(&entry.node, 2, Duration::from_secs(1), 1 << 20, login.auth.as_ref())
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        for cmd in &login.setup {
+            let run = async {
+                use tokio::io::AsyncWriteExt;
+                stream.write_all(&cmd.raw).await?;
+                read_reply(&mut stream, &mut BytesMut::new(), 1 << 20).await
+            };
+            match tokio::time::timeout(Duration::from_secs(2), run).await {
+                Ok(Ok(reply)) if reply.first() == Some(&b'+') => {}
+                Ok(Ok(reply)) => {
+                    return Err(format!("CONFIG SET masterauth: {}", String::from_utf8_lossy(&reply).trim_end()))
+                }
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => return Err("CONFIG SET masterauth timed out".into()),
+            }
+        }
+        *conn = Some(stream);
     }
     let Some(stream) = conn.as_mut() else {
         return Err("no connection".into());
@@ -171,11 +209,11 @@ async fn assert_role(entry: &ReplEntry, conn: &mut Option<TcpStream>) -> Result<
     }
 }
 
-async fn run_replicator(entry: ReplEntry, interval: Duration) {
+async fn run_replicator(entry: ReplEntry, interval: Duration, login: NodeLogin) {
     let mut conn = None;
     let mut last_ok = None;
     loop {
-        let r = assert_role(&entry, &mut conn).await;
+        let r = assert_role(&entry, &mut conn, &login).await;
         match (&r, &last_ok) {
             (Ok(()), Some(true)) => {}
             (Ok(()), _) => {

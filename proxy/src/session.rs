@@ -73,13 +73,47 @@ fn ok() -> Pending {
     Pending::Ready(Bytes::from_static(resp::OK))
 }
 
+const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+
+fn no_admin(command: &str) -> Pending {
+    err(&format!(
+        "NOPERM this connection has no permissions to run the '{command}' command (AUTH admin <admin_password> first)"
+    ))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Data,
+    Admin,
+}
+
+/// What `AUTH <user> <password>` grants: `default` with `password`, `admin` with
+/// `admin_password` (which also grants data commands). Both users are always compared, so
+/// the time taken does not say which one was tried.
+fn check_user(cfg: &crate::config::ProxyConfig, user: &[u8], password: &[u8]) -> Option<Access> {
+    use crate::config::password_matches;
+    let admin_ok = cfg.admin_password.as_deref().is_some_and(|p| password_matches(p, password));
+    let data_ok = cfg.password.as_deref().is_some_and(|p| password_matches(p, password));
+    if user.eq_ignore_ascii_case(b"admin") && admin_ok {
+        Some(Access::Admin)
+    } else if user.eq_ignore_ascii_case(b"default") && (data_ok || cfg.password.is_none()) {
+        // Like Redis: `default` without a configured password accepts any password.
+        Some(Access::Data)
+    } else {
+        None
+    }
+}
+
 type DedicatedConn = Arc<tokio::sync::Mutex<Option<TcpStream>>>;
 
 struct Session {
     state: Arc<ProxyState>,
     id: u64,
     proto: u8,
+    /// May run data commands (`password`).
     authenticated: bool,
+    /// May run `UMCTL`, the inter-proxy commands and `CONFIG SET` (`admin_password`).
+    admin: bool,
     asking: bool,
     name: Option<Bytes>,
     /// Connections for blocking commands, per node address and protocol.
@@ -108,6 +142,7 @@ pub async fn serve_client(state: Arc<ProxyState>, stream: TcpStream) {
     let writer = tokio::spawn(write_loop(wr, rx, closing_rx, state.clone()));
     let mut session = Session {
         authenticated: state.config.password.is_none(),
+        admin: state.config.admin_password.is_none(),
         state,
         id,
         proto: 2,
@@ -205,6 +240,8 @@ impl Session {
             "command" => self.command(req),
             "info" => Pending::Ready(resp::bulk(self.info().as_bytes())),
             "client" => self.client(args),
+            "umctl" | "umread" | "umsync" if !self.admin => no_admin(&name),
+            "umread" | "umsync" if !self.authenticated => err("NOAUTH Authentication required."),
             "umctl" if args.get(1).is_some_and(|a| a.eq_ignore_ascii_case(b"health")) => {
                 Pending::Task(Box::pin(umctl::health(self.state.clone(), args[2..].to_vec())))
             }
@@ -364,7 +401,15 @@ impl Session {
             // closed rather than reused with a reply still in flight.
             let mut stream = match slot.take() {
                 Some(s) => s,
-                None => match connect(&node, proto, settings.connect_timeout, settings.max_bulk_len).await {
+                None => match connect(
+                    &node,
+                    proto,
+                    settings.connect_timeout,
+                    settings.max_bulk_len,
+                    settings.node_auth.as_ref(),
+                )
+                .await
+                {
                     Ok(s) => s,
                     Err(_) => return resp::error(&BackendError::Unreachable(node).to_string()),
                 },
@@ -384,21 +429,31 @@ impl Session {
         }))
     }
 
+    /// `AUTH <password>`, `AUTH default <password>` (data commands) or `AUTH admin
+    /// <admin_password>` (everything). One error for every wrong combination, so a caller
+    /// cannot tell whether the user or the password was wrong.
     fn auth(&mut self, args: &[Bytes]) -> Pending {
-        let password = match args.len() {
-            2 => &args[1],
-            3 if args[1].eq_ignore_ascii_case(b"default") => &args[2],
-            3 => return err("WRONGPASS invalid username-password pair or user is disabled."),
-            1 => return err("Missing password"),
-            _ => return err("ERR wrong number of arguments for 'auth' command"),
+        let cfg = &self.state.config;
+        let (user, password): (&[u8], &Bytes) = match args.len() {
+            2 if cfg.password.is_none() => {
+                return err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")
+            }
+            2 => (b"default", &args[1]),
+            3 => (&args[1], &args[2]),
+            1 => return err("ERR wrong number of arguments for 'auth' command"),
+            _ => return err("ERR syntax error"),
         };
-        match &self.state.config.password {
-            None => err("ERR AUTH called without any password configured for the proxy (no password configured)"),
-            Some(p) if p.as_bytes() == &password[..] => {
+        match check_user(cfg, user, password) {
+            Some(Access::Admin) => {
+                self.admin = true;
                 self.authenticated = true;
                 ok()
             }
-            Some(_) => err("WRONGPASS invalid password"),
+            Some(Access::Data) => {
+                self.authenticated = true;
+                ok()
+            }
+            None => err(WRONGPASS),
         }
     }
 
@@ -415,16 +470,18 @@ impl Session {
             i = 2;
         }
         let mut authenticated = self.authenticated;
+        let mut admin = self.admin;
         let mut name = None;
         while i < args.len() {
             if args[i].eq_ignore_ascii_case(b"auth") && i + 2 < args.len() {
                 let (user, pass) = (&args[i + 1], &args[i + 2]);
-                match &self.state.config.password {
-                    Some(p) if user.eq_ignore_ascii_case(b"default") && p.as_bytes() == &pass[..] => {
-                        authenticated = true
+                match check_user(&self.state.config, user, pass) {
+                    Some(Access::Admin) => {
+                        authenticated = true;
+                        admin = true;
                     }
-                    Some(_) => return err("WRONGPASS invalid username-password pair or user is disabled."),
-                    None => {}
+                    Some(Access::Data) => authenticated = true,
+                    None => return err(WRONGPASS),
                 }
                 i += 3;
             } else if args[i].eq_ignore_ascii_case(b"setname") && i + 1 < args.len() {
@@ -438,6 +495,7 @@ impl Session {
             return err("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
         }
         self.authenticated = true;
+        self.admin = admin;
         self.proto = proto;
         if name.is_some() {
             self.name = name;
@@ -556,6 +614,7 @@ impl Session {
                 };
                 Pending::Ready(resp::bulk(value.as_bytes()))
             }
+            b"set" if !self.admin => no_admin("config|set"),
             b"set" => {
                 let (Some(field), Some(value)) = (field, args.get(3)) else {
                     return err("Missing sub command");

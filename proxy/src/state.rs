@@ -1,7 +1,7 @@
 //! Shared proxy state: the current routing snapshot with its backend pools, the replication
 //! controller, epochs, counters and the slow log.
 
-use crate::backend::{BackendRegistry, BackendSettings, NodePool};
+use crate::backend::{auth_command, BackendRegistry, BackendSettings, NodePool};
 use crate::cluster::{ClusterTable, SetCluster};
 use crate::config::ProxyConfig;
 use crate::replication::{Replication, SetRepl};
@@ -70,6 +70,13 @@ impl ProxyState {
         let settings = BackendSettings {
             timeout: Duration::from_millis(config.backend_timeout),
             max_bulk_len: config.proto_max_bulk_len,
+            node_auth: config.backend_password.as_deref().map(|p| auth_command(config.backend_user.as_deref(), p)),
+            // Proxies of one deployment share their passwords: the admin one opens everything.
+            peer_auth: match (&config.admin_password, &config.password) {
+                (Some(admin), _) => Some(auth_command(Some("admin"), admin)),
+                (None, Some(data)) => Some(auth_command(None, data)),
+                (None, None) => None,
+            },
             ..BackendSettings::default()
         };
         let registry = BackendRegistry::new(settings, config.backend_conn_num);
@@ -134,7 +141,9 @@ impl ProxyState {
         if cmd.epoch <= repl.epoch && !cmd.flags.force {
             return Err(MetaError::OldEpoch);
         }
-        repl.apply(cmd, Duration::from_millis(self.config.replication_interval));
+        let interval = Duration::from_millis(self.config.replication_interval);
+        let login = crate::replication::NodeLogin::of(&self.config, self.registry.settings().node_auth.clone());
+        repl.apply(cmd, interval, login);
         Ok(())
     }
 }

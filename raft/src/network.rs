@@ -23,6 +23,9 @@ use tonic::transport::{Channel, Endpoint};
 #[derive(Clone)]
 pub struct GrpcNetwork {
     pub identity: Arc<GroupIdentity>,
+    /// The group secret, sent as `authorization: Bearer <secret>` on every RPC (members with
+    /// a `cluster_secret` refuse Raft traffic without it).
+    pub secret: Option<Arc<str>>,
 }
 
 /// gRPC metadata key carrying the sender's group id on every Raft RPC.
@@ -32,7 +35,13 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &BrokerNode) -> PeerConnection {
-        PeerConnection { target, address: node.raft_address.clone(), client: None, identity: self.identity.clone() }
+        PeerConnection {
+            target,
+            address: node.raft_address.clone(),
+            client: None,
+            identity: self.identity.clone(),
+            secret: self.secret.clone(),
+        }
     }
 }
 
@@ -41,6 +50,7 @@ pub struct PeerConnection {
     address: String,
     client: Option<RaftInternalClient<Channel>>,
     identity: Arc<GroupIdentity>,
+    secret: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -85,6 +95,9 @@ impl PeerConnection {
         request.set_timeout(timeout);
         if let Some(v) = self.identity.get().and_then(|id| id.parse().ok()) {
             request.metadata_mut().insert(GROUP_HEADER, v);
+        }
+        if let Some(v) = self.secret.as_ref().and_then(|s| format!("Bearer {s}").parse().ok()) {
+            request.metadata_mut().insert("authorization", v);
         }
         let reply = match rpc {
             Rpc::AppendEntries => client.append_entries(request).await,

@@ -97,6 +97,12 @@ pub struct BrokerConfig {
     /// Mixed into the group id derived at initialisation; give groups that are re-created on
     /// the same addresses distinct names so that leftover data dirs are recognised as foreign.
     pub group_name: String,
+    /// Tokens of `/api/v3` and the public gRPC services, and the secret members present to
+    /// each other (`crate::auth`). All unset: open, as undermoon's broker was.
+    pub credentials: crate::auth::Credentials,
+    /// `AUTH admin <password>` sent to proxies before asking them anything (`UMCTL GETEPOCH`
+    /// while recovering the epoch), for proxies with an `admin_password`.
+    pub proxy_admin_password: Option<crate::auth::Secret>,
     pub log: String,
 }
 
@@ -132,6 +138,8 @@ impl Default for BrokerConfig {
             max_body_bytes: 16 * 1024 * 1024,
             auto_sync_timeout_ms: 60_000,
             group_name: String::new(),
+            credentials: crate::auth::Credentials::default(),
+            proxy_admin_password: None,
             log: "info".into(),
         }
     }
@@ -169,6 +177,13 @@ pub const BROKER_KEYS: &[&str] = &[
     "max_body_bytes",
     "auto_sync_timeout_ms",
     "group_name",
+    "admin_token",
+    "admin_token_file",
+    "read_token",
+    "read_token_file",
+    "cluster_secret",
+    "cluster_secret_file",
+    "proxy_admin_password",
     "log",
 ];
 
@@ -197,6 +212,17 @@ fn positive(v: &str) -> Result<u64, String> {
         0 => Err(format!("expected a positive integer, got {v:?}")),
         n => Ok(n),
     }
+}
+
+/// A token: printable ASCII without spaces (it travels in an HTTP header); empty = unset.
+fn token(v: &str) -> Result<Option<crate::auth::Secret>, String> {
+    let secret = crate::auth::Secret::new(v);
+    if let Some(s) = &secret {
+        if !s.expose().bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("a token must be printable ASCII without spaces".into());
+        }
+    }
+    Ok(secret)
 }
 
 /// `initial_members` as JSON, as a TOML array of tables, or as `id=raft_addr/http_addr,…`.
@@ -278,10 +304,16 @@ impl BrokerConfig {
             "max_body_bytes" => self.max_body_bytes = positive(value)? as usize,
             "auto_sync_timeout_ms" => self.auto_sync_timeout_ms = positive(value)?,
             "group_name" => self.group_name = value.to_owned(),
+            "admin_token" => self.credentials.admin = token(value)?,
+            "admin_token_file" => self.credentials.admin = token(&crate::auth::read_secret_file(value)?)?,
+            "read_token" => self.credentials.read = token(value)?,
+            "read_token_file" => self.credentials.read = token(&crate::auth::read_secret_file(value)?)?,
+            "cluster_secret" => self.credentials.group = token(value)?,
+            "cluster_secret_file" => self.credentials.group = token(&crate::auth::read_secret_file(value)?)?,
+            "proxy_admin_password" => self.proxy_admin_password = crate::auth::Secret::new(value),
             "log" => self.log = value.to_owned(),
-            k if IGNORED_KEYS.contains(&k) => {
-                tracing::warn!("config key {k} does not apply to the Raft broker and is ignored")
-            }
+            // Accepted (start-up reports them once logging is set up).
+            k if IGNORED_KEYS.contains(&k) => {}
             _ => return Err(format!("unknown key {key:?}")),
         }
         Ok(())
@@ -297,6 +329,13 @@ impl BrokerConfig {
         }
         if self.heartbeat_interval_ms >= self.election_timeout_min_ms {
             return Err("heartbeat_interval_ms must be smaller than election_timeout_min_ms".into());
+        }
+        let c = &self.credentials;
+        if c.read.is_some() && c.admin.is_none() {
+            return Err("read_token needs admin_token too (otherwise nobody could write)".into());
+        }
+        if c.read.is_some() && c.read == c.admin {
+            return Err("read_token and admin_token must differ".into());
         }
         if self.advertise_http_address.is_empty() {
             self.advertise_http_address = self.address.clone();

@@ -104,6 +104,7 @@ pub async fn forward(broker: &Broker, leader: &BrokerNode, req: Request) -> Resu
     let mut client = RaftInternalClient::new(channel).max_decoding_message_size(usize::MAX);
     let mut request = tonic::Request::new(msg);
     request.set_timeout(timeout);
+    crate::auth::BearerToken::new(broker.config.credentials.group_secret())?.apply(&mut request);
     let reply = client.forward(request).await.map_err(|e| e.to_string())?.into_inner();
     let mut resp = Response::new(Body::from(reply.body));
     *resp.status_mut() = StatusCode::from_u16(reply.status as u16).map_err(|e| e.to_string())?;

@@ -76,7 +76,12 @@ impl GrpcApi {
 
     /// `method`: the RPC's name, for how long the leader may take (`BrokerConfig::forward_wait`).
     fn forwarded<T>(&self, req: Request<T>, method: &str) -> Request<T> {
+        // The caller's token goes along: the leader checks it again.
+        let authorization = req.metadata().get("authorization").cloned();
         let mut r = Request::new(req.into_inner());
+        if let Some(v) = authorization {
+            r.metadata_mut().insert("authorization", v);
+        }
         r.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
         r.set_timeout(self.broker.config.forward_wait(super::config::ForwardedCall::of_method(method)));
         r
@@ -86,7 +91,15 @@ impl GrpcApi {
 /// A failure of the forwarding itself (not an answer of the leader) is a `RETRY` whose outcome
 /// is unknown: the leader may have received the call.
 fn forward_result<T>(r: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
-    r.map_err(|s| if s.metadata().contains_key(ERROR_TRAILER) { s } else { err(ApiError::RetryUnknown) })
+    r.map_err(|s| {
+        let answered = s.metadata().contains_key(ERROR_TRAILER)
+            || matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied);
+        if answered {
+            s
+        } else {
+            err(ApiError::RetryUnknown)
+        }
+    })
 }
 
 /// Forwards the call to the leader when this member is not it, else evaluates `$local`.

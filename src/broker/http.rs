@@ -60,6 +60,8 @@ pub fn router(broker: Arc<Broker>) -> Router {
     Router::new()
         .nest("/api/v3", api)
         .layer(middleware::from_fn_with_state(broker.clone(), forward_to_leader))
+        // Outermost: nothing is forwarded or parsed for a caller without the right token.
+        .layer(middleware::from_fn_with_state(broker.clone(), authorize))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(broker)
 }
@@ -379,6 +381,25 @@ async fn raft_change_membership(State(b): Shared, body: Bytes) -> ApiResult {
         api::change_membership(&b, req.voters, req.remove).await
     };
     done(run.await)
+}
+
+/// The token check of `crate::auth`: 401 `{"error":"UNAUTHORIZED"}` without a valid token, 403
+/// `{"error":"FORBIDDEN"}` for the read token on a write.
+async fn authorize(State(b): Shared, req: Request, next: Next) -> Response {
+    let need = crate::auth::http_need(req.method());
+    let presented = crate::auth::bearer(req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes()));
+    match b.config.credentials.check(need, presented) {
+        Ok(()) => next.run(req).await,
+        Err(denied) => {
+            let status = match denied {
+                crate::auth::Denied::Unauthorized => StatusCode::UNAUTHORIZED,
+                crate::auth::Denied::Forbidden => StatusCode::FORBIDDEN,
+            };
+            let mut resp = (status, axum::Json(json!({"error": denied.code()}))).into_response();
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            resp
+        }
+    }
 }
 
 /// Followers hand requests to the leader; the leader answers them itself.

@@ -35,23 +35,37 @@ fn raft_config(c: &BrokerConfig) -> Result<openraft::Config> {
     cfg.validate().context("invalid raft timing settings")
 }
 
-/// One command to a proxy, bounded by `timeout`; `None` if it cannot be asked.
-pub async fn proxy_command(address: &str, args: &[&str], timeout: Duration) -> Option<moonraft_proxy::resp::Frame> {
+/// One command to a proxy, bounded by `timeout`; `None` if it cannot be asked. With
+/// `admin_password` the connection first runs `AUTH admin <password>`.
+pub async fn proxy_command(
+    address: &str,
+    args: &[&str],
+    timeout: Duration,
+    admin_password: Option<&crate::auth::Secret>,
+) -> Option<moonraft_proxy::resp::Frame> {
+    use moonraft_proxy::resp::{Frame, Request};
     use tokio::io::AsyncWriteExt;
     let ask = async {
         let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
-        let req = moonraft_proxy::resp::Request::from_strs(args);
-        stream.write_all(&req.raw).await.ok()?;
         let mut buf = bytes::BytesMut::new();
+        if let Some(p) = admin_password {
+            stream.write_all(&Request::from_strs(&["AUTH", "admin", p.expose()]).raw).await.ok()?;
+            let reply = moonraft_proxy::backend::read_reply(&mut stream, &mut buf, 1 << 16).await.ok()?;
+            if let Ok(Some((Frame::Error(e), _))) = Frame::parse(&reply) {
+                tracing::warn!(proxy = %address, "AUTH admin refused: {e} (check proxy_admin_password)");
+                return None;
+            }
+        }
+        stream.write_all(&Request::from_strs(args).raw).await.ok()?;
         let reply = moonraft_proxy::backend::read_reply(&mut stream, &mut buf, 16 << 20).await.ok()?;
-        moonraft_proxy::resp::Frame::parse(&reply).ok().flatten().map(|(f, _)| f)
+        Frame::parse(&reply).ok().flatten().map(|(f, _)| f)
     };
     tokio::time::timeout(timeout, ask).await.ok().flatten()
 }
 
 /// `UMCTL GETEPOCH` on a proxy, bounded by `timeout`; `None` if it cannot be asked.
-pub async fn proxy_epoch(address: &str, timeout: Duration) -> Option<u64> {
-    match proxy_command(address, &["UMCTL", "GETEPOCH"], timeout).await {
+pub async fn proxy_epoch(address: &str, timeout: Duration, password: Option<&crate::auth::Secret>) -> Option<u64> {
+    match proxy_command(address, &["UMCTL", "GETEPOCH"], timeout, password).await {
         Some(moonraft_proxy::resp::Frame::Integer(e)) if e >= 0 => Some(e as u64),
         _ => None,
     }
@@ -108,7 +122,8 @@ pub async fn run(mut config: BrokerConfig) -> Result<()> {
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let (log, sm) = storage::open_for(&config.data_dir, config.node_id)?;
     let identity = log.group_identity();
-    let network = GrpcNetwork { identity: identity.clone() };
+    let group_secret = config.credentials.group_secret().map(|s| s.expose().to_owned());
+    let network = GrpcNetwork { identity: identity.clone(), secret: group_secret.map(Into::into) };
     let raft = Raft::new(config.node_id, Arc::new(raft_config(&config)?), network, log, sm.clone())
         .await
         .context("cannot start raft")?;
@@ -130,18 +145,24 @@ pub async fn run(mut config: BrokerConfig) -> Result<()> {
     // No Nagle on Raft and forwarding traffic either.
     let grpc_incoming = tonic::transport::server::TcpIncoming::from_listener(grpc_listener, true, None)
         .map_err(|e| anyhow::anyhow!("grpc listener: {e}"))?;
+    let credentials = Arc::new(broker.config.credentials.clone());
     let grpc = tonic::transport::Server::builder()
-        .add_service(
+        .add_service(crate::auth::Guarded::new(
             RaftInternalServer::new(grpc::RaftService { broker: broker.clone(), router: router.clone() })
                 .max_decoding_message_size(256 * 1024 * 1024)
                 .max_encoding_message_size(256 * 1024 * 1024),
-        )
-        .add_service(
+            credentials.clone(),
+        ))
+        .add_service(crate::auth::Guarded::new(
             BrokerApiServer::new(grpc_api::GrpcApi { broker: broker.clone() })
                 .max_decoding_message_size(broker.config.max_body_bytes)
                 .max_encoding_message_size(256 * 1024 * 1024),
-        )
-        .add_service(RaftAdminServer::new(grpc_api::GrpcApi { broker: broker.clone() }))
+            credentials.clone(),
+        ))
+        .add_service(crate::auth::Guarded::new(
+            RaftAdminServer::new(grpc_api::GrpcApi { broker: broker.clone() }),
+            credentials.clone(),
+        ))
         .serve_with_incoming(grpc_incoming);
     info!(
         node_id = broker.node_id(),
@@ -150,6 +171,16 @@ pub async fn run(mut config: BrokerConfig) -> Result<()> {
         data_dir = %broker.config.data_dir.display(),
         "broker started"
     );
+    let c = &broker.config.credentials;
+    if !c.api_protected() {
+        warn!("no admin_token or read_token: anyone who reaches {} or {} can read and change all metadata (set admin_token to close it)", broker.config.address, broker.config.grpc_address);
+    }
+    if c.group_secret().is_none() {
+        warn!(
+            "no cluster_secret or admin_token: anyone who reaches {} can send Raft traffic to this member",
+            broker.config.grpc_address
+        );
+    }
     if broker.config.unsafe_local_reads {
         warn!("unsafe_local_reads is on: reads are answered from this member's own copy and may be stale (a test setting, never for production)");
     }

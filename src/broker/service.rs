@@ -62,6 +62,9 @@ impl ApiError {
             ApiError::Meta(MetaError::InvalidConfig { key, value, message }) => {
                 json!({"error": "INVALID_CONFIG", "key": key, "value": value, "message": message})
             }
+            ApiError::Meta(MetaError::InvalidMetadata { message }) => {
+                json!({"error": "INVALID_METADATA", "message": message})
+            }
             ApiError::Meta(MetaError::EpochMismatch { current }) => {
                 json!({"error": "EPOCH_MISMATCH", "epoch": current})
             }

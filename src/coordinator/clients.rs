@@ -1,6 +1,7 @@
 //! The coordinator's two clients: the broker group over gRPC (any member; the next one on
 //! failure) and proxies over RESP (one connection per use, dropped on any error).
 
+use crate::auth::{BearerToken, Secret};
 use bytes::BytesMut;
 use moonraft_proto::broker::broker_api_client::BrokerApiClient;
 use moonraft_proxy::resp::{Frame, Request};
@@ -9,15 +10,20 @@ use std::sync::RwLock;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// Per-call bound on broker requests (undermoon set none, weak point 16).
 const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// A `BrokerApi` client that sends the coordinator's token with every call.
+pub type BrokerClient = BrokerApiClient<InterceptedService<Channel, BearerToken>>;
+
 pub struct Brokers {
     addresses: RwLock<Vec<(String, Channel)>>,
     current: AtomicUsize,
+    token: BearerToken,
 }
 
 fn channel(address: &str) -> Result<Channel, String> {
@@ -34,9 +40,14 @@ fn try_next(s: &Status) -> bool {
 }
 
 impl Brokers {
-    pub fn new(addresses: &[String]) -> Result<Brokers, String> {
+    pub fn new(addresses: &[String], token: Option<&Secret>) -> Result<Brokers, String> {
         let list = addresses.iter().map(|a| Ok((a.clone(), channel(a)?))).collect::<Result<Vec<_>, String>>()?;
-        Ok(Brokers { addresses: RwLock::new(list), current: AtomicUsize::new(0) })
+        Ok(Brokers { addresses: RwLock::new(list), current: AtomicUsize::new(0), token: BearerToken::new(token)? })
+    }
+
+    /// A client of `channel` that carries the token.
+    pub fn client(&self, channel: Channel) -> BrokerClient {
+        BrokerApiClient::with_interceptor(channel, self.token.clone()).max_decoding_message_size(usize::MAX)
     }
 
     pub fn addresses(&self) -> Vec<String> {
@@ -63,14 +74,14 @@ impl Brokers {
     /// the next one (each broker at most once per call).
     pub async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, Status>
     where
-        F: Fn(BrokerApiClient<Channel>) -> Fut,
+        F: Fn(BrokerClient) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let n = self.addresses.read().unwrap_or_else(|e| e.into_inner()).len().max(1);
         let mut last = Status::unavailable("no broker address");
         for offset in 0..n {
             let Some((address, channel)) = self.pick(offset) else { break };
-            let client = BrokerApiClient::new(channel).max_decoding_message_size(usize::MAX);
+            let client = self.client(channel);
             match tokio::time::timeout(BROKER_CALL_TIMEOUT, f(client)).await {
                 Ok(Ok(r)) => {
                     if offset > 0 {
@@ -179,11 +190,15 @@ fn local_socket_error(e: &std::io::Error) -> bool {
 }
 
 impl ProxyConn {
-    /// Connects to `address`, resolving its name through `resolved` (see `ResolvedAddress`).
+    /// Connects to `address`, resolving its name through `resolved` (see `ResolvedAddress`);
+    /// with `admin_password`, runs `AUTH admin <password>` first. A refused AUTH is logged and
+    /// the connection kept: the proxy is alive, and its `NOPERM` answers say what is wrong
+    /// (a wrong password must never look like a dead proxy and cause a failover).
     pub async fn connect_via(
         address: &str,
         resolved: &ResolvedAddress,
         timeout: Duration,
+        admin_password: Option<&Secret>,
     ) -> Result<ProxyConn, ConnectError> {
         let target = resolved.resolve(address, timeout).await?;
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
@@ -193,12 +208,27 @@ impl ProxyConn {
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
-        Ok(ProxyConn { stream, buf: BytesMut::new() })
+        let mut conn = ProxyConn { stream, buf: BytesMut::new() };
+        if let Some(p) = admin_password {
+            let auth = ["AUTH".to_owned(), "admin".to_owned(), p.expose().to_owned()];
+            match conn.call(&auth, timeout).await {
+                Ok(Frame::Error(e)) => {
+                    tracing::warn!(proxy = %address, "AUTH admin refused: {e} (check proxy_admin_password)")
+                }
+                Ok(_) => {}
+                Err(e) => return Err(ConnectError::Proxy(format!("AUTH: {e}"))),
+            }
+        }
+        Ok(conn)
     }
 
     /// Connects to `address` (no memory of earlier lookups).
-    pub async fn connect(address: &str, timeout: Duration) -> Result<ProxyConn, String> {
-        Ok(ProxyConn::connect_via(address, &ResolvedAddress::default(), timeout).await?)
+    pub async fn connect(
+        address: &str,
+        timeout: Duration,
+        admin_password: Option<&Secret>,
+    ) -> Result<ProxyConn, String> {
+        Ok(ProxyConn::connect_via(address, &ResolvedAddress::default(), timeout, admin_password).await?)
     }
 
     /// Sends one command and returns its reply.

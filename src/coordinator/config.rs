@@ -41,6 +41,10 @@ pub struct CoordinatorConfig {
     pub reconcile_interval_ms: u64,
     pub disable_failover: bool,
     pub enable_compression: bool,
+    /// Bearer token for the brokers (their `admin_token`: coordinators write).
+    pub token: Option<crate::auth::Secret>,
+    /// `AUTH admin <password>` on every connection to a proxy (their `admin_password`).
+    pub proxy_admin_password: Option<crate::auth::Secret>,
     pub log: String,
 }
 
@@ -64,6 +68,8 @@ impl Default for CoordinatorConfig {
             reconcile_interval_ms: 2000,
             disable_failover: false,
             enable_compression: false,
+            token: None,
+            proxy_admin_password: None,
             log: "info".into(),
         }
     }
@@ -88,6 +94,10 @@ pub const COORDINATOR_KEYS: &[&str] = &[
     "reconcile_interval_ms",
     "disable_failover",
     "enable_compression",
+    "token",
+    "token_file",
+    "proxy_admin_password",
+    "proxy_admin_password_file",
     "log",
 ];
 
@@ -146,6 +156,12 @@ impl CoordinatorConfig {
             "reconcile_interval_ms" => self.reconcile_interval_ms = positive(value)?,
             "disable_failover" => self.disable_failover = boolean(value)?,
             "enable_compression" => self.enable_compression = boolean(value)?,
+            "token" => self.token = crate::auth::Secret::new(value),
+            "token_file" => self.token = crate::auth::Secret::new(&crate::auth::read_secret_file(value)?),
+            "proxy_admin_password" => self.proxy_admin_password = crate::auth::Secret::new(value),
+            "proxy_admin_password_file" => {
+                self.proxy_admin_password = crate::auth::Secret::new(&crate::auth::read_secret_file(value)?)
+            }
             "log" => self.log = value.to_owned(),
             other => return Err(format!("unknown key {other}")),
         }

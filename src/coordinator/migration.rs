@@ -69,8 +69,12 @@ impl FinishedTask {
     }
 }
 
-async fn finished_tasks(address: &str, timeout: Duration) -> Result<Vec<FinishedTask>, String> {
-    let mut conn = ProxyConn::connect(address, timeout).await?;
+async fn finished_tasks(
+    address: &str,
+    timeout: Duration,
+    password: Option<&crate::auth::Secret>,
+) -> Result<Vec<FinishedTask>, String> {
+    let mut conn = ProxyConn::connect(address, timeout, password).await?;
     let reply = conn.call(&["UMCTL".to_owned(), "INFOMGR".to_owned()], timeout).await?;
     let Frame::Array(items) = reply else { return Err(format!("INFOMGR: not an array: {reply:?}")) };
     items
@@ -83,8 +87,8 @@ async fn finished_tasks(address: &str, timeout: Duration) -> Result<Vec<Finished
 }
 
 async fn commit_finished(co: Arc<Coordinator>, address: String) {
-    let timeout = co.timing().proxy_timeout;
-    let tasks = match finished_tasks(&address, timeout).await {
+    let timing = co.timing();
+    let tasks = match finished_tasks(&address, timing.proxy_timeout, timing.proxy_admin_password.as_ref()).await {
         Ok(t) => t,
         Err(e) => {
             tracing::debug!(proxy = %address, "migration poll: {e}");

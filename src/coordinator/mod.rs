@@ -26,7 +26,6 @@ use clients::{error_text, Brokers, ConnectError, ProxyConn, ResolvedAddress};
 use config::CoordinatorConfig;
 use detect::{Context, Detector, DetectorConfig, Probe, Verdict};
 use moonraft_proto::broker as pb;
-use moonraft_proto::broker::broker_api_client::BrokerApiClient;
 use moonraft_proxy::resp::Frame;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -37,7 +36,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 /// The timing keys that `CONFIG SET` may change at runtime.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Timing {
     pub proxy_timeout: Duration,
     pub probe_interval: Duration,
@@ -47,6 +46,8 @@ pub struct Timing {
     pub lease_ms: u64,
     pub reconcile_interval: Duration,
     pub disable_failover: bool,
+    /// Sent as `AUTH admin <password>` on every proxy connection.
+    pub proxy_admin_password: Option<crate::auth::Secret>,
 }
 
 impl Timing {
@@ -64,6 +65,7 @@ impl Timing {
                 local_error_grace: Duration::from_millis(c.local_error_grace_ms),
             },
             heartbeat_interval: Duration::from_millis(c.heartbeat_interval_ms),
+            proxy_admin_password: c.proxy_admin_password.clone(),
             lease_ms: c.proxy_lease_ms,
             reconcile_interval: Duration::from_millis(c.reconcile_interval_ms),
             disable_failover: c.disable_failover,
@@ -269,10 +271,12 @@ async fn sync_once(co: &Coordinator, agent: &AgentState, conn: &mut Option<Proxy
     agent.expected_epoch.store(view.epoch, Ordering::Relaxed);
     agent.in_cluster.store(view.cluster_name.as_deref().is_some_and(|c| !c.is_empty()), Ordering::Relaxed);
     *agent.nodes.lock().unwrap_or_else(|e| e.into_inner()) = push::nodes(&view);
-    let timeout = co.timing().proxy_timeout;
+    let timing = co.timing();
+    let timeout = timing.proxy_timeout;
     let compress = co.config.read().unwrap_or_else(|e| e.into_inner()).enable_compression;
     if conn.is_none() {
-        *conn = Some(ProxyConn::connect_via(&agent.address, &agent.resolved, timeout).await?);
+        let password = timing.proxy_admin_password.as_ref();
+        *conn = Some(ProxyConn::connect_via(&agent.address, &agent.resolved, timeout, password).await?);
     }
     let Some(c) = conn.as_mut() else { return Err("no connection".into()) };
     push_ok(&c.call(&push::setrepl(&view), timeout).await?).map_err(|e| format!("SETREPL: {e}"))?;
@@ -320,7 +324,9 @@ async fn sync_task(co: Arc<Coordinator>, agent: Arc<AgentState>, mut rx: watch::
 /// One `UMCTL HEALTH` round trip, classified (`detect::Probe`).
 async fn probe_once(agent: &AgentState, conn: &mut Option<ProxyConn>, args: &[String], t: &Timing) -> Probe {
     if conn.is_none() {
-        match ProxyConn::connect_via(&agent.address, &agent.resolved, t.probe_timeout).await {
+        match ProxyConn::connect_via(&agent.address, &agent.resolved, t.probe_timeout, t.proxy_admin_password.as_ref())
+            .await
+        {
             Ok(c) => *conn = Some(c),
             Err(ConnectError::Local(e)) => return Probe::Local(e),
             Err(ConnectError::Proxy(e)) => return Probe::Down(format!("proxy: {e}")),
@@ -486,7 +492,9 @@ async fn recover_proxy(co: &Coordinator, agent: &AgentState) -> bool {
     if !agent.in_cluster.load(Ordering::Relaxed) {
         let timeout = Duration::from_secs(35);
         let reset = async {
-            let mut c = ProxyConn::connect_via(&agent.address, &agent.resolved, co.timing().proxy_timeout).await?;
+            let t = co.timing();
+            let password = t.proxy_admin_password.as_ref();
+            let mut c = ProxyConn::connect_via(&agent.address, &agent.resolved, t.proxy_timeout, password).await?;
             let reply = c.call(&["UMCTL".to_owned(), "RESETNODES".to_owned()], timeout).await?;
             match error_text(&reply) {
                 Some(e) => Err(e),
@@ -617,7 +625,7 @@ async fn reconcile_loop(co: Arc<Coordinator>) {
 async fn watch_loop(co: Arc<Coordinator>) {
     loop {
         if let Some((address, channel)) = co.brokers.current_channel(0) {
-            let mut client = BrokerApiClient::new(channel);
+            let mut client = co.brokers.client(channel);
             match client.watch(pb::WatchRequest {}).await {
                 Ok(stream) => {
                     let mut stream = stream.into_inner();
@@ -656,7 +664,7 @@ async fn watch_loop(co: Arc<Coordinator>) {
 
 pub async fn run(mut config: CoordinatorConfig) -> anyhow::Result<()> {
     config.finish().map_err(anyhow::Error::msg)?;
-    let brokers = Brokers::new(&config.brokers).map_err(anyhow::Error::msg)?;
+    let brokers = Brokers::new(&config.brokers, config.token.as_ref()).map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(&config.address)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on address {}: {e}", config.address))?;

@@ -39,9 +39,15 @@ fn is_master(n: &pb::Node) -> bool {
     n.repl.as_ref().is_some_and(|r| r.role == "master")
 }
 
-/// `UMCTL SETREPL <epoch> NOFLAG (<role> <cluster> <node> <n> (<peer_node> <peer_proxy>)*)*`.
+/// The flags of every push: `TARGET=<proxy address>`, so a proxy refuses metadata meant for
+/// another one (a push that reached the wrong process after an address was reused).
+fn target(p: &pb::Proxy) -> String {
+    format!("TARGET={}", p.address)
+}
+
+/// `UMCTL SETREPL <epoch> TARGET=<proxy> (<role> <cluster> <node> <n> (<peer_node> <peer_proxy>)*)*`.
 pub fn setrepl(p: &pb::Proxy) -> Vec<String> {
-    let mut out: Vec<String> = vec!["UMCTL".into(), "SETREPL".into(), p.epoch.to_string(), "NOFLAG".into()];
+    let mut out: Vec<String> = vec!["UMCTL".into(), "SETREPL".into(), p.epoch.to_string(), target(p)];
     let cluster = p.cluster_name.clone().unwrap_or_default();
     for n in &p.nodes {
         if cluster.is_empty() {
@@ -58,14 +64,14 @@ pub fn setrepl(p: &pb::Proxy) -> Vec<String> {
     out
 }
 
-/// `UMCTL SETCLUSTER v2 <epoch> NOFLAG <cluster> <local>* [PEER <peer>*] CONFIG <5 fields>`.
+/// `UMCTL SETCLUSTER v2 <epoch> TARGET=<proxy> <cluster> <local>* [PEER <peer>*] CONFIG <5 fields>`.
 pub fn setcluster(p: &pb::Proxy) -> Vec<String> {
     let mut out: Vec<String> = vec![
         "UMCTL".into(),
         "SETCLUSTER".into(),
         "v2".into(),
         p.epoch.to_string(),
-        "NOFLAG".into(),
+        target(p),
         p.cluster_name.clone().unwrap_or_default(),
     ];
     for n in p.nodes.iter().filter(|n| is_master(n)) {
@@ -121,7 +127,7 @@ pub fn setcluster_compressed(p: &pb::Proxy) -> Vec<String> {
             "SETCLUSTER".into(),
             "v2".into(),
             p.epoch.to_string(),
-            "COMPRESS".into(),
+            format!("COMPRESS,{}", target(p)),
             moonraft_proxy::cluster::encode_compressed(&cmd.meta),
         ],
         Err(_) => plain,
@@ -193,11 +199,11 @@ mod tests {
         };
         assert_eq!(
             setcluster(&p).join(" "),
-            "UMCTL SETCLUSTER v2 7 NOFLAG mycluster server_proxy5:7009 1 0-8191 PEER server_proxy6:6006 1 8192-16383 CONFIG compression_strategy disabled migration_max_migration_time 10800 migration_max_blocking_time 10000 migration_scan_interval 500 migration_scan_count 16"
+            "UMCTL SETCLUSTER v2 7 TARGET=server_proxy5:6005 mycluster server_proxy5:7009 1 0-8191 PEER server_proxy6:6006 1 8192-16383 CONFIG compression_strategy disabled migration_max_migration_time 10800 migration_max_blocking_time 10000 migration_scan_interval 500 migration_scan_count 16"
         );
         assert_eq!(
             setrepl(&p).join(" "),
-            "UMCTL SETREPL 7 NOFLAG master mycluster server_proxy5:7009 1 server_proxy6:7012 server_proxy6:6006 replica mycluster server_proxy5:7010 1 server_proxy6:7011 server_proxy6:6006"
+            "UMCTL SETREPL 7 TARGET=server_proxy5:6005 master mycluster server_proxy5:7009 1 server_proxy6:7012 server_proxy6:6006 replica mycluster server_proxy5:7010 1 server_proxy6:7011 server_proxy6:6006"
         );
     }
 
@@ -224,7 +230,7 @@ mod tests {
             cluster_config: Some(config()),
         };
         let cmd = setcluster(&p).join(" ");
-        assert!(cmd.starts_with("UMCTL SETCLUSTER v2 9 NOFLAG mycluster server_proxy5:7009 1 0-4095 server_proxy5:7009 MIGRATING 1 4096-8191 9 server_proxy5:6005 server_proxy5:7009 server_proxy2:6002 server_proxy2:7003 CONFIG"), "{cmd}");
+        assert!(cmd.starts_with("UMCTL SETCLUSTER v2 9 TARGET=server_proxy5:6005 mycluster server_proxy5:7009 1 0-4095 server_proxy5:7009 MIGRATING 1 4096-8191 9 server_proxy5:6005 server_proxy5:7009 server_proxy2:6002 server_proxy2:7003 CONFIG"), "{cmd}");
     }
 
     #[test]
@@ -254,7 +260,7 @@ mod tests {
             moonraft_proxy::cluster::SetCluster::parse(&args).unwrap()
         };
         let compressed = setcluster_compressed(&p);
-        assert_eq!(compressed[4], "COMPRESS");
+        assert_eq!(compressed[4], "COMPRESS,TARGET=p5:6005");
         let (a, b) = (parse(setcluster(&p)), parse(compressed));
         assert!(b.flags.compress);
         assert_eq!(a.meta, b.meta);
@@ -272,14 +278,16 @@ mod tests {
             cluster_config: None,
         };
         let c = setcluster(&p);
-        assert_eq!(&c[..7], &["UMCTL", "SETCLUSTER", "v2", "6", "NOFLAG", "", "CONFIG"]);
-        assert_eq!(setrepl(&p).join(" "), "UMCTL SETREPL 6 NOFLAG master  r:1 0 master  r:2 0");
+        assert_eq!(&c[..7], &["UMCTL", "SETCLUSTER", "v2", "6", "TARGET=p:6000", "", "CONFIG"]);
+        assert_eq!(setrepl(&p).join(" "), "UMCTL SETREPL 6 TARGET=p:6000 master  r:1 0 master  r:2 0");
         // What the proxy parses is what we meant.
         let args: Vec<bytes::Bytes> = c[2..].iter().map(|s| bytes::Bytes::from(s.clone())).collect();
         assert!(moonraft_proxy::cluster::SetCluster::parse(&args).is_ok());
         let compressed = setcluster_compressed(&p);
-        assert_eq!(compressed[4], "COMPRESS");
+        assert_eq!(compressed[4], "COMPRESS,TARGET=p:6000");
         let args: Vec<bytes::Bytes> = compressed[2..].iter().map(|s| bytes::Bytes::from(s.clone())).collect();
-        assert_eq!(moonraft_proxy::cluster::SetCluster::parse(&args).map(|c| c.meta.name), Ok(String::new()));
+        let parsed = moonraft_proxy::cluster::SetCluster::parse(&args).unwrap();
+        assert_eq!(parsed.meta.name, "");
+        assert_eq!(parsed.flags.target.as_deref(), Some("p:6000"), "the target survives compression");
     }
 }

@@ -84,10 +84,11 @@ fn wait_ping(port: u16, proc: &mut Proc) -> bool {
             return false;
         }
         if let Ok(mut c) = Conn::try_connect(port) {
-            if let Ok(Frame::Simple(s)) = c.try_cmd(&["PING"]) {
-                if s == "PONG" {
-                    return true;
-                }
+            match c.try_cmd(&["PING"]) {
+                Ok(Frame::Simple(s)) if s == "PONG" => return true,
+                // A Redis with requirepass answers, just not to strangers.
+                Ok(Frame::Error(e)) if e.starts_with("NOAUTH") => return true,
+                _ => {}
             }
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -103,11 +104,17 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// With extra `redis-server` arguments (e.g. `--requirepass`).
+    pub fn start_with(extra: &[&str]) -> Redis {
         for _ in 0..5 {
             let port = free_port();
             let dir = TempDir::new("redis");
             let child = Command::new("redis-server")
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(extra)
                 .arg("--dir")
                 .arg(&dir.0)
                 .stdout(Stdio::null())
@@ -305,7 +312,11 @@ impl SingleProxy {
         let a = Redis::start();
         let b = Redis::start();
         let proxy = Proxy::start(extra);
-        let r = proxy.conn().cmd(&[
+        let mut c = proxy.conn();
+        if let Some(i) = extra.iter().position(|a| *a == "--admin-password") {
+            assert_eq!(c.cmd(&["AUTH", "admin", extra[i + 1]]), simple("OK"));
+        }
+        let r = c.cmd(&[
             "UMCTL",
             "SETCLUSTER",
             "v2",
@@ -456,6 +467,8 @@ pub fn http_with(
 
 /// One member of a broker group started as a real process.
 pub struct BrokerProc {
+    /// The `--admin-token` it was given, sent by the helpers that call it.
+    pub token: Option<String>,
     pub id: u64,
     pub http: String,
     pub grpc: String,
@@ -492,7 +505,10 @@ impl BrokerProc {
         .chain(extra.iter())
         .map(|s| s.to_string())
         .collect();
+        let token =
+            extra.iter().position(|a| *a == "--admin-token").and_then(|i| extra.get(i + 1)).map(|t| t.to_string());
         BrokerProc {
+            token,
             id,
             http: format!("127.0.0.1:{h}"),
             grpc: format!("127.0.0.1:{g}"),
@@ -516,7 +532,14 @@ impl BrokerProc {
     }
 
     pub fn status(&self) -> Option<serde_json::Value> {
-        http(&self.http, "GET", "/api/v3/raft/status", None).ok().filter(|r| r.status == 200).map(|r| r.json())
+        self.http("GET", "/api/v3/raft/status", None).ok().filter(|r| r.status == 200).map(|r| r.json())
+    }
+
+    /// An HTTP call to this member, with its admin token if it has one.
+    pub fn http(&self, method: &str, path: &str, body: Option<&str>) -> std::io::Result<HttpResponse> {
+        let bearer = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = bearer.iter().map(|b| ("Authorization", b.as_str())).collect();
+        http_with(&self.http, method, path, body, &headers)
     }
 }
 
@@ -596,7 +619,7 @@ impl BrokerGroup {
         let live: Vec<&BrokerProc> = self.members.iter().filter(|m| m.proc.child.is_some()).collect();
         for attempt in 0..100 {
             let m = live[attempt % live.len()];
-            match http(&m.http, method, &format!("/api/v3{path}"), body) {
+            match m.http(method, &format!("/api/v3{path}"), body) {
                 Ok(r) if r.status == 409 && r.body.starts_with(b"{\"error\":\"RETRY\"") => {}
                 Ok(r) if r.status == 503 => {}
                 Ok(r) => return r,
@@ -752,14 +775,27 @@ pub struct Stack {
     pub dir: TempDir,
 }
 
+/// Extra flags for every process of a `Stack` of each kind.
+#[derive(Default)]
+pub struct StackFlags<'a> {
+    pub broker: &'a [&'a str],
+    pub redis: &'a [&'a str],
+    pub proxy: &'a [&'a str],
+    pub coordinator: &'a [&'a str],
+}
+
 impl Stack {
     pub fn start(hosts: usize, coordinators: usize, coordinator_flags: &[&str]) -> Stack {
-        let brokers = BrokerGroup::start(3);
+        Stack::start_with(hosts, coordinators, &StackFlags { coordinator: coordinator_flags, ..StackFlags::default() })
+    }
+
+    pub fn start_with(hosts: usize, coordinators: usize, flags: &StackFlags) -> Stack {
+        let brokers = BrokerGroup::start_with(3, flags.broker);
         let dir = TempDir::new("stack");
         let mut list = Vec::new();
         for i in 0..hosts {
-            let redis = [Redis::start(), Redis::start()];
-            let proxy = Proxy::start(&[]);
+            let redis = [Redis::start_with(flags.redis), Redis::start_with(flags.redis)];
+            let proxy = Proxy::start(flags.proxy);
             let body = serde_json::json!({
                 "proxy_address": proxy.addr(),
                 "nodes": [redis[0].addr(), redis[1].addr()],
@@ -772,7 +808,7 @@ impl Stack {
         }
         let grpc = brokers.grpc_addresses();
         let coordinators = (0..coordinators)
-            .map(|i| Coordinator::start(&grpc, &dir.0, &format!("co{i}"), coordinator_flags))
+            .map(|i| Coordinator::start(&grpc, &dir.0, &format!("co{i}"), flags.coordinator))
             .collect();
         Stack { brokers, hosts: list, coordinators, dir }
     }
@@ -802,6 +838,8 @@ impl Stack {
 /// connection errors on another entry point until `deadline`.
 pub struct ClusterClient {
     pub entry: Vec<u16>,
+    /// `AUTH` sent on each connection first.
+    pub password: Option<String>,
 }
 
 fn port_of(addr: &str) -> Option<u16> {
@@ -819,6 +857,9 @@ impl ClusterClient {
             let port = target.unwrap_or(self.entry[next % self.entry.len()]);
             let reply = Conn::try_connect(port).and_then(|mut c| {
                 c.set_timeout(Duration::from_secs(2));
+                if let Some(p) = &self.password {
+                    c.try_cmd(&["AUTH", p])?;
+                }
                 if asking {
                     c.try_cmd(&["ASKING"])?;
                 }

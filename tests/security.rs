@@ -1,0 +1,344 @@
+//! Credentials on every surface, with real processes: the brokers' `/api/v3` and gRPC
+//! services (admin token, read token, none, wrong), Raft traffic between members (the group
+//! secret), `moonraft ctl`, the proxy's admin commands (`UMCTL`, `UMSYNC`, `UMREAD`,
+//! `CONFIG SET`) and data commands, and a whole secured system (password-protected Redis
+//! behind the proxies) that still migrates slots and fails over.
+
+mod common;
+
+use common::*;
+use moonraft_proto::broker as pb;
+use moonraft_proto::broker::broker_api_client::BrokerApiClient;
+use moonraft_proto::raft::raft_internal_client::RaftInternalClient;
+use moonraft_proxy::resp::Frame;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use tonic::Code;
+
+const ADMIN: &str = "adm-7f3e9a";
+const READ: &str = "rd-51c2d8";
+const GROUP: &str = "grp-90ab44";
+
+fn bearer(t: &str) -> String {
+    format!("Bearer {t}")
+}
+
+/// One HTTP call with an optional `Authorization` value; retries `RETRY` during elections.
+fn call(addr: &str, method: &str, path: &str, body: Option<&str>, auth: Option<&str>) -> HttpResponse {
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", *a)).collect();
+    for _ in 0..100 {
+        match http_with(addr, method, path, body, &headers) {
+            Ok(r) if r.status == 409 && r.body.starts_with(b"{\"error\":\"RETRY\"") => {}
+            Ok(r) => return r,
+            Err(_) => {}
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{method} {path}: no answer");
+}
+
+/// A gRPC request carrying `token` as a bearer token, if any.
+fn with<T>(token: Option<&str>, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Some(t) = token {
+        r.metadata_mut().insert("authorization", bearer(t).parse().unwrap());
+    }
+    r
+}
+
+fn secured_group() -> BrokerGroup {
+    BrokerGroup::start_with(3, &["--admin-token", ADMIN, "--read-token", READ, "--cluster-secret", GROUP])
+}
+
+#[test]
+fn http_api_needs_the_right_token_on_every_member() {
+    let group = secured_group();
+    let wrong = bearer("nope");
+    let (read, admin) = (bearer(READ), bearer(ADMIN));
+    for (i, m) in group.members.iter().enumerate() {
+        // A read: none and wrong → 401, read and admin → 200.
+        for auth in [None, Some(wrong.as_str())] {
+            let r = call(&m.http, "GET", "/api/v3/clusters/names", None, auth);
+            assert_eq!((r.status, r.error_code()), (401, "UNAUTHORIZED".to_owned()), "member {i} {auth:?}");
+            assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+        }
+        for auth in [&read, &admin] {
+            let r = call(&m.http, "GET", "/api/v3/clusters/names", None, Some(auth));
+            assert_eq!(r.status, 200, "member {i}");
+        }
+        // A write, through every member (followers forward it with the group secret): none and
+        // wrong → 401, read → 403, admin → 200.
+        let body = format!(r#"{{"proxy_address":"10.9.9.{i}:6000","nodes":["10.9.9.{i}:7000","10.9.9.{i}:7001"]}}"#);
+        for auth in [None, Some(wrong.as_str())] {
+            let r = call(&m.http, "POST", "/api/v3/proxies/meta", Some(&body), auth);
+            assert_eq!((r.status, r.error_code()), (401, "UNAUTHORIZED".to_owned()), "member {i}");
+        }
+        let r = call(&m.http, "POST", "/api/v3/proxies/meta", Some(&body), Some(&read));
+        assert_eq!((r.status, r.error_code()), (403, "FORBIDDEN".to_owned()), "member {i}");
+        let r = call(&m.http, "POST", "/api/v3/proxies/meta", Some(&body), Some(&admin));
+        assert_eq!(r.status, 200, "member {i}: {}", String::from_utf8_lossy(&r.body));
+    }
+    // Nothing refused got in; every admitted write did.
+    let r = call(&group.members[0].http, "GET", "/api/v3/proxies/addresses", None, Some(&read));
+    assert_eq!(r.json()["addresses"].as_array().map(Vec::len), Some(3));
+    // The tokens are nowhere in the logs.
+    let logs = group.logs();
+    for secret in [ADMIN, READ, GROUP] {
+        assert!(!logs.contains(secret), "a credential was logged");
+    }
+}
+
+#[test]
+fn grpc_services_and_raft_traffic_need_their_credentials() {
+    let group = secured_group();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        for m in &group.members {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", m.grpc)).unwrap().connect_lazy();
+            let mut api = BrokerApiClient::new(channel.clone());
+            // Reads.
+            for token in [None, Some("nope")] {
+                let s = api.get_cluster_names(with(token, pb::Page::default())).await.unwrap_err();
+                assert_eq!(s.code(), Code::Unauthenticated, "{s:?}");
+            }
+            for token in [READ, ADMIN] {
+                let mut answered = false;
+                for _ in 0..50 {
+                    match api.get_cluster_names(with(Some(token), pb::Page::default())).await {
+                        Ok(_) => {
+                            answered = true;
+                            break;
+                        }
+                        Err(s) if s.code() == Code::Unavailable => tokio::time::sleep(Duration::from_millis(100)).await,
+                        Err(s) => panic!("{s:?}"),
+                    }
+                }
+                assert!(answered);
+            }
+            // Writes: the read token is not enough.
+            let s = api.force_epoch(with(None, pb::Epoch { epoch: 1 })).await.unwrap_err();
+            assert_eq!(s.code(), Code::Unauthenticated);
+            let s = api.force_epoch(with(Some(READ), pb::Epoch { epoch: 1 })).await.unwrap_err();
+            assert_eq!(s.code(), Code::PermissionDenied);
+            // Raft traffic: only the group secret (not even the admin token) gets past the door;
+            // then the garbage payload is refused as such.
+            let mut raft = RaftInternalClient::new(channel.clone());
+            for token in [None, Some(ADMIN), Some(READ)] {
+                let s = raft.vote(with(token, moonraft_proto::raft::RaftMessage { payload: b"{}".to_vec() })).await;
+                assert_eq!(s.unwrap_err().code(), Code::Unauthenticated, "{token:?}");
+            }
+            let s = raft.vote(with(Some(GROUP), moonraft_proto::raft::RaftMessage { payload: b"{}".to_vec() })).await;
+            assert_eq!(s.unwrap_err().code(), Code::InvalidArgument);
+        }
+    });
+    // The group itself works: members elected a leader and replicate (they send the secret).
+    assert!(group.wait_leader(Duration::from_secs(10)).is_some());
+}
+
+#[test]
+fn ctl_takes_a_token() {
+    let group = secured_group();
+    let ctl = |env_token: Option<&str>, args: &[&str]| {
+        for _ in 0..50 {
+            let mut cmd = Command::new(BIN);
+            cmd.arg("ctl").arg("--broker").arg(group.grpc_addresses()).args(args).stdin(Stdio::null());
+            cmd.env_remove("MOONRAFT_TOKEN");
+            if let Some(t) = env_token {
+                cmd.env("MOONRAFT_TOKEN", t);
+            }
+            let out = cmd.output().expect("run moonraft ctl");
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            if !stderr.contains("error: RETRY") {
+                return (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), stderr);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("ctl {args:?}: still RETRY");
+    };
+    let (code, _, err) = ctl(None, &["epoch"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("UNAUTHORIZED") && err.contains("--token"), "{err}");
+    let (code, out, err) = ctl(None, &["--token", READ, "epoch"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!out.trim().is_empty());
+    let (code, _, err) =
+        ctl(None, &["--token", READ, "proxy", "register", "10.1.1.1:6000", "10.1.1.1:7000", "10.1.1.1:7001"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("FORBIDDEN"), "{err}");
+    let (code, _, err) = ctl(Some(ADMIN), &["proxy", "register", "10.1.1.1:6000", "10.1.1.1:7000", "10.1.1.1:7001"]);
+    assert_eq!(code, Some(0), "{err}");
+    let dir = TempDir::new("ctl-token");
+    let file = dir.0.join("token");
+    std::fs::write(&file, format!("{ADMIN}\n")).unwrap();
+    let (code, out, err) = ctl(None, &["--token-file", file.to_str().unwrap(), "--json", "proxies"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("10.1.1.1:6000"), "{out}");
+}
+
+#[test]
+fn a_broker_refuses_a_read_token_without_an_admin_token() {
+    let dir = TempDir::new("broker-tokens");
+    let out = Command::new(BIN)
+        .args(["broker", "--node-id", "1", "--data-dir"])
+        .arg(dir.0.join("d"))
+        .args(["--read-token", READ, "--address", "127.0.0.1:0", "--grpc-address", "127.0.0.1:0"])
+        .output()
+        .expect("run moonraft broker");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("read_token needs admin_token"), "{err}");
+    assert!(!err.contains(READ), "the token is not echoed: {err}");
+}
+
+fn err_of(f: Frame) -> String {
+    match f {
+        Frame::Error(e) => e,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn proxy_admin_commands_need_the_admin_password() {
+    let p = SingleProxy::start(&["--admin-password", "padm", "--password", "pdata"]);
+    let mut c = p.proxy.conn();
+    // No credential: admin commands → NOPERM, data commands → NOAUTH.
+    for cmd in [
+        &["UMCTL", "GETEPOCH"][..],
+        &["UMCTL", "SETCLUSTER", "v2", "99", "FORCE", "evil", "1.2.3.4:1", "1", "0-16383"],
+        &["UMSYNC", "x"],
+        &["UMREAD", "a", "b"],
+        &["CONFIG", "SET", "slowlog_sample_rate", "1"],
+    ] {
+        assert!(err_of(c.cmd(cmd)).starts_with("NOPERM"), "{cmd:?}");
+    }
+    assert!(err_of(c.cmd(&["GET", "k"])).starts_with("NOAUTH"));
+    // Wrong credentials: one message whatever was wrong.
+    let wrong = "WRONGPASS invalid username-password pair or user is disabled.";
+    for cmd in [
+        &["AUTH", "nope"][..],
+        &["AUTH", "default", "nope"],
+        &["AUTH", "admin", "nope"],
+        &["AUTH", "admin", "pdata"],
+        &["AUTH", "root", "padm"],
+    ] {
+        assert_eq!(err_of(c.cmd(cmd)), wrong, "{cmd:?}");
+    }
+    // The data password opens data commands, not admin ones.
+    assert_eq!(c.cmd(&["AUTH", "pdata"]), simple("OK"));
+    assert_eq!(c.cmd(&["SET", "k", "v"]), simple("OK"));
+    assert!(err_of(c.cmd(&["UMCTL", "GETEPOCH"])).starts_with("NOPERM"));
+    // The admin password opens everything.
+    assert_eq!(c.cmd(&["AUTH", "admin", "padm"]), simple("OK"));
+    assert_eq!(c.cmd(&["UMCTL", "GETEPOCH"]), Frame::Integer(1));
+    assert!(!err_of(c.cmd(&["UMSYNC", "x"])).starts_with("NOPERM"));
+    let mut admin_only = p.proxy.conn();
+    assert_eq!(admin_only.cmd(&["AUTH", "admin", "padm"]), simple("OK"));
+    assert_eq!(admin_only.cmd(&["GET", "k"]), bulk("v"));
+    let mut hello = p.proxy.conn();
+    assert!(matches!(hello.cmd(&["HELLO", "3", "AUTH", "admin", "padm"]), Frame::Map(_)));
+    assert_eq!(hello.cmd(&["UMCTL", "GETEPOCH"]), Frame::Integer(1));
+    // Nothing refused changed the routing.
+    assert_eq!(admin_only.cmd(&["UMCTL", "GETEPOCH"]), Frame::Integer(1));
+}
+
+#[test]
+fn without_an_admin_password_inter_proxy_reads_still_obey_the_data_password() {
+    let p = SingleProxy::start(&["--password", "pdata"]);
+    let mut c = p.proxy.conn();
+    assert_eq!(c.cmd(&["UMCTL", "GETEPOCH"]), Frame::Integer(1), "UMCTL open without admin_password");
+    assert!(err_of(c.cmd(&["UMREAD", "a", "b"])).starts_with("NOAUTH"));
+    assert!(err_of(c.cmd(&["UMSYNC", "x"])).starts_with("NOAUTH"));
+    assert_eq!(c.cmd(&["AUTH", "default", "pdata"]), simple("OK"));
+    assert!(!err_of(c.cmd(&["UMSYNC", "x"])).starts_with("NOAUTH"));
+}
+
+#[test]
+fn a_push_meant_for_another_proxy_is_refused() {
+    let p = SingleProxy::start(&[]);
+    let mut c = p.proxy.conn();
+    let r = c.cmd(&["UMCTL", "SETCLUSTER", "v2", "5", "TARGET=10.0.0.1:6000", "evil", "1.2.3.4:1", "1", "0-16383"]);
+    assert_eq!(err_of(r), "ERR_NOT_MY_META");
+    assert_eq!(c.cmd(&["UMCTL", "GETEPOCH"]), Frame::Integer(1), "the routing did not change");
+    let own = format!("TARGET={}", p.proxy.addr());
+    let r = c.cmd(&["UMCTL", "SETCLUSTER", "v2", "5", &own, "test", &p.a.addr(), "1", "0-16383"]);
+    assert_eq!(r, simple("OK"));
+    assert_eq!(c.cmd(&["UMCTL", "GETEPOCH"]), Frame::Integer(5));
+}
+
+/// Everything secured at once: brokers with tokens and a group secret, proxies with data and
+/// admin passwords in front of Redis with `requirepass`, coordinators with the token and the
+/// proxies' admin password. The cluster is created, written, scaled out (proxies copy keys
+/// from each other and from password-protected Redis) and fails over (replicas sync from
+/// password-protected masters), and no write is lost.
+#[test]
+fn a_secured_system_migrates_and_fails_over() {
+    let broker =
+        ["--admin-token", ADMIN, "--read-token", READ, "--cluster-secret", GROUP, "--proxy-admin-password", "padm"];
+    let proxy = ["--admin-password", "padm", "--password", "pdata", "--backend-password", "rpass"];
+    let coordinator = ["--token", ADMIN, "--proxy-admin-password", "padm"];
+    let mut s = Stack::start_with(
+        4,
+        2,
+        &StackFlags { broker: &broker, redis: &["--requirepass", "rpass"], proxy: &proxy, coordinator: &coordinator },
+    );
+    assert_eq!(s.brokers.call("POST", "/clusters/meta/c", Some(r#"{"node_number":4}"#)).status, 200);
+    let entry: Vec<u16> = s.hosts.iter().map(|h| h.proxy.port).collect();
+    let client = ClusterClient { entry, password: Some("pdata".into()) };
+    for i in 0..200 {
+        let k = format!("key{i}");
+        assert_eq!(client.cmd(&["SET", &k, &i.to_string()], Duration::from_secs(20)), Ok(simple("OK")), "{}", s.logs());
+    }
+    // Scale out: slots move between proxies.
+    assert_eq!(s.brokers.call("POST", "/clusters/migrations/auto/c/8", None).status, 200, "{}", s.logs());
+    let migrated = eventually(Duration::from_secs(60), || {
+        let c = s.cluster("c");
+        c["nodes"].as_array().is_some_and(|n| n.len() == 8)
+            && c["nodes"].as_array().is_some_and(|nodes| {
+                nodes.iter().all(|n| n["slots"].as_array().is_some_and(|sl| sl.iter().all(|x| x["tag"] == "None")))
+            })
+    });
+    assert!(migrated, "migration did not finish:\n{}", s.logs());
+    for i in 0..200 {
+        let k = format!("key{i}");
+        assert_eq!(client.cmd(&["GET", &k], Duration::from_secs(20)), Ok(bulk(&i.to_string())), "{k}");
+    }
+    // Replicas sync from password-protected masters (the proxies set masterauth): wait until
+    // every replica holds what its master holds, so that the failover below loses nothing.
+    let dbsize = |addr: &str| -> Option<i64> {
+        let mut c = Conn::try_connect(port_of_addr(addr)).ok()?;
+        c.set_timeout(Duration::from_secs(2));
+        c.try_cmd(&["AUTH", "rpass"]).ok()?;
+        match c.try_cmd(&["DBSIZE"]).ok()? {
+            Frame::Integer(n) => Some(n),
+            _ => None,
+        }
+    };
+    let in_sync = eventually(Duration::from_secs(30), || {
+        let c = s.cluster("c");
+        c["nodes"].as_array().is_some_and(|nodes| {
+            nodes.iter().filter(|n| n["repl"]["role"] == "replica").all(|n| {
+                let replica = n["address"].as_str().unwrap_or_default();
+                let master = n["repl"]["peers"][0]["node_address"].as_str().unwrap_or_default();
+                let (r, m) = (dbsize(replica), dbsize(master));
+                r.is_some() && r == m
+            })
+        })
+    });
+    assert!(in_sync, "replicas did not sync from password-protected masters:\n{}", s.logs());
+    // Fail over: kill a proxy that holds masters; its replicas take over and the keys are
+    // still there.
+    let victim = master_proxies(&s.cluster("c"))[0].clone();
+    s.host(&victim).proxy.proc.kill();
+    let failed_over = eventually(Duration::from_secs(30), || !master_proxies(&s.cluster("c")).contains(&victim));
+    assert!(failed_over, "no failover:\n{}", s.logs());
+    let alive: Vec<u16> = s.hosts.iter().filter(|h| h.proxy.addr() != victim).map(|h| h.proxy.port).collect();
+    let client = ClusterClient { entry: alive, password: Some("pdata".into()) };
+    for i in 0..200 {
+        let k = format!("key{i}");
+        assert_eq!(client.cmd(&["GET", &k], Duration::from_secs(30)), Ok(bulk(&i.to_string())), "{k}");
+    }
+    let logs = s.logs();
+    for secret in [ADMIN, READ, GROUP, "padm", "pdata", "rpass"] {
+        assert!(!logs.contains(secret), "a credential was logged");
+    }
+}
