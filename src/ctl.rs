@@ -23,6 +23,7 @@ USAGE:
     --json     print JSON instead of tables
     --token    the brokers' admin_token, or read_token for reads only
                (default: $MOONRAFT_TOKEN; --token-file FILE reads it from a file)
+    --tls-ca   CA (PEM) to verify brokers that serve TLS (default: $MOONRAFT_TLS_CA)
 
 COMMANDS:
     clusters                             list clusters
@@ -67,6 +68,7 @@ struct Args {
     brokers: Vec<String>,
     json: bool,
     token: Option<Secret>,
+    tls_ca: Option<String>,
     rest: Vec<String>,
 }
 
@@ -74,6 +76,7 @@ fn parse_args(args: &[String]) -> Result<Args> {
     let mut brokers = std::env::var("MOONRAFT_BROKER").ok().filter(|s| !s.is_empty());
     let mut json = false;
     let mut token = std::env::var("MOONRAFT_TOKEN").ok().and_then(|t| Secret::new(&t));
+    let mut tls_ca = std::env::var("MOONRAFT_TLS_CA").ok().filter(|s| !s.is_empty());
     let mut rest = Vec::new();
     let mut i = 0;
     while i < args.len() {
@@ -84,6 +87,10 @@ fn parse_args(args: &[String]) -> Result<Args> {
                 token = Secret::new(args.get(i).ok_or_else(|| anyhow!("--token needs a value"))?);
             }
             a if a.starts_with("--token=") => token = Secret::new(&a["--token=".len()..]),
+            "--tls-ca" => {
+                i += 1;
+                tls_ca = Some(args.get(i).cloned().ok_or_else(|| anyhow!("--tls-ca needs a path"))?);
+            }
             "--token-file" => {
                 i += 1;
                 let path = args.get(i).ok_or_else(|| anyhow!("--token-file needs a path"))?;
@@ -100,7 +107,7 @@ fn parse_args(args: &[String]) -> Result<Args> {
     }
     let brokers = brokers.unwrap_or_else(|| "127.0.0.1:7800".to_owned());
     let brokers = brokers.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
-    Ok(Args { brokers, json, token, rest })
+    Ok(Args { brokers, json, token, tls_ca, rest })
 }
 
 /// Exit status and message of a failed `ctl` run.
@@ -119,7 +126,9 @@ pub fn main(args: &[String]) -> std::result::Result<(), Failure> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| usage(e.into()))?;
     runtime.block_on(async move {
         let token = BearerToken::new(parsed.token.as_ref()).map_err(|e| usage(anyhow!(e)))?;
-        let ctl = Ctl::connect(&parsed.brokers, parsed.json, token).await.map_err(usage)?;
+        let tls = crate::tls::ClientTls::load(parsed.tls_ca.as_deref().map(std::path::Path::new))
+            .map_err(|e| usage(anyhow!(e)))?;
+        let ctl = Ctl::connect(&parsed.brokers, parsed.json, token, &tls).await.map_err(usage)?;
         let words: Vec<&str> = parsed.rest.iter().map(String::as_str).collect();
         ctl.run(&words).await.map_err(|e| match e.downcast::<ApiFailure>() {
             Ok(api) => Failure { code: 1, message: api.to_string() },
@@ -237,13 +246,10 @@ fn flag<'a>(words: &[&'a str], name: &str) -> Option<&'a str> {
 }
 
 impl Ctl {
-    async fn connect(brokers: &[String], json: bool, token: BearerToken) -> Result<Ctl> {
+    async fn connect(brokers: &[String], json: bool, token: BearerToken, tls: &crate::tls::ClientTls) -> Result<Ctl> {
         let mut last = None;
         for b in brokers {
-            let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{b}"))
-                .with_context(|| format!("bad broker address {b:?}"))?
-                .connect_timeout(Duration::from_secs(2))
-                .tcp_nodelay(true);
+            let endpoint = tls.endpoint(b, Duration::from_secs(2)).map_err(|e| anyhow!(e))?;
             match endpoint.connect().await {
                 Ok(channel) => return Ok(Ctl { channel, address: b.clone(), json, token }),
                 Err(e) => last = Some(format!("{b}: {e}")),

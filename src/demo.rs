@@ -131,7 +131,8 @@ struct Credentials {
     read_token: String,
     /// Brokers among themselves (Raft, forwarding).
     cluster_secret: String,
-    /// Proxies: `AUTH admin …` (coordinators, brokers, proxies among themselves).
+    /// Proxies: `AUTH admin …` (coordinators, brokers, proxies among themselves); also the
+    /// coordinators' admin ports.
     proxy_admin_password: String,
     /// Proxies: data commands (`AUTH <password>`, `REDISCLI_AUTH`).
     password: String,
@@ -393,7 +394,12 @@ pub fn main(args: &[String]) -> Result<()> {
         .env_remove("RUST_LOG");
         secret_env(
             &mut cmd,
-            &[("MOONRAFT_TOKEN", |c| &c.admin_token), ("MOONRAFT_PROXY_ADMIN_PASSWORD", |c| &c.proxy_admin_password)],
+            &[
+                ("MOONRAFT_TOKEN", |c| &c.admin_token),
+                ("MOONRAFT_PROXY_ADMIN_PASSWORD", |c| &c.proxy_admin_password),
+                // The coordinators' admin ports take the same admin password.
+                ("MOONRAFT_ADMIN_PASSWORD", |c| &c.proxy_admin_password),
+            ],
         );
         let mut r = spawn("coordinator", c, &mut cmd, &log)?;
         wait_port(c, &mut r.child, "coordinator", &log)?;

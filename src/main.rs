@@ -6,6 +6,7 @@ mod coordinator;
 mod ctl;
 mod demo;
 mod settings;
+mod tls;
 
 use anyhow::{Context, Result};
 use moonraft_proxy::config::PROXY_KEYS;

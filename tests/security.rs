@@ -342,3 +342,149 @@ fn a_secured_system_migrates_and_fails_over() {
         assert!(!logs.contains(secret), "a credential was logged");
     }
 }
+
+#[test]
+fn the_coordinator_admin_port_needs_its_password() {
+    let group = BrokerGroup::start(1);
+    let dir = TempDir::new("co-admin");
+    let co = Coordinator::start(&group.grpc_addresses(), &dir.0, "co", &["--admin-password", "cpw"]);
+    let mut c = Conn::connect(co.admin);
+    assert_eq!(c.cmd(&["PING"]), simple("PONG"));
+    for cmd in [&["CONFIG", "GET", "brokers"][..], &["CONFIG", "SET", "brokers", "evil:1"], &["INFO"]] {
+        assert!(err_of(c.cmd(cmd)).starts_with("NOAUTH"), "{cmd:?}");
+    }
+    assert!(err_of(c.cmd(&["AUTH", "nope"])).starts_with("WRONGPASS"));
+    assert_eq!(c.cmd(&["AUTH", "cpw"]), simple("OK"));
+    assert_eq!(c.cmd(&["CONFIG", "GET", "brokers"]), bulk(&group.grpc_addresses()), "nothing refused changed it");
+}
+
+/// A process without credentials says once that it is open, and warnings about the config
+/// file (read before logging is set up) reach the log.
+#[test]
+fn open_roles_and_unknown_keys_are_reported_at_start() {
+    let dir = TempDir::new("warn");
+    let file = dir.0.join("proxy.toml");
+    std::fs::write(&file, "slowlog_len = 10\nno_such_key = 1\n").unwrap();
+    let proxy = Proxy::start(&[file.to_str().unwrap()]);
+    let ready = eventually(Duration::from_secs(5), || {
+        let log = proxy.log_text();
+        log.contains("ignoring unknown key \"no_such_key\"") && log.contains("no admin_password")
+    });
+    assert!(ready, "{}", proxy.log_text());
+    assert_eq!(proxy.log_text().matches("no admin_password").count(), 1);
+    // The warning is written before the proxy listens, so once it answers PING it is there.
+    let secured = Proxy::start(&["--admin-password", "x"]);
+    assert!(!secured.log_text().contains("no admin_password"), "{}", secured.log_text());
+}
+
+/// A CA and a server certificate for 127.0.0.1, made with the `openssl` command.
+struct Certs {
+    _dir: TempDir,
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+fn certs() -> Certs {
+    let dir = TempDir::new("certs");
+    let path = |f: &str| dir.0.join(f).to_str().unwrap().to_owned();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).output().expect("openssl must be installed");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let (ca, ca_key, cert, key, csr, ext) =
+        (path("ca.pem"), path("ca.key"), path("server.pem"), path("server.key"), path("server.csr"), path("ext"));
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &["-keyout", &ca_key, "-out", &ca, "-days", "2", "-subj", "/CN=moonraft test CA"],
+        ]
+        .concat(),
+    );
+    openssl(&[&["req"][..], &ec, &["-keyout", &key, "-out", &csr, "-subj", "/CN=127.0.0.1"]].concat());
+    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-out",
+        &cert,
+        "-days",
+        "2",
+        "-extfile",
+        &ext,
+    ]);
+    Certs { _dir: dir, ca, cert, key }
+}
+
+/// The same answers over TLS: HTTPS and gRPC-over-TLS on every member, Raft between members
+/// over TLS, `moonraft ctl --tls-ca`, a coordinator that syncs a proxy through TLS brokers;
+/// plain TCP and unverified clients get nowhere.
+#[test]
+fn brokers_serve_tls_with_the_same_credentials() {
+    let c = certs();
+    let tls = ["--tls-cert", c.cert.as_str(), "--tls-key", c.key.as_str(), "--tls-ca", c.ca.as_str()];
+    let flags: Vec<&str> = [&["--admin-token", ADMIN, "--read-token", READ][..], &tls].concat();
+    // Started means: every member answered /raft/status over HTTPS and they elected a leader
+    // over TLS Raft RPCs.
+    let group = BrokerGroup::start_with(3, &flags);
+    let (read, admin) = (bearer(READ), bearer(ADMIN));
+    for (i, m) in group.members.iter().enumerate() {
+        let get = |auth: Option<&str>| {
+            let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", *a)).collect();
+            https_with(&m.http, &c.ca, "GET", "/api/v3/clusters/names", None, &headers).unwrap().status
+        };
+        assert_eq!(get(None), 401, "member {i}");
+        assert_eq!(get(Some("Bearer nope")), 401);
+        assert_eq!(get(Some(&read)), 200);
+        let body = format!(r#"{{"proxy_address":"10.8.8.{i}:6000","nodes":["10.8.8.{i}:7000","10.8.8.{i}:7001"]}}"#);
+        let post = |auth: &str| {
+            https_with(&m.http, &c.ca, "POST", "/api/v3/proxies/meta", Some(&body), &[("Authorization", auth)]).unwrap()
+        };
+        assert_eq!(post(&read).status, 403);
+        let mut ok = false;
+        for _ in 0..50 {
+            let r = post(&admin);
+            if r.status == 200 {
+                ok = true;
+                break;
+            }
+            assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(ok, "member {i}: the write never went through");
+        // Plain HTTP on the TLS port, and HTTPS without our CA, get nothing.
+        assert!(http(&m.http, "GET", "/api/v3/clusters/names", None).map(|r| r.status != 200).unwrap_or(true));
+        let unverified = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", &format!("https://{}/api/v3/version", m.http)])
+            .status()
+            .unwrap();
+        assert_eq!(unverified.code(), Some(60), "curl must refuse a certificate it cannot verify");
+    }
+    // ctl over TLS.
+    let ctl = |args: &[&str]| {
+        Command::new(BIN).arg("ctl").arg("--broker").arg(group.grpc_addresses()).args(args).output().unwrap()
+    };
+    let out = ctl(&["--tls-ca", &c.ca, "--token", READ, "--json", "proxies"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("10.8.8.2:6000"));
+    let out = ctl(&["--tls-ca", &c.ca, "proxies"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("UNAUTHORIZED"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = ctl(&["--token", READ, "proxies"]);
+    assert!(!out.status.success(), "plain gRPC to a TLS port must fail");
+    // A coordinator syncs a proxy through the TLS brokers.
+    let redis = [Redis::start(), Redis::start()];
+    let proxy = Proxy::start(&[]);
+    register_proxy(&group, &proxy.addr(), [&redis[0].addr(), &redis[1].addr()], "h1");
+    let dir = TempDir::new("tls-co");
+    let _co = Coordinator::start(&group.grpc_addresses(), &dir.0, "co", &["--token", ADMIN, "--tls-ca", &c.ca]);
+    assert!(eventually(Duration::from_secs(15), || proxy_epoch(proxy.port).is_some_and(|e| e > 0)), "{}", group.logs());
+}

@@ -20,9 +20,13 @@ use tonic::transport::{Channel, Endpoint};
 
 /// Creates one connection object per peer; channels connect lazily and reconnect by
 /// themselves.
+/// Makes the endpoint for a peer's raft address (plain or TLS, decided by the binary).
+pub type EndpointFactory = Arc<dyn Fn(&str) -> Result<Endpoint, String> + Send + Sync>;
+
 #[derive(Clone)]
 pub struct GrpcNetwork {
     pub identity: Arc<GroupIdentity>,
+    pub endpoint: EndpointFactory,
     /// The group secret, sent as `authorization: Bearer <secret>` on every RPC (members with
     /// a `cluster_secret` refuse Raft traffic without it).
     pub secret: Option<Arc<str>>,
@@ -41,6 +45,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
             client: None,
             identity: self.identity.clone(),
             secret: self.secret.clone(),
+            endpoint: self.endpoint.clone(),
         }
     }
 }
@@ -51,6 +56,7 @@ pub struct PeerConnection {
     client: Option<RaftInternalClient<Channel>>,
     identity: Arc<GroupIdentity>,
     secret: Option<Arc<str>>,
+    endpoint: EndpointFactory,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -69,10 +75,8 @@ impl PeerConnection {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{}", self.address))
-            .map_err(|e| TransportError(format!("bad raft address {}: {e}", self.address)))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true);
+        let endpoint = (self.endpoint)(&self.address)
+            .map_err(|e| TransportError(format!("bad raft address {}: {e}", self.address)))?;
         let client = RaftInternalClient::new(endpoint.connect_lazy());
         self.client = Some(client.clone());
         Ok(client)

@@ -103,6 +103,12 @@ pub struct BrokerConfig {
     /// `AUTH admin <password>` sent to proxies before asking them anything (`UMCTL GETEPOCH`
     /// while recovering the epoch), for proxies with an `admin_password`.
     pub proxy_admin_password: Option<crate::auth::Secret>,
+    /// `tls_cert` + `tls_key`: both listeners serve TLS only.
+    pub tls_identity: Option<crate::tls::ServerIdentity>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    /// `tls_ca`: what this member verifies the other members against (required with TLS).
+    pub client_tls: crate::tls::ClientTls,
     pub log: String,
 }
 
@@ -140,6 +146,10 @@ impl Default for BrokerConfig {
             group_name: String::new(),
             credentials: crate::auth::Credentials::default(),
             proxy_admin_password: None,
+            tls_identity: None,
+            tls_cert: None,
+            tls_key: None,
+            client_tls: crate::tls::ClientTls::default(),
             log: "info".into(),
         }
     }
@@ -184,6 +194,9 @@ pub const BROKER_KEYS: &[&str] = &[
     "cluster_secret",
     "cluster_secret_file",
     "proxy_admin_password",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
     "log",
 ];
 
@@ -311,6 +324,12 @@ impl BrokerConfig {
             "cluster_secret" => self.credentials.group = token(value)?,
             "cluster_secret_file" => self.credentials.group = token(&crate::auth::read_secret_file(value)?)?,
             "proxy_admin_password" => self.proxy_admin_password = crate::auth::Secret::new(value),
+            "tls_cert" => self.tls_cert = (!value.is_empty()).then(|| PathBuf::from(value)),
+            "tls_key" => self.tls_key = (!value.is_empty()).then(|| PathBuf::from(value)),
+            "tls_ca" => {
+                let ca = (!value.is_empty()).then(|| std::path::Path::new(value));
+                self.client_tls = crate::tls::ClientTls::load(ca)?;
+            }
             "log" => self.log = value.to_owned(),
             // Accepted (start-up reports them once logging is set up).
             k if IGNORED_KEYS.contains(&k) => {}
@@ -336,6 +355,16 @@ impl BrokerConfig {
         }
         if c.read.is_some() && c.read == c.admin {
             return Err("read_token and admin_token must differ".into());
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                self.tls_identity = Some(crate::tls::ServerIdentity::load(cert, key)?);
+                if !self.client_tls.enabled() {
+                    return Err("tls_cert needs tls_ca too: members verify each other's certificates".into());
+                }
+            }
+            (None, None) => {}
+            _ => return Err("tls_cert and tls_key go together".into()),
         }
         if self.advertise_http_address.is_empty() {
             self.advertise_http_address = self.address.clone();

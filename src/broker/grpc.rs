@@ -78,11 +78,7 @@ pub fn leader_channel(broker: &Broker, leader: &BrokerNode) -> Result<tonic::tra
     if let Some(c) = channels.get(&leader.raft_address) {
         return Ok(c.clone());
     }
-    let c = tonic::transport::Endpoint::from_shared(format!("http://{}", leader.raft_address))
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .connect_lazy();
+    let c = broker.config.client_tls.endpoint(&leader.raft_address, Duration::from_secs(1))?.connect_lazy();
     channels.insert(leader.raft_address.clone(), c.clone());
     Ok(c)
 }

@@ -123,7 +123,10 @@ pub async fn run(mut config: BrokerConfig) -> Result<()> {
     let (log, sm) = storage::open_for(&config.data_dir, config.node_id)?;
     let identity = log.group_identity();
     let group_secret = config.credentials.group_secret().map(|s| s.expose().to_owned());
-    let network = GrpcNetwork { identity: identity.clone(), secret: group_secret.map(Into::into) };
+    let client_tls = config.client_tls.clone();
+    let endpoint: moonraft_raft::network::EndpointFactory =
+        Arc::new(move |address: &str| client_tls.endpoint(address, Duration::from_secs(1)));
+    let network = GrpcNetwork { identity: identity.clone(), secret: group_secret.map(Into::into), endpoint };
     let raft = Raft::new(config.node_id, Arc::new(raft_config(&config)?), network, log, sm.clone())
         .await
         .context("cannot start raft")?;
@@ -146,7 +149,11 @@ pub async fn run(mut config: BrokerConfig) -> Result<()> {
     let grpc_incoming = tonic::transport::server::TcpIncoming::from_listener(grpc_listener, true, None)
         .map_err(|e| anyhow::anyhow!("grpc listener: {e}"))?;
     let credentials = Arc::new(broker.config.credentials.clone());
-    let grpc = tonic::transport::Server::builder()
+    let mut grpc_server = tonic::transport::Server::builder();
+    if let Some(id) = &broker.config.tls_identity {
+        grpc_server = grpc_server.tls_config(id.grpc()).context("grpc tls")?;
+    }
+    let grpc = grpc_server
         .add_service(crate::auth::Guarded::new(
             RaftInternalServer::new(grpc::RaftService { broker: broker.clone(), router: router.clone() })
                 .max_decoding_message_size(256 * 1024 * 1024)
@@ -173,12 +180,10 @@ pub async fn run(mut config: BrokerConfig) -> Result<()> {
     );
     let c = &broker.config.credentials;
     if !c.api_protected() {
-        warn!("no admin_token or read_token: anyone who reaches {} or {} can read and change all metadata (set admin_token to close it)", broker.config.address, broker.config.grpc_address);
-    }
-    if c.group_secret().is_none() {
+        let raft = if c.group_secret().is_none() { " and send it Raft traffic" } else { "" };
         warn!(
-            "no cluster_secret or admin_token: anyone who reaches {} can send Raft traffic to this member",
-            broker.config.grpc_address
+            "no admin_token: anyone who reaches {} or {} can read and change all metadata{raft} (set admin_token to close it)",
+            broker.config.address, broker.config.grpc_address
         );
     }
     if broker.config.unsafe_local_reads {
@@ -191,10 +196,18 @@ pub async fn run(mut config: BrokerConfig) -> Result<()> {
         }
     }
     tokio::spawn(leader_duties(broker.clone()));
-    // No Nagle: small JSON replies must not wait for a delayed ACK.
-    let http = axum::serve(http_listener, router).tcp_nodelay(true);
+    let http = async {
+        match &broker.config.tls_identity {
+            Some(id) => {
+                let config = id.rustls().map_err(anyhow::Error::msg)?;
+                crate::tls::serve_https(http_listener, router, config).await.context("https server failed")
+            }
+            // No Nagle: small JSON replies must not wait for a delayed ACK.
+            None => axum::serve(http_listener, router).tcp_nodelay(true).await.context("http server failed"),
+        }
+    };
     tokio::select! {
-        r = http => r.context("http server failed")?,
+        r = http => r?,
         r = grpc => r.context("grpc server failed")?,
     }
     let _ = broker.raft.shutdown().await;

@@ -1,6 +1,8 @@
 //! The coordinator's admin port (`failover-and-coordinator.md` §8): a small RESP server.
 //! `CONFIG GET/SET` of the broker list, the reporter id and the runtime timing keys,
-//! `UMCTL DEBUG FUTURE`, `INFO`, `PING`. Idle connections close after 300 s.
+//! `UMCTL DEBUG FUTURE`, `INFO`, `PING`. Idle connections close after 300 s. With
+//! `admin_password` set, everything but `PING`, `AUTH` and `QUIT` needs `AUTH <admin_password>`
+//! first (`CONFIG SET brokers` would otherwise let anyone point it at brokers of their own).
 
 use super::config::{parse_addresses, CoordinatorConfig};
 use super::Coordinator;
@@ -46,11 +48,15 @@ pub async fn serve(co: Arc<Coordinator>, listener: TcpListener) {
 async fn connection(co: Arc<Coordinator>, mut stream: TcpStream) {
     let mut parser = RequestParser::new(1 << 20, 4 << 20);
     let mut buf = BytesMut::new();
+    let mut authenticated = co.config.read().unwrap_or_else(|e| e.into_inner()).admin_password.is_none();
     loop {
         loop {
             match parser.next(&mut buf) {
                 Ok(Some(req)) => {
-                    let reply = handle(&co, &req.args);
+                    let reply = match gate(&co, &req.args, &mut authenticated) {
+                        Some(refused) => refused,
+                        None => handle(&co, &req.args),
+                    };
                     if stream.write_all(&reply).await.is_err() {
                         return;
                     }
@@ -67,6 +73,31 @@ async fn connection(co: Arc<Coordinator>, mut stream: TcpStream) {
             _ => return,
         }
     }
+}
+
+/// `AUTH` itself, and the refusal of anything else before it: `None` lets the command run.
+fn gate(co: &Coordinator, args: &[Bytes], authenticated: &mut bool) -> Option<Bytes> {
+    let name = args.first().map(|n| n.to_ascii_lowercase()).unwrap_or_default();
+    if name == b"auth" {
+        let password = match args.len() {
+            2 => &args[1],
+            3 if args[1].eq_ignore_ascii_case(b"admin") || args[1].eq_ignore_ascii_case(b"default") => &args[2],
+            _ => return Some(resp::error("ERR wrong number of arguments for 'auth' command")),
+        };
+        let config = co.config.read().unwrap_or_else(|e| e.into_inner());
+        return Some(match &config.admin_password {
+            None => resp::error("ERR AUTH called without any password configured"),
+            Some(p) if moonraft_proxy::config::password_matches(p.expose(), password) => {
+                *authenticated = true;
+                resp::simple("OK")
+            }
+            Some(_) => resp::error("WRONGPASS invalid username-password pair or user is disabled."),
+        });
+    }
+    if *authenticated || name == b"ping" || name == b"quit" {
+        return None;
+    }
+    Some(resp::error("NOAUTH Authentication required."))
 }
 
 fn text(b: &Bytes) -> Option<&str> {

@@ -24,14 +24,7 @@ pub struct Brokers {
     addresses: RwLock<Vec<(String, Channel)>>,
     current: AtomicUsize,
     token: BearerToken,
-}
-
-fn channel(address: &str) -> Result<Channel, String> {
-    Ok(tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| format!("bad broker address {address}: {e}"))?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .connect_lazy())
+    tls: crate::tls::ClientTls,
 }
 
 /// Errors worth trying the next broker for: transport failures, timeouts and `RETRY`.
@@ -40,9 +33,12 @@ fn try_next(s: &Status) -> bool {
 }
 
 impl Brokers {
-    pub fn new(addresses: &[String], token: Option<&Secret>) -> Result<Brokers, String> {
-        let list = addresses.iter().map(|a| Ok((a.clone(), channel(a)?))).collect::<Result<Vec<_>, String>>()?;
-        Ok(Brokers { addresses: RwLock::new(list), current: AtomicUsize::new(0), token: BearerToken::new(token)? })
+    pub fn new(addresses: &[String], token: Option<&Secret>, tls: crate::tls::ClientTls) -> Result<Brokers, String> {
+        let list = addresses
+            .iter()
+            .map(|a| Ok((a.clone(), tls.endpoint(a, Duration::from_secs(1))?.connect_lazy())))
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Brokers { addresses: RwLock::new(list), current: AtomicUsize::new(0), token: BearerToken::new(token)?, tls })
     }
 
     /// A client of `channel` that carries the token.
@@ -56,7 +52,10 @@ impl Brokers {
 
     /// Replaces the list (admin `CONFIG SET brokers`).
     pub fn set_addresses(&self, addresses: &[String]) -> Result<(), String> {
-        let list = addresses.iter().map(|a| Ok((a.clone(), channel(a)?))).collect::<Result<Vec<_>, String>>()?;
+        let list = addresses
+            .iter()
+            .map(|a| Ok((a.clone(), self.tls.endpoint(a, Duration::from_secs(1))?.connect_lazy())))
+            .collect::<Result<Vec<_>, String>>()?;
         *self.addresses.write().unwrap_or_else(|e| e.into_inner()) = list;
         Ok(())
     }

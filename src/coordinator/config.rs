@@ -45,6 +45,10 @@ pub struct CoordinatorConfig {
     pub token: Option<crate::auth::Secret>,
     /// `AUTH admin <password>` on every connection to a proxy (their `admin_password`).
     pub proxy_admin_password: Option<crate::auth::Secret>,
+    /// Needed (`AUTH <password>`) on the admin port for anything but `PING`.
+    pub admin_password: Option<crate::auth::Secret>,
+    /// The CA the brokers' certificates are verified against (`tls_ca`); unset: plain TCP.
+    pub broker_tls: crate::tls::ClientTls,
     pub log: String,
 }
 
@@ -70,6 +74,8 @@ impl Default for CoordinatorConfig {
             enable_compression: false,
             token: None,
             proxy_admin_password: None,
+            admin_password: None,
+            broker_tls: crate::tls::ClientTls::default(),
             log: "info".into(),
         }
     }
@@ -98,6 +104,9 @@ pub const COORDINATOR_KEYS: &[&str] = &[
     "token_file",
     "proxy_admin_password",
     "proxy_admin_password_file",
+    "admin_password",
+    "admin_password_file",
+    "tls_ca",
     "log",
 ];
 
@@ -161,6 +170,13 @@ impl CoordinatorConfig {
             "proxy_admin_password" => self.proxy_admin_password = crate::auth::Secret::new(value),
             "proxy_admin_password_file" => {
                 self.proxy_admin_password = crate::auth::Secret::new(&crate::auth::read_secret_file(value)?)
+            }
+            "admin_password" => self.admin_password = crate::auth::Secret::new(value),
+            "admin_password_file" => {
+                self.admin_password = crate::auth::Secret::new(&crate::auth::read_secret_file(value)?)
+            }
+            "tls_ca" => {
+                self.broker_tls = crate::tls::ClientTls::load((!value.is_empty()).then(|| std::path::Path::new(value)))?
             }
             "log" => self.log = value.to_owned(),
             other => return Err(format!("unknown key {other}")),

@@ -664,11 +664,18 @@ async fn watch_loop(co: Arc<Coordinator>) {
 
 pub async fn run(mut config: CoordinatorConfig) -> anyhow::Result<()> {
     config.finish().map_err(anyhow::Error::msg)?;
-    let brokers = Brokers::new(&config.brokers, config.token.as_ref()).map_err(anyhow::Error::msg)?;
+    let brokers =
+        Brokers::new(&config.brokers, config.token.as_ref(), config.broker_tls.clone()).map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(&config.address)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on address {}: {e}", config.address))?;
     info!(address = %config.address, reporter_id = %config.reporter_id, brokers = ?config.brokers, "coordinator started");
+    if config.admin_password.is_none() {
+        warn!(
+            "no admin_password: anyone who reaches {} can reconfigure this coordinator (CONFIG SET brokers)",
+            config.address
+        );
+    }
 
     let co = Arc::new(Coordinator {
         config: RwLock::new(config),

@@ -465,10 +465,40 @@ pub fn http_with(
     Ok(HttpResponse { status, headers, body })
 }
 
+/// An HTTPS call with curl, verifying the server against the CA in `ca` (a PEM file). Only the
+/// status and the body are returned.
+pub fn https_with(
+    addr: &str,
+    ca: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> std::io::Result<HttpResponse> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-m", "15", "--cacert", ca, "-X", method, "-w", "\n%{http_code}"]);
+    for (n, v) in headers {
+        cmd.arg("-H").arg(format!("{n}: {v}"));
+    }
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+    }
+    let out = cmd.arg(format!("https://{addr}{path}")).output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!("curl exit {:?}", out.status.code())));
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').ok_or_else(|| std::io::Error::other("no status"))?;
+    let status = code.trim().parse().map_err(|_| std::io::Error::other("bad status"))?;
+    Ok(HttpResponse { status, headers: Vec::new(), body: body.as_bytes().to_vec() })
+}
+
 /// One member of a broker group started as a real process.
 pub struct BrokerProc {
     /// The `--admin-token` it was given, sent by the helpers that call it.
     pub token: Option<String>,
+    /// The `--tls-ca` it was given: the helpers then call it over HTTPS (with curl).
+    pub tls_ca: Option<String>,
     pub id: u64,
     pub http: String,
     pub grpc: String,
@@ -505,10 +535,11 @@ impl BrokerProc {
         .chain(extra.iter())
         .map(|s| s.to_string())
         .collect();
-        let token =
-            extra.iter().position(|a| *a == "--admin-token").and_then(|i| extra.get(i + 1)).map(|t| t.to_string());
+        let flag =
+            |name: &str| extra.iter().position(|a| *a == name).and_then(|i| extra.get(i + 1)).map(|t| t.to_string());
         BrokerProc {
-            token,
+            token: flag("--admin-token"),
+            tls_ca: flag("--tls-ca"),
             id,
             http: format!("127.0.0.1:{h}"),
             grpc: format!("127.0.0.1:{g}"),
@@ -535,11 +566,15 @@ impl BrokerProc {
         self.http("GET", "/api/v3/raft/status", None).ok().filter(|r| r.status == 200).map(|r| r.json())
     }
 
-    /// An HTTP call to this member, with its admin token if it has one.
+    /// An HTTP call to this member, with its admin token if it has one (over HTTPS if it
+    /// serves TLS).
     pub fn http(&self, method: &str, path: &str, body: Option<&str>) -> std::io::Result<HttpResponse> {
         let bearer = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let headers: Vec<(&str, &str)> = bearer.iter().map(|b| ("Authorization", b.as_str())).collect();
-        http_with(&self.http, method, path, body, &headers)
+        match &self.tls_ca {
+            Some(ca) => https_with(&self.http, ca, method, path, body, &headers),
+            None => http_with(&self.http, method, path, body, &headers),
+        }
     }
 }
 
