@@ -267,6 +267,32 @@ fn conformance(api: &Api) {
     let mut wrong = dump.clone();
     wrong["version"] = json!("mem-broker-0.1");
     api.err("PUT", "/metadata", Some(&wrong.to_string()), 409, "INVALID_META_VERSION");
+    // Documents that break the store's invariants are refused as a whole (400, naming the
+    // problem), and every member keeps serving the state it had.
+    let before = api.ok("GET", "/metadata", None).body;
+    let entry = |src_part: u64| {
+        json!({"range_list": [[0, 10]], "is_migrating": true,
+               "meta": {"epoch": 1, "src_chunk_index": 0, "src_chunk_part": src_part, "dst_chunk_index": 0, "dst_chunk_part": 2}})
+    };
+    let mut part2 = dump.clone();
+    part2["clusters"]["mycluster"]["chunks"][0]["migrating_slots"][0] = json!([entry(0)]);
+    let mut dangling = dump.clone();
+    dangling["clusters"]["mycluster"]["chunks"][0]["proxy_addresses"][0] = json!("ghost:1");
+    let mut overlap = dump.clone();
+    overlap["clusters"]["mycluster"]["chunks"][0]["stable_slots"][1]["range_list"][0] = json!([0, 16383]);
+    let mut out_of_range = dump.clone();
+    out_of_range["clusters"]["mycluster"]["chunks"][0]["stable_slots"][0]["range_list"] = json!([[0, 20000]]);
+    for (name, doc) in
+        [("part 2", part2), ("dangling proxy", dangling), ("overlap", overlap), ("slot 20000", out_of_range)]
+    {
+        let r = api.call("PUT", "/metadata", Some(&doc.to_string()));
+        assert_eq!((r.status, r.error_code()), (400, "INVALID_METADATA".to_owned()), "{name}");
+        assert!(r.json()["message"].as_str().is_some_and(|m| !m.is_empty()), "{name}: names the problem");
+    }
+    for _ in 0..api.addrs.len() {
+        assert_eq!(api.ok("GET", "/metadata", None).body, before, "a refused restore changed nothing");
+        api.ok("GET", "/clusters/meta/mycluster", None);
+    }
     // shrink back and remove the drained chunk
     api.ok("POST", "/clusters/migrations/shrink/mycluster/4", None);
     loop {
