@@ -53,6 +53,31 @@ pub fn read_secret_file(path: &str) -> Result<String, String> {
     }
 }
 
+/// How brokers and coordinators reach proxies: `AUTH admin <password>` first, and TLS verified
+/// against a CA when the proxies serve TLS.
+#[derive(Clone, Default)]
+pub struct ProxyLogin {
+    pub admin_password: Option<Secret>,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for ProxyLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyLogin")
+            .field("admin_password", &self.admin_password)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// `proxy_tls_ca`: the CA proxies are verified against; empty: plain TCP.
+pub fn proxy_tls(path: &str) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
+    match path {
+        "" => Ok(None),
+        p => moonraft_proxy::tls::client_config(&moonraft_proxy::tls::read_pem(p, "proxy_tls_ca")?).map(Some),
+    }
+}
+
 /// What a request needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {

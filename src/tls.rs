@@ -44,24 +44,7 @@ impl ServerIdentity {
     /// refused before its body was read — a 401 on a POST — ends with a stream reset that curl
     /// reports as a failed transfer instead of showing the 401.)
     pub fn rustls(&self) -> Result<Arc<rustls::ServerConfig>, String> {
-        let certs = rustls_pemfile::certs(&mut &self.cert[..])
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("tls_cert: {e}"))?;
-        if certs.is_empty() {
-            return Err("tls_cert: no certificate in the file".into());
-        }
-        let key = rustls_pemfile::private_key(&mut &self.key[..])
-            .map_err(|e| format!("tls_key: {e}"))?
-            .ok_or("tls_key: no private key in the file")?;
-        let mut config =
-            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| format!("tls: {e}"))?
-                .with_no_client_auth()
-                .with_single_cert(certs, key)
-                .map_err(|e| format!("tls_cert/tls_key: {e}"))?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
+        moonraft_proxy::tls::server_config(&self.cert, &self.key, &[b"http/1.1"])
     }
 }
 

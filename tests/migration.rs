@@ -317,40 +317,6 @@ fn big_keys_are_copied_in_chunks_and_arrive_whole() {
     assert_eq!(c.cmd(&["EXISTS", &format!("__moonraft_migrating__:{hash}")]), Frame::Integer(0));
 }
 
-/// Loads `key{i}` = `value{i}` for `i` in `range` straight into the masters (redis-cli --pipe),
-/// routed by slot.
-fn pipe_load(s: &Stack, range: std::ops::Range<usize>) {
-    use moonraft_proxy::slot::key_slot;
-    use std::io::Write;
-    let cluster = s.cluster("c");
-    let mut owner = vec![String::new(); 16384];
-    for n in cluster["nodes"].as_array().unwrap().iter().filter(|n| n["repl"]["role"] == "master") {
-        for r in n["slots"].as_array().unwrap() {
-            for pair in r["range_list"].as_array().unwrap() {
-                for slot in pair[0].as_u64().unwrap()..=pair[1].as_u64().unwrap() {
-                    owner[slot as usize] = n["address"].as_str().unwrap().to_owned();
-                }
-            }
-        }
-    }
-    let mut per_node: HashMap<String, Vec<u8>> = HashMap::new();
-    for i in range {
-        let (k, v) = (format!("key{i}"), format!("value{i}"));
-        let buf = per_node.entry(owner[key_slot(k.as_bytes()) as usize].clone()).or_default();
-        buf.extend_from_slice(format!("*3\r\n$3\r\nSET\r\n${}\r\n{k}\r\n${}\r\n{v}\r\n", k.len(), v.len()).as_bytes());
-    }
-    for (node, data) in per_node {
-        let mut child = std::process::Command::new("redis-cli")
-            .args(["-p", &port(&node).to_string(), "--pipe"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-cli");
-        child.stdin.take().unwrap().write_all(&data).unwrap();
-        assert!(child.wait().unwrap().success());
-    }
-}
-
 /// kill -9 of the source proxy in the middle of a copy: the brokers fail it over (the tasks
 /// get the promoted replica as their source), the copy resumes from there, and no key is lost.
 #[test]
@@ -470,26 +436,4 @@ fn reads_and_pulls_during_a_migration_where_scripting_is_disabled() {
     assert!(matches!(proxy.cmd(&["UMREAD", "NOSUCH", "key1"]), Frame::Error(e) if e.contains("unknown command")));
     assert!(matches!(proxy.cmd(&["UMREAD", "GET"]), Frame::Error(e) if e.contains("wrong number")));
     assert_eq!(proxy.cmd(&["PING"]), simple("PONG"));
-}
-
-/// The sum of `pulled=N` over a proxy log's "migration finished" lines (colour codes removed).
-fn pulled_in_log(log: &str) -> u64 {
-    let mut plain = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
-        .lines()
-        .filter(|l| l.contains("migration finished"))
-        .filter_map(|l| l.split("pulled=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
 }

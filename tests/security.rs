@@ -488,3 +488,73 @@ fn brokers_serve_tls_with_the_same_credentials() {
     let _co = Coordinator::start(&group.grpc_addresses(), &dir.0, "co", &["--token", ADMIN, "--tls-ca", &c.ca]);
     assert!(eventually(Duration::from_secs(15), || proxy_epoch(proxy.port).is_some_and(|e| e > 0)), "{}", group.logs());
 }
+
+/// Proxies serving TLS on their client port: clients connect with TLS (redis-cli --tls,
+/// following MOVED to other TLS proxies), plain clients get nothing, brokers (`auto` asks the
+/// proxies their epoch) and coordinators reach the proxies over TLS, and during a scale-out a
+/// client rewriting keys makes the destination proxies pull them from the sources — over TLS.
+#[test]
+fn proxies_serve_tls_and_migrate_over_tls() {
+    use std::io::{BufRead, Write};
+    let c = certs();
+    let proxy = ["--tls-cert", c.cert.as_str(), "--tls-key", c.key.as_str(), "--tls-ca", c.ca.as_str()];
+    let s = Stack::start_with(
+        4,
+        1,
+        &StackFlags {
+            broker: &["--proxy-tls-ca", &c.ca],
+            proxy: &proxy,
+            coordinator: &["--proxy-tls-ca", &c.ca],
+            ..StackFlags::default()
+        },
+    );
+    assert_eq!(s.brokers.call("POST", "/clusters/meta/c", Some(r#"{"node_number":4}"#)).status, 200);
+    let entry = s.hosts[0].proxy.port.to_string();
+    let tls_cli = ["--tls", "--cacert", c.ca.as_str(), "-c", "-p", entry.as_str()];
+    let cli = |args: &[&str]| redis_cli(&[&tls_cli[..], args].concat());
+    assert!(eventually(Duration::from_secs(20), || cli(&["SET", "probe", "1"]) == "OK"), "{}", s.logs());
+    // A plain client gets no answer from a TLS port.
+    assert!(Conn::try_connect(s.hosts[0].proxy.port).and_then(|mut p| p.try_cmd(&["PING"])).is_err());
+    const KEYS: usize = 100_000;
+    pipe_load(&s, 0..KEYS);
+    // One redis-cli in cluster mode over TLS, fed SETs of the same values while slots move.
+    let mut writer = Command::new("redis-cli")
+        .args(tls_cli)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("redis-cli");
+    let mut input = writer.stdin.take().unwrap();
+    let output = writer.stdout.take().unwrap();
+    let replies =
+        std::thread::spawn(move || std::io::BufReader::new(output).lines().map_while(Result::ok).collect::<Vec<_>>());
+    let r = s.brokers.call("POST", "/clusters/migrations/auto/c/8", None);
+    assert_eq!(r.status, 200, "{}\n{}", String::from_utf8_lossy(&r.body), s.logs());
+    let started = std::time::Instant::now();
+    let mut sent = 0usize;
+    loop {
+        let info = s.brokers.call("GET", "/clusters/info/c", None).json();
+        if info["is_migrating"] == false && info["node_number_with_slots"] == 8 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "migration did not finish:\n{}", s.logs());
+        for _ in 0..200 {
+            let i = sent.wrapping_mul(7919) % KEYS;
+            writeln!(input, "SET key{i} value{i}").unwrap();
+            sent += 1;
+        }
+        input.flush().unwrap();
+    }
+    drop(input);
+    assert!(writer.wait().unwrap().success());
+    // redis-cli -c also prints a "-> Redirected to slot …" line when it follows a MOVED.
+    let replies: Vec<String> =
+        replies.join().unwrap().into_iter().filter(|l| !l.starts_with("-> Redirected")).collect();
+    assert_eq!(replies.len(), sent, "one reply per write");
+    assert!(replies.iter().all(|r| r == "OK"), "{:?}", replies.iter().find(|r| *r != "OK"));
+    let pulled: u64 = s.hosts.iter().map(|h| pulled_in_log(&h.proxy.log_text())).sum();
+    assert!(pulled > 0, "no key was pulled between proxies ({sent} writes during the migration):\n{}", s.logs());
+    for i in [0, 1, 777, 4242, KEYS - 1] {
+        assert_eq!(cli(&["GET", &format!("key{i}")]), format!("value{i}"), "key{i}");
+    }
+}

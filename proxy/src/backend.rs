@@ -9,6 +9,7 @@
 //! unaffected; reconnects back off from 100 ms to 2 s.
 
 use crate::resp::{ReplyScanner, Request};
+use crate::tls::Stream;
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -53,6 +54,8 @@ pub struct BackendSettings {
     /// `AUTH admin <password>` (or `AUTH <password>`) sent first on every connection to another
     /// proxy (migration traffic: `UMSYNC`, `UMREAD`, forwarded commands).
     pub peer_auth: Option<Bytes>,
+    /// TLS towards other proxies (when proxies serve TLS); nodes are always plain.
+    pub peer_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for BackendSettings {
@@ -64,6 +67,7 @@ impl Default for BackendSettings {
             max_bulk_len: crate::resp::DEFAULT_MAX_BULK_LEN,
             node_auth: None,
             peer_auth: None,
+            peer_tls: None,
         }
     }
 }
@@ -157,8 +161,7 @@ impl BackendRegistry {
             return p;
         }
         pools.retain(|_, w| w.strong_count() > 0);
-        let auth = if peer { self.settings.peer_auth.clone() } else { self.settings.node_auth.clone() };
-        let pool = Arc::new(self.new_pool(address, proto, self.conns_per_node, auth));
+        let pool = Arc::new(self.new_pool(address, proto, self.conns_per_node, peer));
         pools.insert(key, Arc::downgrade(&pool));
         pool
     }
@@ -167,15 +170,20 @@ impl BackendRegistry {
     /// (the migration copy pipelines hundreds of commands at a time) must not queue in front
     /// of clients' commands on a shared connection.
     pub fn private_pool(&self, address: &str, conns: usize) -> Arc<NodePool> {
-        Arc::new(self.new_pool(address, 2, conns.max(1), self.settings.node_auth.clone()))
+        Arc::new(self.new_pool(address, 2, conns.max(1), false))
     }
 
-    fn new_pool(&self, address: &str, proto: u8, conns: usize, auth: Option<Bytes>) -> NodePool {
+    fn new_pool(&self, address: &str, proto: u8, conns: usize, peer: bool) -> NodePool {
+        let (auth, tls) = if peer {
+            (self.settings.peer_auth.clone(), self.settings.peer_tls.clone())
+        } else {
+            (self.settings.node_auth.clone(), None)
+        };
         let conns = (0..conns)
             .map(|_| {
                 let (tx, rx) = mpsc::channel(self.settings.queue_len);
                 let failed = Arc::new(AtomicBool::new(false));
-                let target = Target { address: address.to_owned(), proto, auth: auth.clone() };
+                let target = Target { address: address.to_owned(), proto, auth: auth.clone(), tls: tls.clone() };
                 tokio::spawn(run_connection(target, rx, failed.clone(), self.settings.clone()));
                 Conn { tx, failed }
             })
@@ -189,6 +197,7 @@ struct Target {
     address: String,
     proto: u8,
     auth: Option<Bytes>,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Encodes `AUTH [user] <password>`.
@@ -199,18 +208,23 @@ pub fn auth_command(user: Option<&str>, password: &str) -> Bytes {
     }
 }
 
-/// Connects to a node: `auth` (an encoded `AUTH`) first if given, then RESP3 when `proto` is 3.
+/// Connects to a node or a proxy: TLS if `tls` is given, then `auth` (an encoded `AUTH`) if
+/// given, then RESP3 when `proto` is 3.
 pub async fn connect(
     address: &str,
     proto: u8,
     timeout: Duration,
     max_bulk_len: usize,
     auth: Option<&Bytes>,
-) -> std::io::Result<TcpStream> {
-    let mut stream = tokio::time::timeout(timeout, TcpStream::connect(address))
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> std::io::Result<Stream> {
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(address))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    stream.set_nodelay(true)?;
+    tcp.set_nodelay(true)?;
+    let mut stream = tokio::time::timeout(timeout, Stream::over(tcp, address, tls))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
     if let Some(auth) = auth {
         stream.write_all(auth).await?;
         let reply = tokio::time::timeout(timeout, read_reply(&mut stream, &mut BytesMut::new(), 1 << 16))
@@ -240,7 +254,11 @@ pub async fn connect(
 }
 
 /// Reads exactly one reply from `stream`, using `buf` for any bytes already read.
-pub async fn read_reply(stream: &mut TcpStream, buf: &mut BytesMut, max_bulk_len: usize) -> std::io::Result<Bytes> {
+pub async fn read_reply<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    max_bulk_len: usize,
+) -> std::io::Result<Bytes> {
     let mut scanner = ReplyScanner::new(max_bulk_len);
     loop {
         if let Some(n) = scanner.scan(buf).map_err(std::io::Error::other)? {
@@ -267,10 +285,12 @@ async fn run_connection(
     failed: Arc<AtomicBool>,
     settings: BackendSettings,
 ) {
-    let Target { address, proto, auth } = target;
+    let Target { address, proto, auth, tls } = target;
     let mut backoff = Duration::from_millis(100);
     loop {
-        match connect(&address, proto, settings.connect_timeout, settings.max_bulk_len, auth.as_ref()).await {
+        match connect(&address, proto, settings.connect_timeout, settings.max_bulk_len, auth.as_ref(), tls.as_ref())
+            .await
+        {
             Ok(stream) => {
                 failed.store(false, Ordering::Relaxed);
                 backoff = Duration::from_millis(100);
@@ -303,12 +323,35 @@ async fn run_connection(
 }
 
 async fn serve(
-    stream: TcpStream,
+    stream: Stream,
     rx: &mut mpsc::Receiver<BackendCommand>,
     address: &str,
     settings: &BackendSettings,
 ) -> Ended {
-    let (mut rd, mut wr) = stream.into_split();
+    match stream {
+        // Owned halves: no lock between the reader and the writer on the common path.
+        Stream::Plain(tcp) => {
+            let (rd, wr) = tcp.into_split();
+            serve_halves(rd, wr, rx, address, settings).await
+        }
+        Stream::Tls(tls) => {
+            let (rd, wr) = tokio::io::split(*tls);
+            serve_halves(rd, wr, rx, address, settings).await
+        }
+    }
+}
+
+async fn serve_halves<R, W>(
+    mut rd: R,
+    mut wr: W,
+    rx: &mut mpsc::Receiver<BackendCommand>,
+    address: &str,
+    settings: &BackendSettings,
+) -> Ended
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
     let (inflight_tx, mut inflight_rx) = mpsc::unbounded_channel::<oneshot::Sender<ReplyResult>>();
     let pending = AtomicUsize::new(0);
     // Set when the pool was dropped (queue closed): the reader then ends once the commands

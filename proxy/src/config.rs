@@ -31,6 +31,11 @@ pub struct ProxyConfig {
     /// (their `requirepass` or ACL user), and set as `masterauth` for replication.
     pub backend_password: Option<String>,
     pub backend_user: Option<String>,
+    /// PEM files: with `tls_cert` + `tls_key` the client port speaks TLS only; `tls_ca` (needed
+    /// with them) verifies other proxies, which then speak TLS too (see `tls.rs`).
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    pub tls_ca: Option<String>,
     pub active_redirection: bool,
     pub max_redirections: u64,
     pub default_redirection_address: String,
@@ -61,6 +66,7 @@ impl std::fmt::Debug for ProxyConfig {
             .field("admin_password", &hidden(&self.admin_password))
             .field("backend_password", &hidden(&self.backend_password))
             .field("backend_user", &self.backend_user)
+            .field("tls_cert", &self.tls_cert)
             .finish_non_exhaustive()
     }
 }
@@ -92,6 +98,9 @@ impl Default for ProxyConfig {
             admin_password: None,
             backend_password: None,
             backend_user: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
             active_redirection: false,
             max_redirections: 0,
             default_redirection_address: String::new(),
@@ -125,6 +134,9 @@ pub const PROXY_KEYS: &[&str] = &[
     "admin_password",
     "backend_password",
     "backend_user",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
     "active_redirection",
     "max_redirections",
     "default_redirection_address",
@@ -203,6 +215,9 @@ impl ProxyConfig {
             "admin_password" => self.admin_password = non_empty(value),
             "backend_password" => self.backend_password = non_empty(value),
             "backend_user" => self.backend_user = non_empty(value),
+            "tls_cert" => self.tls_cert = non_empty(value),
+            "tls_key" => self.tls_key = non_empty(value),
+            "tls_ca" => self.tls_ca = non_empty(value),
             "active_redirection" => {
                 if boolean(value)? {
                     return Err("active redirection is not supported yet; clients follow MOVED".into());
@@ -248,7 +263,32 @@ impl ProxyConfig {
         if self.address.to_socket_addrs().map(|mut a| a.next().is_none()).unwrap_or(true) {
             return Err(format!("address: cannot resolve {:?}", self.address));
         }
+        self.tls_server()?;
+        self.tls_peers()?;
         Ok(())
+    }
+
+    /// The TLS configuration of the client port, if `tls_cert`/`tls_key` are set.
+    pub fn tls_server(&self) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => {
+                if self.tls_ca.is_none() {
+                    return Err("tls_cert needs tls_ca too: proxies verify each other when they pull keys".into());
+                }
+                let (cert, key) = (crate::tls::read_pem(cert, "tls_cert")?, crate::tls::read_pem(key, "tls_key")?);
+                crate::tls::server_config(&cert, &key, &[]).map(Some)
+            }
+            _ => Err("tls_cert and tls_key go together".into()),
+        }
+    }
+
+    /// The TLS configuration towards other proxies: when this proxy serves TLS, so do they.
+    pub fn tls_peers(&self) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, String> {
+        match (&self.tls_cert, &self.tls_ca) {
+            (Some(_), Some(ca)) => crate::tls::client_config(&crate::tls::read_pem(ca, "tls_ca")?).map(Some),
+            _ => Ok(None),
+        }
     }
 }
 

@@ -14,6 +14,7 @@ mod session;
 pub mod slot;
 pub mod slowlog;
 pub mod state;
+pub mod tls;
 pub mod umctl;
 
 pub use config::ProxyConfig;

@@ -7,7 +7,6 @@ use crate::resp::{parse_u64, Request};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -158,7 +157,11 @@ async fn replicaof_args(master: &str) -> Result<(String, String), String> {
     Ok((ip.to_string(), port.to_owned()))
 }
 
-async fn assert_role(entry: &ReplEntry, conn: &mut Option<TcpStream>, login: &NodeLogin) -> Result<(), String> {
+async fn assert_role(
+    entry: &ReplEntry,
+    conn: &mut Option<crate::tls::Stream>,
+    login: &NodeLogin,
+) -> Result<(), String> {
     let req = match entry.role {
         Role::Master => Request::from_strs(&["REPLICAOF", "NO", "ONE"]),
         Role::Replica => {
@@ -167,7 +170,7 @@ async fn assert_role(entry: &ReplEntry, conn: &mut Option<TcpStream>, login: &No
         }
     };
     if conn.is_none() {
-        let mut stream = connect(&entry.node, 2, Duration::from_secs(1), 1 << 20, login.auth.as_ref())
+        let mut stream = connect(&entry.node, 2, Duration::from_secs(1), 1 << 20, login.auth.as_ref(), None)
             .await
             .map_err(|e| format!("cannot connect: {e}"))?;
         for cmd in &login.setup {

@@ -22,8 +22,8 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::debug;
@@ -104,7 +104,7 @@ fn check_user(cfg: &crate::config::ProxyConfig, user: &[u8], password: &[u8]) ->
     }
 }
 
-type DedicatedConn = Arc<tokio::sync::Mutex<Option<TcpStream>>>;
+type DedicatedConn = Arc<tokio::sync::Mutex<Option<crate::tls::Stream>>>;
 
 struct Session {
     state: Arc<ProxyState>,
@@ -131,12 +131,27 @@ impl Drop for ClientGuard {
 }
 
 pub async fn serve_client(state: Arc<ProxyState>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    // Owned halves: the reader and the writer share no lock on the common path.
+    let (rd, wr) = stream.into_split();
+    serve_halves(state, rd, wr).await
+}
+
+/// A client on the TLS port (the handshake is done).
+pub async fn serve_tls_client(state: Arc<ProxyState>, stream: tokio_rustls::server::TlsStream<TcpStream>) {
+    let (rd, wr) = tokio::io::split(stream);
+    serve_halves(state, rd, wr).await
+}
+
+async fn serve_halves<R, W>(state: Arc<ProxyState>, rd: R, wr: W)
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     state.connected_clients.fetch_add(1, Ordering::Relaxed);
     state.total_connections.fetch_add(1, Ordering::Relaxed);
     let _guard = ClientGuard(state.clone());
-    let _ = stream.set_nodelay(true);
     let id = state.next_session_id.fetch_add(1, Ordering::Relaxed);
-    let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel(MAX_PENDING_REPLIES);
     let (closing_tx, closing_rx) = watch::channel(false);
     let writer = tokio::spawn(write_loop(wr, rx, closing_rx, state.clone()));
@@ -158,7 +173,7 @@ pub async fn serve_client(state: Arc<ProxyState>, stream: TcpStream) {
 }
 
 impl Session {
-    async fn read_loop(&mut self, mut rd: OwnedReadHalf, tx: mpsc::Sender<Pending>) {
+    async fn read_loop<R: AsyncRead + Unpin + Send>(&mut self, mut rd: R, tx: mpsc::Sender<Pending>) {
         let state = self.state.clone();
         let cfg = &state.config;
         let mut parser = RequestParser::new(cfg.proto_max_bulk_len, cfg.client_query_buffer_limit);
@@ -407,6 +422,7 @@ impl Session {
                     settings.connect_timeout,
                     settings.max_bulk_len,
                     settings.node_auth.as_ref(),
+                    None,
                 )
                 .await
                 {
@@ -710,8 +726,8 @@ impl Session {
 
 /// Waits for a blocking command to finish while still reading (and buffering, up to `limit`)
 /// the client's socket, so a client that disconnects is noticed. False: the client is gone.
-async fn wait_unblocked(
-    rd: &mut OwnedReadHalf,
+async fn wait_unblocked<R: AsyncRead + Unpin>(
+    rd: &mut R,
     buf: &mut BytesMut,
     mut done: oneshot::Receiver<()>,
     limit: usize,
@@ -734,7 +750,7 @@ async fn wait_unblocked(
     }
 }
 
-async fn flush(wr: &mut OwnedWriteHalf, out: &mut BytesMut) -> std::io::Result<()> {
+async fn flush<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut BytesMut) -> std::io::Result<()> {
     if !out.is_empty() {
         wr.write_all(out).await?;
         out.clear();
@@ -745,8 +761,8 @@ async fn flush(wr: &mut OwnedWriteHalf, out: &mut BytesMut) -> std::io::Result<(
     Ok(())
 }
 
-async fn write_loop(
-    mut wr: OwnedWriteHalf,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
     mut rx: mpsc::Receiver<Pending>,
     mut closing: watch::Receiver<bool>,
     state: Arc<ProxyState>,

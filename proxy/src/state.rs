@@ -77,6 +77,10 @@ impl ProxyState {
                 (None, Some(data)) => Some(auth_command(None, data)),
                 (None, None) => None,
             },
+            peer_tls: config.tls_peers().unwrap_or_else(|e| {
+                tracing::error!("TLS towards other proxies is off: {e}");
+                None
+            }),
             ..BackendSettings::default()
         };
         let registry = BackendRegistry::new(settings, config.backend_conn_num);

@@ -87,13 +87,9 @@ pub async fn cluster_info(b: &Broker, name: &str) -> Result<ClusterInfoView, Api
     sources.dedup();
     let mut reports: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
     for src in sources {
-        let reply = super::proxy_command(
-            &src,
-            &["UMCTL", "MIGRATIONS"],
-            Duration::from_millis(500),
-            b.config.proxy_admin_password.as_ref(),
-        )
-        .await;
+        let reply =
+            super::proxy_command(&src, &["UMCTL", "MIGRATIONS"], Duration::from_millis(500), &b.config.proxy_login)
+                .await;
         let list = match reply {
             Some(moonraft_proxy::resp::Frame::Bulk(b)) => serde_json::from_slice(&b).unwrap_or_default(),
             _ => Vec::new(),
@@ -205,7 +201,7 @@ pub async fn auto_scale(b: &Broker, name: String, node_number: u64) -> Result<()
         let mut all_synced = true;
         let mut any_failed = false;
         for p in &proxies {
-            match super::proxy_epoch(p, Duration::from_secs(1), b.config.proxy_admin_password.as_ref()).await {
+            match super::proxy_epoch(p, Duration::from_secs(1), &b.config.proxy_login).await {
                 Some(e) if e >= epoch => {}
                 Some(_) => all_synced = false,
                 None => {
@@ -373,9 +369,9 @@ pub async fn recover_epoch(b: &Broker) -> Result<Vec<String>, ApiError> {
     let proxies = proxy_addresses(b).await?;
     let mut tasks = tokio::task::JoinSet::new();
     for p in proxies {
-        let password = b.config.proxy_admin_password.clone();
+        let login = b.config.proxy_login.clone();
         tasks.spawn(async move {
-            let epoch = super::proxy_epoch(&p, Duration::from_secs(1), password.as_ref()).await;
+            let epoch = super::proxy_epoch(&p, Duration::from_secs(1), &login).await;
             (p, epoch)
         });
     }

@@ -100,9 +100,9 @@ pub struct BrokerConfig {
     /// Tokens of `/api/v3` and the public gRPC services, and the secret members present to
     /// each other (`crate::auth`). All unset: open, as undermoon's broker was.
     pub credentials: crate::auth::Credentials,
-    /// `AUTH admin <password>` sent to proxies before asking them anything (`UMCTL GETEPOCH`
-    /// while recovering the epoch), for proxies with an `admin_password`.
-    pub proxy_admin_password: Option<crate::auth::Secret>,
+    /// How to reach proxies when asking them anything (`UMCTL GETEPOCH` while recovering the
+    /// epoch): `proxy_admin_password` (`AUTH admin …`) and `proxy_tls_ca`.
+    pub proxy_login: crate::auth::ProxyLogin,
     /// `tls_cert` + `tls_key`: both listeners serve TLS only.
     pub tls_identity: Option<crate::tls::ServerIdentity>,
     tls_cert: Option<PathBuf>,
@@ -145,7 +145,7 @@ impl Default for BrokerConfig {
             auto_sync_timeout_ms: 60_000,
             group_name: String::new(),
             credentials: crate::auth::Credentials::default(),
-            proxy_admin_password: None,
+            proxy_login: crate::auth::ProxyLogin::default(),
             tls_identity: None,
             tls_cert: None,
             tls_key: None,
@@ -194,6 +194,7 @@ pub const BROKER_KEYS: &[&str] = &[
     "cluster_secret",
     "cluster_secret_file",
     "proxy_admin_password",
+    "proxy_tls_ca",
     "tls_cert",
     "tls_key",
     "tls_ca",
@@ -323,7 +324,8 @@ impl BrokerConfig {
             "read_token_file" => self.credentials.read = token(&crate::auth::read_secret_file(value)?)?,
             "cluster_secret" => self.credentials.group = token(value)?,
             "cluster_secret_file" => self.credentials.group = token(&crate::auth::read_secret_file(value)?)?,
-            "proxy_admin_password" => self.proxy_admin_password = crate::auth::Secret::new(value),
+            "proxy_admin_password" => self.proxy_login.admin_password = crate::auth::Secret::new(value),
+            "proxy_tls_ca" => self.proxy_login.tls = crate::auth::proxy_tls(value)?,
             "tls_cert" => self.tls_cert = (!value.is_empty()).then(|| PathBuf::from(value)),
             "tls_key" => self.tls_key = (!value.is_empty()).then(|| PathBuf::from(value)),
             "tls_ca" => {

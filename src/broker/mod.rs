@@ -41,14 +41,15 @@ pub async fn proxy_command(
     address: &str,
     args: &[&str],
     timeout: Duration,
-    admin_password: Option<&crate::auth::Secret>,
+    login: &crate::auth::ProxyLogin,
 ) -> Option<moonraft_proxy::resp::Frame> {
     use moonraft_proxy::resp::{Frame, Request};
     use tokio::io::AsyncWriteExt;
     let ask = async {
-        let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+        let tcp = tokio::net::TcpStream::connect(address).await.ok()?;
+        let mut stream = moonraft_proxy::tls::Stream::over(tcp, address, login.tls.as_ref()).await.ok()?;
         let mut buf = bytes::BytesMut::new();
-        if let Some(p) = admin_password {
+        if let Some(p) = &login.admin_password {
             stream.write_all(&Request::from_strs(&["AUTH", "admin", p.expose()]).raw).await.ok()?;
             let reply = moonraft_proxy::backend::read_reply(&mut stream, &mut buf, 1 << 16).await.ok()?;
             if let Ok(Some((Frame::Error(e), _))) = Frame::parse(&reply) {
@@ -64,8 +65,8 @@ pub async fn proxy_command(
 }
 
 /// `UMCTL GETEPOCH` on a proxy, bounded by `timeout`; `None` if it cannot be asked.
-pub async fn proxy_epoch(address: &str, timeout: Duration, password: Option<&crate::auth::Secret>) -> Option<u64> {
-    match proxy_command(address, &["UMCTL", "GETEPOCH"], timeout, password).await {
+pub async fn proxy_epoch(address: &str, timeout: Duration, login: &crate::auth::ProxyLogin) -> Option<u64> {
+    match proxy_command(address, &["UMCTL", "GETEPOCH"], timeout, login).await {
         Some(moonraft_proxy::resp::Frame::Integer(e)) if e >= 0 => Some(e as u64),
         _ => None,
     }

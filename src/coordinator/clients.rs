@@ -112,11 +112,13 @@ impl Brokers {
     }
 }
 
-/// A RESP connection to a proxy; every call is bounded by `timeout`.
+/// A RESP connection to a proxy (TLS when proxies serve it); every call is bounded by `timeout`.
 pub struct ProxyConn {
-    stream: TcpStream,
+    stream: moonraft_proxy::tls::Stream,
     buf: BytesMut,
 }
+
+pub use crate::auth::ProxyLogin;
 
 /// Replies are small (OK, errors, integers); a bigger one is a broken peer.
 const MAX_REPLY: usize = 1 << 20;
@@ -197,7 +199,7 @@ impl ProxyConn {
         address: &str,
         resolved: &ResolvedAddress,
         timeout: Duration,
-        admin_password: Option<&Secret>,
+        login: &ProxyLogin,
     ) -> Result<ProxyConn, ConnectError> {
         let target = resolved.resolve(address, timeout).await?;
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
@@ -207,8 +209,16 @@ impl ProxyConn {
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
+        let stream =
+            match tokio::time::timeout(timeout, moonraft_proxy::tls::Stream::over(stream, address, login.tls.as_ref()))
+                .await
+            {
+                Err(_) => return Err(ConnectError::Proxy("TLS handshake timeout".to_owned())),
+                Ok(Err(e)) => return Err(ConnectError::Proxy(format!("TLS: {e}"))),
+                Ok(Ok(s)) => s,
+            };
         let mut conn = ProxyConn { stream, buf: BytesMut::new() };
-        if let Some(p) = admin_password {
+        if let Some(p) = &login.admin_password {
             let auth = ["AUTH".to_owned(), "admin".to_owned(), p.expose().to_owned()];
             match conn.call(&auth, timeout).await {
                 Ok(Frame::Error(e)) => {
@@ -222,12 +232,8 @@ impl ProxyConn {
     }
 
     /// Connects to `address` (no memory of earlier lookups).
-    pub async fn connect(
-        address: &str,
-        timeout: Duration,
-        admin_password: Option<&Secret>,
-    ) -> Result<ProxyConn, String> {
-        Ok(ProxyConn::connect_via(address, &ResolvedAddress::default(), timeout, admin_password).await?)
+    pub async fn connect(address: &str, timeout: Duration, login: &ProxyLogin) -> Result<ProxyConn, String> {
+        Ok(ProxyConn::connect_via(address, &ResolvedAddress::default(), timeout, login).await?)
     }
 
     /// Sends one command and returns its reply.

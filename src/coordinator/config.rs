@@ -49,6 +49,9 @@ pub struct CoordinatorConfig {
     pub admin_password: Option<crate::auth::Secret>,
     /// The CA the brokers' certificates are verified against (`tls_ca`); unset: plain TCP.
     pub broker_tls: crate::tls::ClientTls,
+    /// The CA the proxies' certificates are verified against (`proxy_tls_ca`), for proxies that
+    /// serve TLS; unset: plain TCP.
+    pub proxy_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     pub log: String,
 }
 
@@ -76,6 +79,7 @@ impl Default for CoordinatorConfig {
             proxy_admin_password: None,
             admin_password: None,
             broker_tls: crate::tls::ClientTls::default(),
+            proxy_tls: None,
             log: "info".into(),
         }
     }
@@ -107,6 +111,7 @@ pub const COORDINATOR_KEYS: &[&str] = &[
     "admin_password",
     "admin_password_file",
     "tls_ca",
+    "proxy_tls_ca",
     "log",
 ];
 
@@ -178,6 +183,7 @@ impl CoordinatorConfig {
             "tls_ca" => {
                 self.broker_tls = crate::tls::ClientTls::load((!value.is_empty()).then(|| std::path::Path::new(value)))?
             }
+            "proxy_tls_ca" => self.proxy_tls = crate::auth::proxy_tls(value)?,
             "log" => self.log = value.to_owned(),
             other => return Err(format!("unknown key {other}")),
         }

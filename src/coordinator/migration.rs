@@ -72,9 +72,9 @@ impl FinishedTask {
 async fn finished_tasks(
     address: &str,
     timeout: Duration,
-    password: Option<&crate::auth::Secret>,
+    login: &super::clients::ProxyLogin,
 ) -> Result<Vec<FinishedTask>, String> {
-    let mut conn = ProxyConn::connect(address, timeout, password).await?;
+    let mut conn = ProxyConn::connect(address, timeout, login).await?;
     let reply = conn.call(&["UMCTL".to_owned(), "INFOMGR".to_owned()], timeout).await?;
     let Frame::Array(items) = reply else { return Err(format!("INFOMGR: not an array: {reply:?}")) };
     items
@@ -88,7 +88,7 @@ async fn finished_tasks(
 
 async fn commit_finished(co: Arc<Coordinator>, address: String) {
     let timing = co.timing();
-    let tasks = match finished_tasks(&address, timing.proxy_timeout, timing.proxy_admin_password.as_ref()).await {
+    let tasks = match finished_tasks(&address, timing.proxy_timeout, &timing.proxy_login).await {
         Ok(t) => t,
         Err(e) => {
             tracing::debug!(proxy = %address, "migration poll: {e}");

@@ -46,8 +46,8 @@ pub struct Timing {
     pub lease_ms: u64,
     pub reconcile_interval: Duration,
     pub disable_failover: bool,
-    /// Sent as `AUTH admin <password>` on every proxy connection.
-    pub proxy_admin_password: Option<crate::auth::Secret>,
+    /// How proxies are reached: `AUTH admin <password>`, TLS.
+    pub proxy_login: clients::ProxyLogin,
 }
 
 impl Timing {
@@ -65,7 +65,10 @@ impl Timing {
                 local_error_grace: Duration::from_millis(c.local_error_grace_ms),
             },
             heartbeat_interval: Duration::from_millis(c.heartbeat_interval_ms),
-            proxy_admin_password: c.proxy_admin_password.clone(),
+            proxy_login: clients::ProxyLogin {
+                admin_password: c.proxy_admin_password.clone(),
+                tls: c.proxy_tls.clone(),
+            },
             lease_ms: c.proxy_lease_ms,
             reconcile_interval: Duration::from_millis(c.reconcile_interval_ms),
             disable_failover: c.disable_failover,
@@ -275,8 +278,7 @@ async fn sync_once(co: &Coordinator, agent: &AgentState, conn: &mut Option<Proxy
     let timeout = timing.proxy_timeout;
     let compress = co.config.read().unwrap_or_else(|e| e.into_inner()).enable_compression;
     if conn.is_none() {
-        let password = timing.proxy_admin_password.as_ref();
-        *conn = Some(ProxyConn::connect_via(&agent.address, &agent.resolved, timeout, password).await?);
+        *conn = Some(ProxyConn::connect_via(&agent.address, &agent.resolved, timeout, &timing.proxy_login).await?);
     }
     let Some(c) = conn.as_mut() else { return Err("no connection".into()) };
     push_ok(&c.call(&push::setrepl(&view), timeout).await?).map_err(|e| format!("SETREPL: {e}"))?;
@@ -324,9 +326,7 @@ async fn sync_task(co: Arc<Coordinator>, agent: Arc<AgentState>, mut rx: watch::
 /// One `UMCTL HEALTH` round trip, classified (`detect::Probe`).
 async fn probe_once(agent: &AgentState, conn: &mut Option<ProxyConn>, args: &[String], t: &Timing) -> Probe {
     if conn.is_none() {
-        match ProxyConn::connect_via(&agent.address, &agent.resolved, t.probe_timeout, t.proxy_admin_password.as_ref())
-            .await
-        {
+        match ProxyConn::connect_via(&agent.address, &agent.resolved, t.probe_timeout, &t.proxy_login).await {
             Ok(c) => *conn = Some(c),
             Err(ConnectError::Local(e)) => return Probe::Local(e),
             Err(ConnectError::Proxy(e)) => return Probe::Down(format!("proxy: {e}")),
@@ -493,8 +493,8 @@ async fn recover_proxy(co: &Coordinator, agent: &AgentState) -> bool {
         let timeout = Duration::from_secs(35);
         let reset = async {
             let t = co.timing();
-            let password = t.proxy_admin_password.as_ref();
-            let mut c = ProxyConn::connect_via(&agent.address, &agent.resolved, t.proxy_timeout, password).await?;
+            let mut c =
+                ProxyConn::connect_via(&agent.address, &agent.resolved, t.proxy_timeout, &t.proxy_login).await?;
             let reply = c.call(&["UMCTL".to_owned(), "RESETNODES".to_owned()], timeout).await?;
             match error_text(&reply) {
                 Some(e) => Err(e),

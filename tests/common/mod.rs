@@ -161,7 +161,15 @@ impl Proxy {
             .spawn()
             .expect("spawn moonraft proxy");
         let mut proc = Proc { child: Some(child) };
-        wait_ping(port, &mut proc).then_some(Proxy { port, proc, log, _dir: dir })
+        // A proxy that serves TLS is asked through redis-cli --tls.
+        let ca = extra.iter().position(|a| *a == "--tls-ca").and_then(|i| extra.get(i + 1));
+        let up = match ca {
+            Some(ca) => eventually(Duration::from_secs(10), || {
+                proc.is_running() && redis_cli(&["--tls", "--cacert", ca, "-p", &port.to_string(), "PING"]) == "PONG"
+            }),
+            None => wait_ping(port, &mut proc),
+        };
+        up.then_some(Proxy { port, proc, log, _dir: dir })
     }
 
     pub fn start(extra: &[&str]) -> Proxy {
@@ -928,4 +936,60 @@ impl ClusterClient {
         }
         Err(format!("{args:?}: no answer before the deadline (last: {last})"))
     }
+}
+
+/// Loads `key{i}` = `value{i}` for `i` in `range` straight into the masters (redis-cli --pipe),
+/// routed by slot.
+pub fn pipe_load(s: &Stack, range: std::ops::Range<usize>) {
+    use moonraft_proxy::slot::key_slot;
+    use std::io::Write;
+    let cluster = s.cluster("c");
+    let mut owner = vec![String::new(); 16384];
+    for n in cluster["nodes"].as_array().unwrap().iter().filter(|n| n["repl"]["role"] == "master") {
+        for r in n["slots"].as_array().unwrap() {
+            for pair in r["range_list"].as_array().unwrap() {
+                for slot in pair[0].as_u64().unwrap()..=pair[1].as_u64().unwrap() {
+                    owner[slot as usize] = n["address"].as_str().unwrap().to_owned();
+                }
+            }
+        }
+    }
+    let mut per_node: std::collections::HashMap<String, Vec<u8>> = std::collections::HashMap::new();
+    for i in range {
+        let (k, v) = (format!("key{i}"), format!("value{i}"));
+        let buf = per_node.entry(owner[key_slot(k.as_bytes()) as usize].clone()).or_default();
+        buf.extend_from_slice(format!("*3\r\n$3\r\nSET\r\n${}\r\n{k}\r\n${}\r\n{v}\r\n", k.len(), v.len()).as_bytes());
+    }
+    for (node, data) in per_node {
+        let mut child = std::process::Command::new("redis-cli")
+            .args(["-p", &port_of_addr(&node).to_string(), "--pipe"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-cli");
+        child.stdin.take().unwrap().write_all(&data).unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+}
+
+/// The sum of `pulled=N` over a proxy log's "migration finished" lines (colour codes removed).
+pub fn pulled_in_log(log: &str) -> u64 {
+    let mut plain = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+        .lines()
+        .filter(|l| l.contains("migration finished"))
+        .filter_map(|l| l.split("pulled=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
