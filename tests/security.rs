@@ -480,6 +480,21 @@ fn brokers_serve_tls_with_the_same_credentials() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("UNAUTHORIZED"), "{}", String::from_utf8_lossy(&out.stderr));
     let out = ctl(&["--token", READ, "proxies"]);
     assert!(!out.status.success(), "plain gRPC to a TLS port must fail");
+    // Raft traffic over TLS: without the group secret (here the admin token) nothing gets in.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let pem = std::fs::read(&c.ca).unwrap();
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(pem))
+            .domain_name("127.0.0.1");
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{}", group.members[0].grpc)).unwrap();
+        let mut raft = RaftInternalClient::new(endpoint.tls_config(tls).unwrap().connect_lazy());
+        let garbage = || moonraft_proto::raft::RaftMessage { payload: b"{}".to_vec() };
+        for token in [None, Some(READ)] {
+            assert_eq!(raft.vote(with(token, garbage())).await.unwrap_err().code(), Code::Unauthenticated);
+        }
+        assert_eq!(raft.vote(with(Some(ADMIN), garbage())).await.unwrap_err().code(), Code::InvalidArgument);
+    });
     // A coordinator syncs a proxy through the TLS brokers.
     let redis = [Redis::start(), Redis::start()];
     let proxy = Proxy::start(&[]);
@@ -557,4 +572,38 @@ fn proxies_serve_tls_and_migrate_over_tls() {
     for i in [0, 1, 777, 4242, KEYS - 1] {
         assert_eq!(cli(&["GET", &format!("key{i}")]), format!("value{i}"), "key{i}");
     }
+}
+
+/// The proxy's credential matrix over TLS (redis-cli --tls): admin commands need `AUTH admin`,
+/// data commands the data password, wrong passwords get the one WRONGPASS; and a plain client
+/// cannot even ask.
+#[test]
+fn proxy_credentials_over_tls() {
+    let c = certs();
+    let p = Proxy::start(&[
+        "--tls-cert",
+        &c.cert,
+        "--tls-key",
+        &c.key,
+        "--tls-ca",
+        &c.ca,
+        "--admin-password",
+        "padm",
+        "--password",
+        "pdata",
+    ]);
+    let port = p.port.to_string();
+    let cli = |auth: &[&str], cmd: &[&str]| {
+        let base = ["--tls", "--cacert", c.ca.as_str(), "-p", port.as_str(), "--no-auth-warning"];
+        let out = Command::new("redis-cli").args(base).args(auth).args(cmd).output().expect("redis-cli");
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)).trim().to_owned()
+    };
+    assert!(cli(&[], &["UMCTL", "GETEPOCH"]).starts_with("NOPERM"));
+    assert!(cli(&[], &["GET", "k"]).starts_with("NOAUTH"));
+    assert!(cli(&["--user", "admin", "--pass", "nope"], &["UMCTL", "GETEPOCH"]).contains("WRONGPASS"));
+    assert!(cli(&["--user", "default", "--pass", "pdata"], &["UMCTL", "GETEPOCH"]).starts_with("NOPERM"));
+    assert!(!cli(&["--user", "default", "--pass", "pdata"], &["GET", "k"]).starts_with("NOAUTH"));
+    assert_eq!(cli(&["--user", "admin", "--pass", "padm"], &["UMCTL", "GETEPOCH"]), "0");
+    assert!(!cli(&["--user", "admin", "--pass", "padm"], &["UMSYNC", "x"]).starts_with("NOPERM"));
+    assert!(Conn::try_connect(p.port).and_then(|mut plain| plain.try_cmd(&["PING"])).is_err());
 }
