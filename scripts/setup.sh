@@ -13,6 +13,8 @@ command -v clang >/dev/null 2>&1 || need_apt+=(clang)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 command -v jq >/dev/null 2>&1 || need_apt+=(jq)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# tests/security.rs makes its TLS certificates with the openssl command.
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # The root-only fault tests (tests/root_faults.rs) cut traffic with iptables.
 if [ "$(id -u)" -eq 0 ]; then command -v iptables >/dev/null 2>&1 || need_apt+=(iptables); fi
 
