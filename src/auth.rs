@@ -14,7 +14,6 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use subtle::ConstantTimeEq;
 
 /// A credential. `Debug` never prints it.
 #[derive(Clone, PartialEq, Eq)]
@@ -32,8 +31,8 @@ impl Secret {
     }
 
     fn matches(&self, presented: &[u8]) -> bool {
-        // Constant-time in the content; the length is not secret.
-        self.0.as_bytes().ct_eq(presented).into()
+        // The proxy's comparison: constant-time in the content (the length is not secret).
+        moonraft_proxy::config::password_matches(&self.0, presented)
     }
 }
 

@@ -44,7 +44,8 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
             address: node.raft_address.clone(),
             client: None,
             identity: self.identity.clone(),
-            secret: self.secret.clone(),
+            // Built once per peer, not on every RPC.
+            authorization: self.secret.as_ref().and_then(|s| format!("Bearer {s}").parse().ok()),
             endpoint: self.endpoint.clone(),
         }
     }
@@ -55,7 +56,7 @@ pub struct PeerConnection {
     address: String,
     client: Option<RaftInternalClient<Channel>>,
     identity: Arc<GroupIdentity>,
-    secret: Option<Arc<str>>,
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     endpoint: EndpointFactory,
 }
 
@@ -100,8 +101,8 @@ impl PeerConnection {
         if let Some(v) = self.identity.get().and_then(|id| id.parse().ok()) {
             request.metadata_mut().insert(GROUP_HEADER, v);
         }
-        if let Some(v) = self.secret.as_ref().and_then(|s| format!("Bearer {s}").parse().ok()) {
-            request.metadata_mut().insert("authorization", v);
+        if let Some(v) = &self.authorization {
+            request.metadata_mut().insert("authorization", v.clone());
         }
         let reply = match rpc {
             Rpc::AppendEntries => client.append_entries(request).await,
