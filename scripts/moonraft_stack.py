@@ -15,6 +15,8 @@ import redis
 
 BIN = os.environ.get("MOONRAFT_BIN", "/var/tmp/moonraft-target/release/moonraft")
 PROCS = []
+# The broker group's admin token, sent by http() when set.
+TOKEN = None
 # pid → what it is ("broker", "coordinator", "proxy", "redis 127.0.0.1:port"), for cpu_seconds().
 LABELS = {}
 
@@ -69,6 +71,8 @@ def http(addr, method, path, body=None):
         req = urllib.request.Request(f"http://{addr}/api/v3{path}", data=data, method=method)
         if data is not None:
             req.add_header("Content-Type", "application/json")
+        if TOKEN:
+            req.add_header("Authorization", f"Bearer {TOKEN}")
         try:
             with urllib.request.urlopen(req, timeout=5) as r:
                 text = r.read()

@@ -446,8 +446,21 @@ fn oversized_and_malformed_bodies() {
     api.err("POST", "/clusters/meta/c", Some(r#"{"node_number": "four"}"#), 400, "INVALID_REQUEST");
     api.err("POST", "/clusters/meta/c", Some(r#"{"node_number": -4}"#), 400, "INVALID_REQUEST");
     api.err("PUT", "/metadata", Some(r#"{"version": 3}"#), 400, "INVALID_REQUEST");
+    // What the HTTP layer refuses by itself is JSON too, with a code.
+    api.err("POST", "/clusters/meta/c", Some(&big), 413, "PAYLOAD_TOO_LARGE");
+    api.err("GET", "/clusters/names?offset=-1", None, 400, "INVALID_REQUEST");
+    api.err("GET", "/nothing/here", None, 404, "NOT_FOUND");
+    api.err("PUT", "/epoch/twelve", None, 404, "NOT_FOUND");
+    // Epochs stay where every JSON client reads them exactly, and can never wrap.
+    api.err("PUT", "/epoch/9007199254740992", None, 400, "EPOCH_TOO_LARGE");
+    api.err("PUT", "/epoch/18446744073709551615", None, 400, "EPOCH_TOO_LARGE");
     // nothing was applied
     assert_eq!(epoch(&api), 0);
+    // The OpenAPI document lists every operation (the unit test in src/broker/openapi.rs checks
+    // its shape; scripts/api-fuzz.sh fuzzes the API from it).
+    let doc = api.call("GET", "/openapi.json", None).json();
+    assert!(doc["paths"]["/clusters/meta/{name}"]["post"]["requestBody"].is_object());
+    assert_eq!(doc["servers"][0]["url"], "/api/v3");
 }
 
 #[test]
@@ -528,7 +541,7 @@ fn auto_scales_out_after_proxies_sync_and_gives_up_when_they_do_not() {
     api.ok("POST", "/clusters/migrations/auto/c/4", None); // same size: nothing to do
                                                            // no coordinator pushes metadata, so the proxies never reach the new epoch: bounded wait
     let r = api.call("POST", "/clusters/migrations/auto/c/8", None);
-    assert_eq!((r.status, r.error_code().as_str()), (500, "PROXY_NOT_SYNC"));
+    assert_eq!((r.status, r.error_code().as_str()), (409, "PROXY_NOT_SYNC"));
     assert_eq!(api.ok("GET", "/clusters/info/c", None).json()["node_number"], 8);
     // a retry first removes the chunks the failed call added, then adds them again
     let addrs: Vec<String> = proxies.iter().map(Proxy::addr).collect();
@@ -731,7 +744,7 @@ fn a_slow_forwarded_call_gets_the_leaders_answer_not_retry() {
     let took = started.elapsed();
     assert_eq!(
         (r.status, r.error_code()),
-        (500, "PROXY_NOT_SYNC".to_owned()),
+        (409, "PROXY_NOT_SYNC".to_owned()),
         "after {took:?}: {}",
         String::from_utf8_lossy(&r.body)
     );

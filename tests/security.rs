@@ -78,6 +78,11 @@ fn http_api_needs_the_right_token_on_every_member() {
         let r = call(&m.http, "POST", "/api/v3/proxies/meta", Some(&body), Some(&admin));
         assert_eq!(r.status, 200, "member {i}: {}", String::from_utf8_lossy(&r.body));
     }
+    // The OpenAPI document is public (tools fetch it before they have a token); it says how to
+    // authenticate.
+    let r = call(&group.members[1].http, "GET", "/api/v3/openapi.json", None, None);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
     // Nothing refused got in; every admitted write did.
     let r = call(&group.members[0].http, "GET", "/api/v3/proxies/addresses", None, Some(&read));
     assert_eq!(r.json()["addresses"].as_array().map(Vec::len), Some(3));

@@ -204,7 +204,9 @@ impl Store {
             BalanceMasters { name } => done(self.balance_masters(name)),
             ForceEpoch { new_epoch } => done(self.force_epoch(*new_epoch)),
             RecoverEpoch { observed_max_epoch } => {
-                let epoch = observed_max_epoch.saturating_add(2).max(self.global_epoch + 1);
+                // A proxy cannot push the epoch past MAX_EPOCH (where `+ 1` could overflow).
+                let observed = (*observed_max_epoch).min(crate::store::MAX_EPOCH);
+                let epoch = observed.saturating_add(2).max(self.global_epoch + 1);
                 self.global_epoch = epoch;
                 for c in self.clusters.values_mut() {
                     c.epoch = epoch;
@@ -325,5 +327,21 @@ mod tests {
         assert_eq!(s.global_epoch, 12);
         s.apply(&Command::RecoverEpoch { observed_max_epoch: 0 }).unwrap();
         assert_eq!(s.global_epoch, 13);
+    }
+
+    #[test]
+    fn epochs_stay_far_from_overflow() {
+        use crate::store::MAX_EPOCH;
+        let mut s = Store::default();
+        assert_eq!(s.apply(&Command::ForceEpoch { new_epoch: u64::MAX }), Err(MetaError::EpochTooLarge));
+        assert_eq!(s.apply(&Command::ForceEpoch { new_epoch: MAX_EPOCH + 1 }), Err(MetaError::EpochTooLarge));
+        assert_eq!(s.global_epoch, 0, "a refused epoch changes nothing");
+        s.apply(&Command::ForceEpoch { new_epoch: MAX_EPOCH }).unwrap();
+        // A proxy reporting a huge epoch cannot push the store towards u64::MAX either.
+        let mut t = Store::default();
+        t.apply(&Command::RecoverEpoch { observed_max_epoch: u64::MAX }).unwrap();
+        assert_eq!(t.global_epoch, MAX_EPOCH + 2);
+        let doc = Store { global_epoch: MAX_EPOCH + 1, ..Store::default() };
+        assert!(matches!(Store::default().restore(doc), Err(MetaError::InvalidMetadata { .. })));
     }
 }

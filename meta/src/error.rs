@@ -56,6 +56,9 @@ pub enum MetaError {
     /// `PUT /metadata` with a document that breaks one of the store's invariants.
     #[error("INVALID_METADATA")]
     InvalidMetadata { message: String },
+    /// An epoch above `store::MAX_EPOCH` was asked for.
+    #[error("EPOCH_TOO_LARGE")]
+    EpochTooLarge,
 }
 
 impl MetaError {
@@ -73,7 +76,8 @@ impl MetaError {
             | InvalidConfig { .. }
             | SlotsAlreadyEven
             | MissingServerProxyIndex
-            | InvalidMetadata { .. } => 400,
+            | InvalidMetadata { .. }
+            | EpochTooLarge => 400,
             ClusterNotFound | ProxyNotFound | FreeNodeNotFound | MigrationTaskNotFound => 404,
             EpochMismatch { .. } => 412,
             _ => 409,

@@ -24,6 +24,23 @@ impl From<Range> for (u16, u16) {
     }
 }
 
+/// OpenAPI: `[start, end]`, two slot numbers (serde writes the pair, not the struct).
+impl utoipa::PartialSchema for Range {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
+        let slot =
+            ObjectBuilder::new().schema_type(SchemaType::Type(Type::Integer)).minimum(Some(0)).maximum(Some(SLOTS - 1));
+        ArrayBuilder::new()
+            .items(slot)
+            .min_items(Some(2))
+            .max_items(Some(2))
+            .description(Some("An inclusive slot range [start, end]"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Range {}
+
 impl Range {
     /// 0 for an inverted range (only a document from outside can hold one; `validate` refuses it).
     pub fn len(&self) -> u32 {

@@ -11,7 +11,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub const META_VERSION: &str = "mem-broker-0.2";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The largest epoch an operator may set (`PUT /epoch/{n}`, `PUT /metadata`): 2^53 - 1, the
+/// largest integer every JSON client reads exactly, and far enough below `u64::MAX` that the
+/// store's `epoch + 1` can never overflow.
+pub const MAX_EPOCH: u64 = (1 << 53) - 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CompressionStrategy {
     Disabled,
@@ -19,7 +24,7 @@ pub enum CompressionStrategy {
     AllowAll,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MigrationConfig {
     pub max_migration_time: u64,
     pub max_blocking_time: u64,
@@ -33,7 +38,7 @@ impl Default for MigrationConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterConfig {
     pub compression_strategy: CompressionStrategy,
     pub migration_config: MigrationConfig,
@@ -48,7 +53,7 @@ impl Default for ClusterConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum RolePosition {
     Normal,
     FirstChunkMaster,
@@ -73,7 +78,7 @@ impl RolePosition {
 }
 
 /// Migration identity as stored: addresses are resolved from chunk positions at read time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MigrationMetaStore {
     pub epoch: u64,
     pub src_chunk_index: usize,
@@ -82,7 +87,7 @@ pub struct MigrationMetaStore {
     pub dst_chunk_part: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MigrationEntry {
     pub range_list: Vec<Range>,
     pub is_migrating: bool,
@@ -90,7 +95,7 @@ pub struct MigrationEntry {
 }
 
 /// Resolved migration meta (`http-api.md` §2.1).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MigrationMeta {
     pub epoch: u64,
     pub src_proxy_address: String,
@@ -99,20 +104,20 @@ pub struct MigrationMeta {
     pub dst_node_address: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum SlotTag {
     None,
     Migrating(MigrationMeta),
     Importing(MigrationMeta),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SlotRange {
     pub range_list: Vec<Range>,
     pub tag: SlotTag,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Chunk {
     pub role_position: RolePosition,
     pub proxy_addresses: [String; 2],
@@ -133,7 +138,7 @@ impl Chunk {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterStore {
     pub name: String,
     pub epoch: u64,
@@ -155,7 +160,7 @@ impl ClusterStore {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProxyResource {
     pub proxy_address: String,
     pub node_addresses: [String; 2],
@@ -166,7 +171,7 @@ pub struct ProxyResource {
 }
 
 /// The whole replicated state, in the `GET /metadata` layout.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Store {
     pub version: String,
     pub global_epoch: u64,
@@ -212,7 +217,7 @@ impl Default for Store {
 }
 
 /// `POST /proxies/meta` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterProxy {
     pub proxy_address: String,
@@ -671,6 +676,9 @@ impl Store {
 
     /// `PUT /epoch/{n}`: raises the global epoch and every cluster epoch to `n`.
     pub fn force_epoch(&mut self, n: u64) -> Result<(), MetaError> {
+        if n > MAX_EPOCH {
+            return Err(MetaError::EpochTooLarge);
+        }
         if n <= self.global_epoch {
             return Err(MetaError::EpochSmallerThanCurrent);
         }

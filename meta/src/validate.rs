@@ -6,13 +6,16 @@
 //! cluster, chunk and field.
 
 use crate::slots::{Range, SLOTS};
-use crate::store::{valid_cluster_name, valid_proxy_address, Chunk, ClusterStore, Store, META_VERSION};
+use crate::store::{valid_cluster_name, valid_proxy_address, Chunk, ClusterStore, Store, MAX_EPOCH, META_VERSION};
 use std::collections::BTreeMap;
 
 /// Checks `store` as a whole; `Err` names the first problem.
 pub fn validate(store: &Store) -> Result<(), String> {
     if store.version != META_VERSION {
         return Err(format!("version: expected {META_VERSION:?}, got {:?}", store.version));
+    }
+    if store.global_epoch > MAX_EPOCH {
+        return Err(format!("global_epoch: {} is above the largest allowed, {MAX_EPOCH}", store.global_epoch));
     }
     // proxy address → cluster whose chunks hold it
     let mut placed: BTreeMap<&str, &str> = BTreeMap::new();

@@ -5,19 +5,19 @@ use crate::migration::exposed;
 use crate::store::{ClusterConfig, ClusterStore, MigrationMeta, MigrationMetaStore, SlotRange, SlotTag, Store};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReplPeer {
     pub node_address: String,
     pub proxy_address: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Repl {
     pub role: String,
     pub peers: Vec<ReplPeer>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Node {
     pub address: String,
     pub proxy_address: String,
@@ -25,7 +25,7 @@ pub struct Node {
     pub repl: Repl,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Cluster {
     pub name: String,
     pub epoch: u64,
@@ -33,13 +33,13 @@ pub struct Cluster {
     pub config: ClusterConfig,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Peer {
     pub proxy_address: String,
     pub slots: Vec<SlotRange>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Proxy {
     pub cluster_name: Option<String>,
     pub address: String,
@@ -49,7 +49,7 @@ pub struct Proxy {
     pub cluster_config: Option<ClusterConfig>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterInfo {
     pub name: String,
     pub node_number: usize,

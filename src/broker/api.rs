@@ -45,7 +45,7 @@ pub async fn cluster(b: &Broker, name: &str) -> Result<Option<Cluster>, ApiError
 }
 
 /// Progress of one running migration, as its source proxy reports it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct MigrationProgress {
     pub src_proxy_address: String,
     pub dst_proxy_address: String,
@@ -62,7 +62,7 @@ pub struct MigrationProgress {
 
 /// `GET /clusters/info/{name}`: the spec's fields plus `migrations`, the progress of each
 /// running migration (asked from the source proxies, 500 ms bound each).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct ClusterInfoView {
     #[serde(flatten)]
     pub info: ClusterInfo,
@@ -315,13 +315,13 @@ pub async fn coordinator_alive(b: &Broker, reporter_id: String) -> Result<(), Ap
 
 /// `GET /coordinators`: the coordinators on record, which of them count as alive, and the
 /// number of reports a failover needs right now.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct CoordinatorsView {
     pub coordinators: Vec<CoordinatorSeen>,
     pub failure_quorum: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct CoordinatorSeen {
     pub reporter_id: String,
     /// Milliseconds since its latest heartbeat.
@@ -399,7 +399,7 @@ pub fn other_members(b: &Broker) -> Vec<String> {
 }
 
 /// `GET /raft/status`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct RaftStatus {
     pub node_id: u64,
     pub state: String,
@@ -415,7 +415,7 @@ pub struct RaftStatus {
     pub state_sha256: String,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct MemberStatus {
     pub id: u64,
     pub raft_address: String,

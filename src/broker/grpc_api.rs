@@ -29,7 +29,7 @@ pub const ERROR_TRAILER: &str = "x-moonraft-error";
 /// `ApiError` → gRPC status with the mapping of `raft-broker.md` §8.1.
 pub fn status_of(e: &ApiError) -> Status {
     let code = match (e, e.status()) {
-        (ApiError::Retry | ApiError::RetryUnknown, _) => Code::Unavailable,
+        (ApiError::Retry | ApiError::RetryUnknown | ApiError::ProxyNotSync, _) => Code::Unavailable,
         (ApiError::Meta(moonraft_meta::MetaError::AlreadyExisted), _) => Code::AlreadyExists,
         (_, 400) => Code::InvalidArgument,
         (_, 404) => Code::NotFound,

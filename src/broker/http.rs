@@ -1,16 +1,19 @@
 //! `/api/v3` over HTTP (`http-api.md`): thin handlers over the service layer. Followers pass
 //! every request except `/raft/status` and `/raft/init` to the leader (gRPC `Forward`).
 
-use super::api;
+use super::api::{self, ClusterInfoView, CoordinatorsView, RaftStatus};
+use super::openapi::*;
 use super::service::{ApiError, Broker};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::get;
 use axum::Router;
-use moonraft_meta::store::SlotRange;
+use moonraft_meta::store::{RegisterProxy, SlotRange};
+use moonraft_meta::view::Node;
+use moonraft_meta::Store;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -24,46 +27,60 @@ type Shared = State<Arc<Broker>>;
 
 pub fn router(broker: Arc<Broker>) -> Router {
     let limit = broker.config.max_body_bytes;
-    let api = Router::new()
-        .route("/version", get(version))
-        .route("/metadata", get(get_metadata).put(put_metadata))
-        .route("/clusters/names", get(cluster_names))
-        .route("/clusters/meta/:name", get(get_cluster).post(create_cluster).delete(delete_cluster))
-        .route("/clusters/info/:name", get(cluster_info))
-        .route("/clusters/nodes/:name", axum::routing::patch(add_nodes).put(scale_up_nodes))
-        .route("/clusters/free_nodes/:name", delete(delete_free_nodes))
-        .route("/clusters/migrations/shrink/:name/:n", post(shrink))
-        .route("/clusters/migrations/expand/:name", post(expand))
-        .route("/clusters/migrations/auto/:name/:n", post(auto_scale))
-        .route("/clusters/migrations", put(commit_migration))
-        .route("/clusters/config/:name", axum::routing::patch(change_config))
-        .route("/clusters/balance/:name", put(balance))
-        .route("/proxies/addresses", get(proxy_addresses))
-        .route("/proxies/meta", post(register_proxy))
-        .route("/proxies/meta/:addr", get(get_proxy).delete(delete_proxy))
-        .route("/proxies/failover/:addr", post(failover))
-        .route("/proxies/failed/addresses", get(failed_proxies))
-        .route("/proxies/recover/:addr", post(recover_proxy))
-        .route("/failures/:addr/:reporter", post(report_failure).delete(withdraw_failure))
-        .route("/coordinators", get(coordinators))
-        .route("/coordinators/:reporter", put(coordinator_alive))
-        .route("/failures", get(failures))
-        .route("/epoch", get(get_epoch))
-        .route("/epoch/recovery", put(recover_epoch))
-        .route("/epoch/:n", put(force_epoch))
-        .route("/resources/failures/check", post(resource_check))
-        .route("/config", get(get_config).put(put_config))
-        .route("/raft/status", get(raft_status))
-        .route("/raft/init", post(raft_init))
-        .route("/raft/learners", post(raft_add_learner))
-        .route("/raft/membership", put(raft_change_membership));
+    let api = operations().route(OPENAPI_PATH, get(openapi_document));
     Router::new()
         .nest("/api/v3", api)
+        .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(middleware::from_fn_with_state(broker.clone(), forward_to_leader))
+        .layer(middleware::from_fn(json_errors))
         // Outermost: nothing is forwarded or parsed for a caller without the right token.
         .layer(middleware::from_fn_with_state(broker.clone(), authorize))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(broker)
+}
+
+/// Where the OpenAPI document is, under `/api/v3`.
+const OPENAPI_PATH: &str = "/openapi.json";
+/// The same, as the middlewares see it (answered by every member itself, without a token).
+const OPENAPI_URI: &str = "/api/v3/openapi.json";
+
+/// The OpenAPI 3 document of `/api/v3` (see `openapi.rs`). Public: it holds nothing that is
+/// not in the source, and tools fetch it before they have credentials.
+async fn openapi_document() -> Response {
+    use utoipa::OpenApi;
+    json_ok(&ApiDoc::openapi())
+}
+
+/// Rejections made by axum itself (a query or path that does not parse, a body over the
+/// limit, no such route, a method the route lacks) come as plain text or empty; every error of
+/// this API is JSON `{"error": CODE, "message": …}`, so they are rewritten in that form.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !status.is_client_error() || is_json {
+        return resp;
+    }
+    let code = match status {
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => "INVALID_REQUEST",
+        StatusCode::NOT_FOUND => "NOT_FOUND",
+        StatusCode::METHOD_NOT_ALLOWED => "METHOD_NOT_ALLOWED",
+        StatusCode::PAYLOAD_TOO_LARGE => "PAYLOAD_TOO_LARGE",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "UNSUPPORTED_MEDIA_TYPE",
+        _ => "BAD_REQUEST",
+    };
+    let (mut parts, body) = resp.into_parts();
+    // Axum's rejection texts are one line; anything longer is cut.
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let message = String::from_utf8_lossy(&text).trim().to_owned();
+    let body = if message.is_empty() { json!({"error": code}) } else { json!({"error": code, "message": message}) };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Response::from_parts(parts, Body::from(body.to_string()))
 }
 
 fn error_response(e: &ApiError, broker: Option<&Broker>) -> Response {
@@ -125,10 +142,43 @@ fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::InvalidRequest(e.to_string()))
 }
 
-#[derive(Deserialize)]
+/// Paging of the list endpoints.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Page {
+    /// Items to skip.
     offset: Option<usize>,
+    /// Most items to return.
     limit: Option<usize>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct NodeNumber {
+    /// Nodes to create or add: a positive multiple of 4.
+    #[schema(minimum = 4, multiple_of = 4)]
+    node_number: u64,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ClusterNodeNumber {
+    /// The cluster's node number afterwards: a multiple of 4.
+    #[schema(minimum = 4, multiple_of = 4)]
+    cluster_node_number: u64,
+}
+
+/// A finished migration, as its proxy reports it.
+#[derive(Deserialize, utoipa::ToSchema)]
+struct MigrationTaskMeta {
+    cluster_name: String,
+    slot_range: SlotRange,
+}
+
+/// Numeric path segments that do not parse make the route not match (a 404, as for any
+/// unknown path).
+fn not_found() -> Response {
+    StatusCode::NOT_FOUND.into_response()
 }
 
 /// An empty 200 for operations without a result.
@@ -136,29 +186,50 @@ fn done(r: Result<(), ApiError>) -> ApiResult {
     ApiResult(r.map(|_| empty()))
 }
 
+// Every handler below carries its OpenAPI description (`#[utoipa::path]`); `api_operations!`
+// at the end of this file turns the list of handlers into both the router and the document,
+// so a route cannot exist without its description or the other way round. Responses every
+// operation shares (401/403, 409 RETRY, 503, 500 …) are added by `openapi::CommonResponses`.
+
+/// This broker's version.
+#[utoipa::path(get, path = "/version", tag = "broker",
+    responses((status = 200, description = "The version", body = String, content_type = "text/plain")))]
 async fn version() -> Response {
     api::version().into_response()
 }
 
+/// The whole replicated store (gzip when accepted): the backup format of `PUT /metadata`.
+#[utoipa::path(get, path = "/metadata", tag = "metadata",
+    responses((status = 200, description = "The store", body = Store)))]
 async fn get_metadata(State(b): Shared, headers: HeaderMap) -> ApiResult {
     ApiResult(api::metadata(&b).await.map(|s| json_maybe_gzip(&headers, &s)))
 }
 
+/// Replaces the whole store with a document of `GET /metadata` (a restore). The document is
+/// validated first: `400 INVALID_METADATA` names the first problem.
+#[utoipa::path(put, path = "/metadata", tag = "metadata", request_body = Store,
+    responses((status = 200, description = "Restored")))]
 async fn put_metadata(State(b): Shared, body: Bytes) -> ApiResult {
     let run = async { api::restore_metadata(&b, parse_body(&body)?).await };
     done(run.await)
 }
 
+/// Cluster names, in order, paged.
+#[utoipa::path(get, path = "/clusters/names", tag = "clusters", params(Page),
+    responses((status = 200, description = "Names", body = NamesReply)))]
 async fn cluster_names(State(b): Shared, Query(p): Query<Page>) -> ApiResult {
     let names = api::cluster_names(&b).await;
-    ApiResult(names.map(|n| json_ok(&json!({"names": api::page(&n, p.offset, p.limit)}))))
+    ApiResult(names.map(|n| json_ok(&NamesReply { names: api::page(&n, p.offset, p.limit) })))
 }
 
-/// With an `ETag` of the cluster's epoch, for conditional writes (`If-Match`).
+/// A cluster's nodes, slots and config; `null` when there is no such cluster. The `ETag` is
+/// the cluster's epoch, for `If-Match` on `PATCH /clusters/config/{name}`.
+#[utoipa::path(get, path = "/clusters/meta/{name}", tag = "clusters", params(ClusterName),
+    responses((status = 200, description = "The cluster, or null", body = ClusterReply)))]
 async fn get_cluster(State(b): Shared, Path(name): Path<String>, headers: HeaderMap) -> ApiResult {
-    ApiResult(api::cluster(&b, &name).await.map(|c| {
-        let etag = c.as_ref().and_then(|c| HeaderValue::from_str(&format!("\"{}\"", c.epoch)).ok());
-        let mut resp = json_maybe_gzip(&headers, &json!({"cluster": c}));
+    ApiResult(api::cluster(&b, &name).await.map(|cluster| {
+        let etag = cluster.as_ref().and_then(|c| HeaderValue::from_str(&format!("\"{}\"", c.epoch)).ok());
+        let mut resp = json_maybe_gzip(&headers, &ClusterReply { cluster });
         if let Some(etag) = etag {
             resp.headers_mut().insert(header::ETAG, etag);
         }
@@ -176,22 +247,17 @@ fn if_match_epoch(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     })
 }
 
+/// Node counts and whether a migration runs, with the progress of each running migration as
+/// its source proxy reports it.
+#[utoipa::path(get, path = "/clusters/info/{name}", tag = "clusters", params(ClusterName),
+    responses((status = 200, description = "The summary", body = ClusterInfoView)))]
 async fn cluster_info(State(b): Shared, Path(name): Path<String>) -> ApiResult {
     ApiResult(api::cluster_info(&b, &name).await.map(|i| json_ok(&i)))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NodeNumber {
-    node_number: u64,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ClusterNodeNumber {
-    cluster_node_number: u64,
-}
-
+/// Creates a cluster of `node_number` nodes (a multiple of 4) on free proxies.
+#[utoipa::path(post, path = "/clusters/meta/{name}", tag = "clusters", params(ClusterName), request_body = NodeNumber,
+    responses((status = 200, description = "Created")))]
 async fn create_cluster(State(b): Shared, Path(name): Path<String>, body: Bytes) -> ApiResult {
     let run = async {
         let req: NodeNumber = parse_body(&body)?;
@@ -200,10 +266,16 @@ async fn create_cluster(State(b): Shared, Path(name): Path<String>, body: Bytes)
     done(run.await)
 }
 
+/// Deletes a cluster; its proxies become free.
+#[utoipa::path(delete, path = "/clusters/meta/{name}", tag = "clusters", params(ClusterName),
+    responses((status = 200, description = "Deleted")))]
 async fn delete_cluster(State(b): Shared, Path(name): Path<String>) -> ApiResult {
     done(api::delete_cluster(&b, name).await)
 }
 
+/// Adds `node_number` nodes without slots (the first step of a scale-out).
+#[utoipa::path(patch, path = "/clusters/nodes/{name}", tag = "scaling", params(ClusterName), request_body = NodeNumber,
+    responses((status = 200, description = "The added nodes", body = Vec<Node>)))]
 async fn add_nodes(State(b): Shared, Path(name): Path<String>, body: Bytes) -> ApiResult {
     let run = async {
         let req: NodeNumber = parse_body(&body)?;
@@ -212,6 +284,9 @@ async fn add_nodes(State(b): Shared, Path(name): Path<String>, body: Bytes) -> A
     ApiResult(run.await.map(|n| json_ok(&n)))
 }
 
+/// Adds nodes until the cluster has `cluster_node_number` (idempotent).
+#[utoipa::path(put, path = "/clusters/nodes/{name}", tag = "scaling", params(ClusterName), request_body = ClusterNodeNumber,
+    responses((status = 200, description = "The added nodes", body = Vec<Node>)))]
 async fn scale_up_nodes(State(b): Shared, Path(name): Path<String>, body: Bytes) -> ApiResult {
     let run = async {
         let req: ClusterNodeNumber = parse_body(&body)?;
@@ -220,35 +295,40 @@ async fn scale_up_nodes(State(b): Shared, Path(name): Path<String>, body: Bytes)
     ApiResult(run.await.map(|n| json_ok(&n)))
 }
 
+/// Removes the cluster's nodes that hold no slots (the last step of a scale-in).
+#[utoipa::path(delete, path = "/clusters/free_nodes/{name}", tag = "scaling", params(ClusterName),
+    responses((status = 200, description = "Removed")))]
 async fn delete_free_nodes(State(b): Shared, Path(name): Path<String>) -> ApiResult {
     done(api::delete_free_nodes(&b, name).await)
 }
 
-/// Numeric path segments that do not parse make the route not match (`http-api.md` §1).
-fn not_found() -> Response {
-    StatusCode::NOT_FOUND.into_response()
-}
-
+/// Moves slots off the nodes beyond the first `n` (scale-in).
+#[utoipa::path(post, path = "/clusters/migrations/shrink/{name}/{n}", tag = "scaling", params(ClusterName, NodeCount),
+    responses((status = 200, description = "Migrations planned")))]
 async fn shrink(State(b): Shared, Path((name, n)): Path<(String, String)>) -> ApiResult {
     let Ok(n) = n.parse::<u64>() else { return ApiResult(Ok(not_found())) };
     done(api::shrink(&b, name, n).await)
 }
 
+/// Spreads slots evenly over all of the cluster's nodes (scale-out).
+#[utoipa::path(post, path = "/clusters/migrations/expand/{name}", tag = "scaling", params(ClusterName),
+    responses((status = 200, description = "Migrations planned")))]
 async fn expand(State(b): Shared, Path(name): Path<String>) -> ApiResult {
     done(api::expand(&b, name).await)
 }
 
+/// Resizes the cluster to `n` nodes in one retry-friendly call (add nodes, wait for the
+/// proxies, plan the migrations; or plan a shrink, or remove free nodes).
+#[utoipa::path(post, path = "/clusters/migrations/auto/{name}/{n}", tag = "scaling", params(ClusterName, NodeCount),
+    responses((status = 200, description = "The current step is done")))]
 async fn auto_scale(State(b): Shared, Path((name, n)): Path<(String, String)>) -> ApiResult {
     let Ok(n) = n.parse::<u64>() else { return ApiResult(Ok(not_found())) };
     done(api::auto_scale(&b, name, n).await)
 }
 
-#[derive(Deserialize)]
-struct MigrationTaskMeta {
-    cluster_name: String,
-    slot_range: SlotRange,
-}
-
+/// A proxy reports a finished migration; the slots change owner.
+#[utoipa::path(put, path = "/clusters/migrations", tag = "scaling", request_body = MigrationTaskMeta,
+    responses((status = 200, description = "Committed")))]
 async fn commit_migration(State(b): Shared, body: Bytes) -> ApiResult {
     let run = async {
         let task: MigrationTaskMeta = parse_body(&body)?;
@@ -257,6 +337,11 @@ async fn commit_migration(State(b): Shared, body: Bytes) -> ApiResult {
     done(run.await)
 }
 
+/// Changes cluster config keys (`compression_strategy`, `migration_config.*`); with
+/// `If-Match: "<epoch>"` only while the cluster is at that epoch (else 412).
+#[utoipa::path(patch, path = "/clusters/config/{name}", tag = "clusters", params(ClusterName, IfMatch),
+    request_body(content = BTreeMap<String, String>, description = "Config keys and their new values"),
+    responses((status = 200, description = "Changed")))]
 async fn change_config(State(b): Shared, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> ApiResult {
     let run = async {
         let expected = if_match_epoch(&headers)?;
@@ -266,94 +351,157 @@ async fn change_config(State(b): Shared, Path(name): Path<String>, headers: Head
     done(run.await)
 }
 
+/// Swaps master roles so that every proxy holds one master.
+#[utoipa::path(put, path = "/clusters/balance/{name}", tag = "clusters", params(ClusterName),
+    responses((status = 200, description = "Balanced")))]
 async fn balance(State(b): Shared, Path(name): Path<String>) -> ApiResult {
     done(api::balance(&b, name).await)
 }
 
+/// Registered proxy addresses, in order, paged.
+#[utoipa::path(get, path = "/proxies/addresses", tag = "proxies", params(Page),
+    responses((status = 200, description = "Addresses", body = AddressesReply)))]
 async fn proxy_addresses(State(b): Shared, Query(p): Query<Page>) -> ApiResult {
     let addrs = api::proxy_addresses(&b).await;
-    ApiResult(addrs.map(|a| json_ok(&json!({"addresses": api::page(&a, p.offset, p.limit)}))))
+    ApiResult(addrs.map(|a| json_ok(&AddressesReply { addresses: api::page(&a, p.offset, p.limit) })))
 }
 
+/// Registers a proxy and its two Redis nodes (idempotent for the same document).
+#[utoipa::path(post, path = "/proxies/meta", tag = "proxies", request_body = RegisterProxy,
+    responses((status = 200, description = "Registered")))]
 async fn register_proxy(State(b): Shared, body: Bytes) -> ApiResult {
     let run = async { api::register_proxy(&b, parse_body(&body)?).await };
     done(run.await)
 }
 
+/// What a proxy serves: its nodes, peers and cluster config; `null` when it is not registered.
+#[utoipa::path(get, path = "/proxies/meta/{address}", tag = "proxies", params(ProxyAddress),
+    responses((status = 200, description = "The proxy, or null", body = ProxyReply)))]
 async fn get_proxy(State(b): Shared, Path(addr): Path<String>, headers: HeaderMap) -> ApiResult {
-    ApiResult(api::proxy(&b, &addr).await.map(|p| json_maybe_gzip(&headers, &json!({"proxy": p}))))
+    ApiResult(api::proxy(&b, &addr).await.map(|proxy| json_maybe_gzip(&headers, &ProxyReply { proxy })))
 }
 
+/// Unregisters a proxy that is in no cluster.
+#[utoipa::path(delete, path = "/proxies/meta/{address}", tag = "proxies", params(ProxyAddress),
+    responses((status = 200, description = "Removed")))]
 async fn delete_proxy(State(b): Shared, Path(addr): Path<String>) -> ApiResult {
     done(api::delete_proxy(&b, addr).await)
 }
 
+/// Replaces a failed proxy by a free one and promotes its replicas; the replacement's view.
+#[utoipa::path(post, path = "/proxies/failover/{address}", tag = "failures", params(ProxyAddress),
+    responses((status = 200, description = "The replacement proxy, or null", body = ProxyReply)))]
 async fn failover(State(b): Shared, Path(addr): Path<String>) -> ApiResult {
-    ApiResult(api::failover(&b, addr).await.map(|p| json_ok(&json!({"proxy": p}))))
+    ApiResult(api::failover(&b, addr).await.map(|proxy| json_ok(&ProxyReply { proxy })))
 }
 
+/// Proxies marked failed.
+#[utoipa::path(get, path = "/proxies/failed/addresses", tag = "failures",
+    responses((status = 200, description = "Addresses", body = AddressesReply)))]
 async fn failed_proxies(State(b): Shared) -> ApiResult {
-    ApiResult(api::failed_proxies(&b).await.map(|a| json_ok(&json!({"addresses": a}))))
+    ApiResult(api::failed_proxies(&b).await.map(|addresses| json_ok(&AddressesReply { addresses })))
 }
 
+/// A coordinator reports that it cannot reach a proxy.
+#[utoipa::path(post, path = "/failures/{address}/{reporter_id}", tag = "failures", params(ProxyAddress, ReporterId),
+    responses((status = 200, description = "Recorded")))]
 async fn report_failure(State(b): Shared, Path((addr, reporter)): Path<(String, String)>) -> ApiResult {
     done(api::report_failure(&b, addr, reporter).await)
 }
 
+/// A coordinator reaches the proxy again: its report is withdrawn.
+#[utoipa::path(delete, path = "/failures/{address}/{reporter_id}", tag = "failures", params(ProxyAddress, ReporterId),
+    responses((status = 200, description = "Whether there was a report", body = WithdrawnReply)))]
 async fn withdraw_failure(State(b): Shared, Path((addr, reporter)): Path<(String, String)>) -> ApiResult {
-    ApiResult(api::withdraw_failure(&b, addr, reporter).await.map(|w| json_ok(&json!({"withdrawn": w}))))
+    ApiResult(api::withdraw_failure(&b, addr, reporter).await.map(|withdrawn| json_ok(&WithdrawnReply { withdrawn })))
 }
 
+/// A failed proxy that answers again leaves the failed set.
+#[utoipa::path(post, path = "/proxies/recover/{address}", tag = "failures", params(ProxyAddress),
+    responses((status = 200, description = "Whether it was failed", body = RecoveredReply)))]
 async fn recover_proxy(State(b): Shared, Path(addr): Path<String>) -> ApiResult {
-    ApiResult(api::recover_proxy(&b, addr).await.map(|r| json_ok(&json!({"recovered": r}))))
+    ApiResult(api::recover_proxy(&b, addr).await.map(|recovered| json_ok(&RecoveredReply { recovered })))
 }
 
+/// A coordinator's heartbeat: the failure quorum counts the live coordinators.
+#[utoipa::path(put, path = "/coordinators/{reporter_id}", tag = "failures", params(ReporterId),
+    responses((status = 200, description = "Recorded")))]
 async fn coordinator_alive(State(b): Shared, Path(reporter): Path<String>) -> ApiResult {
     done(api::coordinator_alive(&b, reporter).await)
 }
 
+/// The coordinators on record, which of them are alive, and the reports a failover needs.
+#[utoipa::path(get, path = "/coordinators", tag = "failures",
+    responses((status = 200, description = "Coordinators", body = CoordinatorsView)))]
 async fn coordinators(State(b): Shared) -> ApiResult {
     ApiResult(api::coordinators(&b).await.map(|c| json_ok(&c)))
 }
 
+/// Proxies with enough fresh reports to be failed over.
+#[utoipa::path(get, path = "/failures", tag = "failures",
+    responses((status = 200, description = "Addresses", body = AddressesReply)))]
 async fn failures(State(b): Shared) -> ApiResult {
-    ApiResult(api::failures(&b).await.map(|l| json_ok(&json!({"addresses": l}))))
+    ApiResult(api::failures(&b).await.map(|addresses| json_ok(&AddressesReply { addresses })))
 }
 
+/// The global epoch.
+#[utoipa::path(get, path = "/epoch", tag = "epoch",
+    responses((status = 200, description = "The epoch", body = u64, content_type = "application/json")))]
 async fn get_epoch(State(b): Shared) -> ApiResult {
     ApiResult(api::epoch(&b).await.map(|e| json_ok(&e)))
 }
 
+/// Sets the global epoch to `n` if that is larger (recovery tool).
+#[utoipa::path(put, path = "/epoch/{n}", tag = "epoch", params(("n" = u64, Path, description = "The new epoch, above the current one (at most 2^53 - 1)")),
+    responses((status = 200, description = "Set")))]
 async fn force_epoch(State(b): Shared, Path(n): Path<String>) -> ApiResult {
     let Ok(n) = n.parse::<u64>() else { return ApiResult(Ok(not_found())) };
     done(api::force_epoch(&b, n).await)
 }
 
+/// Asks every proxy for its epoch and moves the global epoch past the largest.
+#[utoipa::path(put, path = "/epoch/recovery", tag = "epoch",
+    responses((status = 200, description = "Proxies that could not be asked", body = FailedAddressesReply)))]
 async fn recover_epoch(State(b): Shared) -> ApiResult {
-    ApiResult(api::recover_epoch(&b).await.map(|f| json_ok(&json!({"failed_addresses": f}))))
+    ApiResult(api::recover_epoch(&b).await.map(|failed_addresses| json_ok(&FailedAddressesReply { failed_addresses })))
 }
 
+/// Hosts whose loss would leave some cluster without a replacement.
+#[utoipa::path(post, path = "/resources/failures/check", tag = "failures",
+    responses((status = 200, description = "Hosts", body = HostsReply)))]
 async fn resource_check(State(b): Shared) -> ApiResult {
-    ApiResult(api::hosts_that_cannot_fail(&b).await.map(|h| json_ok(&json!({"hosts_cannot_fail": h}))))
+    ApiResult(api::hosts_that_cannot_fail(&b).await.map(|hosts_cannot_fail| json_ok(&HostsReply { hosts_cannot_fail })))
 }
 
+/// The other members' HTTP addresses (mem-broker's replica list).
+#[utoipa::path(get, path = "/config", tag = "raft",
+    responses((status = 200, description = "Members", body = ConfigReply)))]
 async fn get_config(State(b): Shared) -> ApiResult {
-    ApiResult(Ok(json_ok(&json!({"replica_addresses": api::other_members(&b)}))))
+    ApiResult(Ok(json_ok(&ConfigReply { replica_addresses: api::other_members(&b) })))
 }
 
+/// mem-broker's replica configuration: refused, membership is changed through `/raft/*`.
+#[utoipa::path(put, path = "/config", tag = "raft",
+    responses((status = 409, description = "USE_RAFT_MEMBERSHIP_API", body = ErrorBody)))]
 async fn put_config() -> ApiResult {
     ApiResult(Err(ApiError::UseRaftMembershipApi))
 }
 
+/// This member's Raft state (answered locally, also before initialisation).
+#[utoipa::path(get, path = "/raft/status", tag = "raft",
+    responses((status = 200, description = "Status", body = RaftStatus)))]
 async fn raft_status(State(b): Shared) -> Response {
     json_ok(&api::raft_status(&b))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct InitRequest {
     members: Vec<super::config::Member>,
 }
 
+/// Initialises a new group with these voters (answered locally; must include this member).
+#[utoipa::path(post, path = "/raft/init", tag = "raft", request_body = InitRequest,
+    responses((status = 200, description = "Initialised")))]
 async fn raft_init(State(b): Shared, body: Bytes) -> ApiResult {
     let run = async {
         let req: InitRequest = parse_body(&body)?;
@@ -362,19 +510,27 @@ async fn raft_init(State(b): Shared, body: Bytes) -> ApiResult {
     done(run.await)
 }
 
+/// Adds a member as a learner and waits until it has caught up.
+#[utoipa::path(post, path = "/raft/learners", tag = "raft", request_body = super::config::Member,
+    responses((status = 200, description = "Added")))]
 async fn raft_add_learner(State(b): Shared, body: Bytes) -> ApiResult {
     let run = async { api::add_learner(&b, parse_body(&body)?).await };
     done(run.await)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MembershipRequest {
+    /// The new voter set (ids of members or learners).
     voters: Vec<u64>,
+    /// Also drop members that are not in `voters` (else they stay as learners).
     #[serde(default)]
     remove: bool,
 }
 
+/// Changes the voter set.
+#[utoipa::path(put, path = "/raft/membership", tag = "raft", request_body = MembershipRequest,
+    responses((status = 200, description = "Changed")))]
 async fn raft_change_membership(State(b): Shared, body: Bytes) -> ApiResult {
     let run = async {
         let req: MembershipRequest = parse_body(&body)?;
@@ -383,9 +539,54 @@ async fn raft_change_membership(State(b): Shared, body: Bytes) -> ApiResult {
     done(run.await)
 }
 
+api_operations!(
+    version,
+    get_metadata,
+    put_metadata,
+    cluster_names,
+    get_cluster,
+    create_cluster,
+    delete_cluster,
+    cluster_info,
+    add_nodes,
+    scale_up_nodes,
+    delete_free_nodes,
+    shrink,
+    expand,
+    auto_scale,
+    commit_migration,
+    change_config,
+    balance,
+    proxy_addresses,
+    register_proxy,
+    get_proxy,
+    delete_proxy,
+    failover,
+    failed_proxies,
+    recover_proxy,
+    report_failure,
+    withdraw_failure,
+    coordinators,
+    coordinator_alive,
+    failures,
+    get_epoch,
+    recover_epoch,
+    force_epoch,
+    resource_check,
+    get_config,
+    put_config,
+    raft_status,
+    raft_init,
+    raft_add_learner,
+    raft_change_membership,
+);
+
 /// The token check of `crate::auth`: 401 `{"error":"UNAUTHORIZED"}` without a valid token, 403
 /// `{"error":"FORBIDDEN"}` for the read token on a write.
 async fn authorize(State(b): Shared, req: Request, next: Next) -> Response {
+    if req.method() == Method::GET && req.uri().path() == OPENAPI_URI {
+        return next.run(req).await;
+    }
     let need = crate::auth::http_need(req.method());
     let presented = crate::auth::bearer(req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes()));
     match b.config.credentials.check(need, presented) {
@@ -406,6 +607,7 @@ async fn authorize(State(b): Shared, req: Request, next: Next) -> Response {
 async fn forward_to_leader(State(b): Shared, req: Request, next: Next) -> Response {
     let path = req.uri().path();
     let local = path == "/api/v3/raft/status"
+        || path == OPENAPI_URI
         || path == "/api/v3/raft/init"
         || !path.starts_with("/api/v3/")
         || (b.config.unsafe_local_reads && req.method() == Method::GET);

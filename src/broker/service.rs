@@ -82,10 +82,13 @@ impl ApiError {
             ApiError::Retry
             | ApiError::RetryUnknown
             | ApiError::AlreadyInitialized
-            | ApiError::UseRaftMembershipApi => 409,
+            | ApiError::UseRaftMembershipApi
+            // undermoon answers 500; but proxies that have not caught up yet are a state the
+            // caller retries through, not a fault of this server (monitoring alerts on 5xx).
+            | ApiError::ProxyNotSync => 409,
             ApiError::NotInitialized => 503,
             ApiError::InvalidMembership(_) | ApiError::InvalidRequest(_) => 400,
-            ApiError::ProxyNotSync | ApiError::StorageError(_) => 500,
+            ApiError::StorageError(_) => 500,
         }
     }
 }
