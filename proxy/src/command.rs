@@ -228,6 +228,22 @@ pub const LOCAL_COMMANDS: &[&str] = &[
     "info",
     "client",
     "umctl",
+    "multi",
+    "exec",
+    "discard",
+    "watch",
+    "unwatch",
+    "dbsize",
+    "keys",
+    "scan",
+    "randomkey",
+    "flushdb",
+    "flushall",
+    "script",
+    "function",
+    "time",
+    "lastsave",
+    "memory",
 ];
 
 fn table() -> &'static HashMap<&'static [u8], &'static CommandSpec> {

@@ -7,11 +7,15 @@
 //! this client, so they really block in Redis (no polling) without stalling shared
 //! connections; the connection is closed (which unblocks Redis) when the client goes away.
 
+mod admin;
+mod node_scoped;
+mod transaction;
+
 use crate::backend::{connect, read_reply, BackendError, ReplyResult};
-use crate::cluster::{cluster_info, cluster_nodes, cluster_shards, cluster_slots, Route};
+use crate::cluster::Route;
 use crate::command::{self, CommandSpec};
 use crate::resp::{self, Frame, Request, RequestParser};
-use crate::slot::{key_slot, node_id};
+use crate::slot::key_slot;
 use crate::slowlog::{describe_command, Sample};
 use crate::state::ProxyState;
 use crate::umctl;
@@ -106,6 +110,77 @@ fn check_user(cfg: &crate::config::ProxyConfig, user: &[u8], password: &[u8]) ->
 
 type DedicatedConn = Arc<tokio::sync::Mutex<Option<crate::tls::Stream>>>;
 
+/// Whether an exchange may open a new dedicated connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reuse {
+    OrConnect,
+    /// Only the connection already open: state on it (WATCH) would be lost on a new one.
+    Existing,
+}
+
+#[derive(Debug)]
+enum ExchangeError {
+    /// `Reuse::Existing` and the connection is gone (it broke or a command on it was abandoned).
+    Lost,
+    Unreachable,
+    Broken,
+}
+
+impl ExchangeError {
+    fn message(&self, node: &str) -> String {
+        match self {
+            ExchangeError::Lost => format!("ERR the connection to {node} holding this client's WATCH was lost"),
+            ExchangeError::Unreachable => BackendError::Unreachable(node.to_owned()).to_string(),
+            ExchangeError::Broken => BackendError::Broken(node.to_owned()).to_string(),
+        }
+    }
+}
+
+/// Requests written on a client's dedicated connection to one node, and their replies.
+struct Exchange {
+    conn: DedicatedConn,
+    node: String,
+    proto: u8,
+    settings: crate::backend::BackendSettings,
+    reuse: Reuse,
+}
+
+impl Exchange {
+    /// Writes `raw` (holding `replies` requests) and reads that many replies.
+    async fn run(self, raw: &[u8], replies: usize) -> Result<Vec<Bytes>, ExchangeError> {
+        let mut slot = self.conn.lock().await;
+        // Taken out while in use: if this future is dropped mid-command the socket is closed
+        // rather than reused with a reply still in flight.
+        let mut stream = match (slot.take(), self.reuse) {
+            (Some(s), _) => s,
+            (None, Reuse::Existing) => return Err(ExchangeError::Lost),
+            (None, Reuse::OrConnect) => {
+                let s = &self.settings;
+                connect(&self.node, self.proto, s.connect_timeout, s.max_bulk_len, s.node_auth.as_ref(), None)
+                    .await
+                    .map_err(|_| ExchangeError::Unreachable)?
+            }
+        };
+        let result = async {
+            stream.write_all(raw).await?;
+            let mut buf = BytesMut::new();
+            let mut out = Vec::with_capacity(replies);
+            for _ in 0..replies {
+                out.push(read_reply(&mut stream, &mut buf, self.settings.max_bulk_len).await?);
+            }
+            std::io::Result::Ok(out)
+        }
+        .await;
+        match result {
+            Ok(out) => {
+                *slot = Some(stream);
+                Ok(out)
+            }
+            Err(_) => Err(ExchangeError::Broken),
+        }
+    }
+}
+
 struct Session {
     state: Arc<ProxyState>,
     id: u64,
@@ -121,6 +196,10 @@ struct Session {
     /// Set while a blocking command is running: like Redis, the client's next commands wait
     /// for it (they are read and buffered, not executed).
     blocked: Option<oneshot::Receiver<()>>,
+    /// Between `MULTI` and `EXEC`/`DISCARD`.
+    multi: Option<transaction::Multi>,
+    /// The slot and node of the keys this client `WATCH`es (on its dedicated connection).
+    watching: Option<transaction::Target>,
 }
 
 struct ClientGuard(Arc<ProxyState>);
@@ -165,6 +244,8 @@ where
         name: None,
         dedicated: HashMap::new(),
         blocked: None,
+        multi: None,
+        watching: None,
     };
     session.read_loop(rd, tx).await;
     let _ = closing_tx.send(true);
@@ -222,10 +303,19 @@ impl Session {
     async fn handle(&mut self, req: Request) -> Pending {
         self.state.total_commands.fetch_add(1, Ordering::Relaxed);
         let asking = std::mem::take(&mut self.asking);
+        if self.queues(&req) {
+            return self.queue(req);
+        }
         if let Some(spec) = command::lookup(req.name()) {
             return self.data_command(spec, req, asking).await;
         }
         let name = String::from_utf8_lossy(req.name()).to_ascii_lowercase();
+        if node_scoped::is_memory_usage(&name, &req.args) {
+            return self.data_command(&node_scoped::MEMORY_USAGE, req, asking).await;
+        }
+        if let Some(reply) = self.node_scoped(&name, &req) {
+            return reply;
+        }
         let args = &req.args;
         match name.as_str() {
             "ping" => match args.len() {
@@ -250,10 +340,18 @@ impl Session {
                 ok()
             }
             "readonly" | "readwrite" => ok(),
+            "multi" | "exec" | "discard" | "unwatch" if args.len() != 1 => {
+                err(&format!("ERR wrong number of arguments for '{name}' command"))
+            }
+            "multi" => self.multi(),
+            "exec" => self.exec(),
+            "discard" => self.discard(),
+            "watch" => self.watch(req),
+            "unwatch" => self.unwatch(),
             "cluster" => self.cluster(args),
             "config" => self.config(args),
             "command" => self.command(req),
-            "info" => Pending::Ready(resp::bulk(self.info().as_bytes())),
+            "info" => self.info_command(&req),
             "client" => self.client(args),
             "umctl" | "umread" | "umsync" if !self.admin => no_admin(&name),
             "umread" | "umsync" if !self.authenticated => err("NOAUTH Authentication required."),
@@ -404,45 +502,36 @@ impl Session {
     /// polls the future only after every earlier reply arrived, so the command reaches Redis
     /// after the client's earlier commands; later ones wait for it (`blocked`).
     fn blocking(&mut self, node: String, req: Request) -> Pending {
-        let conn = self.dedicated.entry((node.clone(), self.proto)).or_default().clone();
-        let proto = self.proto;
-        let settings = self.state.registry.settings().clone();
+        let exchange = self.dedicated_exchange(node.clone(), Reuse::OrConnect);
+        self.after_earlier_replies(async move {
+            match exchange.run(&req.raw, 1).await {
+                Ok(mut replies) => replies.pop().unwrap_or_default(),
+                Err(e) => resp::error(&e.message(&node)),
+            }
+        })
+    }
+
+    /// A reply computed by `fut` once every earlier reply of this client is written; the
+    /// client's later commands wait for it (like Redis, for a blocking command).
+    fn after_earlier_replies(&mut self, fut: impl Future<Output = Bytes> + Send + 'static) -> Pending {
         let (done_tx, done_rx) = oneshot::channel::<()>();
         self.blocked = Some(done_rx);
         Pending::Task(Box::pin(async move {
-            let _done = done_tx; // dropped when the command finishes or is abandoned
-            let mut slot = conn.lock().await;
-            // Taken out while in use: if this future is dropped mid-command the socket is
-            // closed rather than reused with a reply still in flight.
-            let mut stream = match slot.take() {
-                Some(s) => s,
-                None => match connect(
-                    &node,
-                    proto,
-                    settings.connect_timeout,
-                    settings.max_bulk_len,
-                    settings.node_auth.as_ref(),
-                    None,
-                )
-                .await
-                {
-                    Ok(s) => s,
-                    Err(_) => return resp::error(&BackendError::Unreachable(node).to_string()),
-                },
-            };
-            let result = async {
-                stream.write_all(&req.raw).await?;
-                read_reply(&mut stream, &mut BytesMut::new(), settings.max_bulk_len).await
-            }
-            .await;
-            match result {
-                Ok(reply) => {
-                    *slot = Some(stream);
-                    reply
-                }
-                Err(_) => resp::error(&BackendError::Broken(node).to_string()),
-            }
+            let _done = done_tx; // dropped when the future finishes or is abandoned
+            fut.await
         }))
+    }
+
+    /// This client's own connection to `node` (blocking commands, WATCH and transactions),
+    /// ready to be used by a future.
+    fn dedicated_exchange(&mut self, node: String, reuse: Reuse) -> Exchange {
+        Exchange {
+            conn: self.dedicated.entry((node.clone(), self.proto)).or_default().clone(),
+            node,
+            proto: self.proto,
+            settings: self.state.registry.settings().clone(),
+            reuse,
+        }
     }
 
     /// `AUTH <password>`, `AUTH default <password>` (data commands) or `AUTH admin
@@ -526,201 +615,6 @@ impl Session {
             (Frame::bulk_str("modules"), Frame::Array(vec![])),
         ]);
         Pending::Ready(reply.to_bytes(proto))
-    }
-
-    fn client(&mut self, args: &[Bytes]) -> Pending {
-        let Some(sub) = args.get(1) else {
-            return err("ERR wrong number of arguments for 'client' command");
-        };
-        match sub.to_ascii_lowercase().as_slice() {
-            b"setname" if args.len() == 3 => {
-                if args[2].iter().any(|b| *b <= b' ') {
-                    return err("ERR Client names cannot contain spaces, newlines or special characters.");
-                }
-                self.name = if args[2].is_empty() { None } else { Some(args[2].clone()) };
-                ok()
-            }
-            b"getname" if args.len() == 2 => Pending::Ready(match &self.name {
-                Some(n) => resp::bulk(n),
-                None => Frame::Null.to_bytes(self.proto),
-            }),
-            b"id" if args.len() == 2 => Pending::Ready(resp::integer(self.id as i64)),
-            // Client library metadata (redis-py sends it on every connection): kept nowhere.
-            b"setinfo" if args.len() == 4 => ok(),
-            b"info" if args.len() == 2 => {
-                let name = self.name.as_ref().map(|n| String::from_utf8_lossy(n).into_owned()).unwrap_or_default();
-                Pending::Ready(resp::bulk(format!("id={} name={} resp={}\n", self.id, name, self.proto).as_bytes()))
-            }
-            _ => err(&format!(
-                "ERR_COMMAND_NOT_SUPPORTED: 'client {}' is not supported by the moonraft proxy",
-                String::from_utf8_lossy(sub).to_ascii_lowercase()
-            )),
-        }
-    }
-
-    fn cluster(&self, args: &[Bytes]) -> Pending {
-        let Some(sub) = args.get(1) else {
-            return err("Missing sub command");
-        };
-        let installed = self.state.installed.load();
-        let table = &installed.table;
-        let announce = &self.state.announce;
-        let text = |s: String| {
-            if self.proto >= 3 {
-                Frame::Verbatim("txt".into(), Bytes::from(s)).to_bytes(3)
-            } else {
-                resp::bulk(s.as_bytes())
-            }
-        };
-        match sub.to_ascii_lowercase().as_slice() {
-            b"nodes" => {
-                Pending::Ready(text(cluster_nodes(table, announce, self.state.config.cluster_nodes_version == "v2")))
-            }
-            b"slots" => match cluster_slots(table, announce) {
-                Ok(f) => Pending::Ready(f.to_bytes(self.proto)),
-                Err(e) => err(&e),
-            },
-            b"shards" => match cluster_shards(table, announce) {
-                Ok(f) => Pending::Ready(f.to_bytes(self.proto)),
-                Err(e) => err(&e),
-            },
-            b"info" => Pending::Ready(text(cluster_info(table))),
-            b"myid" => Pending::Ready(resp::bulk(node_id(&table.meta.name, announce).as_bytes())),
-            b"keyslot" => match args.get(2) {
-                Some(k) if args.len() == 3 => Pending::Ready(resp::integer(key_slot(k) as i64)),
-                _ => err("Missing key"),
-            },
-            _ => err(&format!(
-                "Unsupported sub command: CLUSTER {}",
-                String::from_utf8_lossy(sub).chars().take(64).collect::<String>()
-            )),
-        }
-    }
-
-    fn config(&self, args: &[Bytes]) -> Pending {
-        let Some(sub) = args.get(1) else {
-            return err("Missing sub command");
-        };
-        let cfg = &self.state.config;
-        let field = args.get(2).map(|f| String::from_utf8_lossy(f).to_ascii_lowercase());
-        match sub.to_ascii_lowercase().as_slice() {
-            b"get" => {
-                let Some(field) = field else {
-                    return err("Missing sub command");
-                };
-                let value = match field.as_str() {
-                    "address" => cfg.address.clone(),
-                    "announce_address" => self.state.announce.clone(),
-                    "announce_host" => {
-                        self.state.announce.rsplit_once(':').map(|(h, _)| h.to_owned()).unwrap_or_default()
-                    }
-                    "slowlog_len" => cfg.slowlog_len.to_string(),
-                    "thread_number" => cfg.thread_number.to_string(),
-                    "backend_conn_num" => cfg.backend_conn_num.to_string(),
-                    "slowlog_log_slower_than" => {
-                        self.state.slowlog.log_slower_than_us.load(Ordering::Relaxed).to_string()
-                    }
-                    "slowlog_sample_rate" => self.state.slowlog.sample_rate.load(Ordering::Relaxed).to_string(),
-                    "active_redirection" => cfg.active_redirection.to_string(),
-                    "max_redirections" => match cfg.max_redirections {
-                        0 => "none".into(),
-                        n => n.min(4).to_string(),
-                    },
-                    _ => return err(&format!("config field {field} not found")),
-                };
-                Pending::Ready(resp::bulk(value.as_bytes()))
-            }
-            b"set" if !self.admin => no_admin("config|set"),
-            b"set" => {
-                let (Some(field), Some(value)) = (field, args.get(3)) else {
-                    return err("Missing sub command");
-                };
-                let value = String::from_utf8_lossy(value);
-                match field.as_str() {
-                    "slowlog_log_slower_than" => match value.parse::<i64>() {
-                        Ok(v) => {
-                            self.state.slowlog.log_slower_than_us.store(v, Ordering::Relaxed);
-                            ok()
-                        }
-                        Err(_) => err("InvalidValue"),
-                    },
-                    "slowlog_sample_rate" => match value.parse::<u64>() {
-                        Ok(v) => {
-                            self.state.slowlog.sample_rate.store(v, Ordering::Relaxed);
-                            ok()
-                        }
-                        Err(_) => err("InvalidValue"),
-                    },
-                    "address" | "announce_address" | "announce_host" | "slowlog_len" | "thread_number"
-                    | "backend_conn_num" | "active_redirection" | "max_redirections" => err("ReadonlyField"),
-                    _ => err("FieldNotFound"),
-                }
-            }
-            _ => err("invalid config sub-command"),
-        }
-    }
-
-    /// `COMMAND` is answered by a local node; the plain form is filtered to what the proxy
-    /// supports, so client libraries learn the real command set.
-    fn command(&self, req: Request) -> Pending {
-        if !self.authenticated {
-            return err("NOAUTH Password not given by AUTH command");
-        }
-        let pool = {
-            let installed = self.state.installed.load();
-            if !installed.table.has_cluster() || installed.table.nodes.is_empty() {
-                return err("ERR_CLUSTER_NOT_FOUND");
-            }
-            installed.pool(0, self.proto, &self.state.registry)
-        };
-        let Some(pool) = pool else {
-            return err("ERR_CLUSTER_NOT_FOUND");
-        };
-        let proto = self.proto;
-        let filter = req.args.len() == 1;
-        Pending::Task(Box::pin(async move {
-            let reply = match pool.call(&req).await {
-                Ok(r) => r,
-                Err(e) => return resp::error(&e.to_string()),
-            };
-            if !filter {
-                return reply;
-            }
-            match Frame::parse(&reply) {
-                Ok(Some((Frame::Array(items), _))) => {
-                    let kept = items
-                        .into_iter()
-                        .filter(|c| match c {
-                            Frame::Array(fields) => fields
-                                .first()
-                                .and_then(Frame::as_bytes)
-                                .map(|n| command::is_supported_name(&String::from_utf8_lossy(n).to_ascii_lowercase()))
-                                .unwrap_or(false),
-                            _ => false,
-                        })
-                        .collect();
-                    Frame::Array(kept).to_bytes(proto)
-                }
-                _ => resp::error(&format!("invalid command reply: {}", String::from_utf8_lossy(&reply).trim_end())),
-            }
-        }))
-    }
-
-    fn info(&self) -> String {
-        let s = &self.state;
-        let installed = s.installed.load();
-        format!(
-            "version:{VERSION}\r\n\r\n# Stats\r\nflush_size:0\r\nflush_interval:0\r\n\
-             total_connections_received:{}\r\ntotal_commands_processed:{}\r\n\r\n\
-             # Server\r\nredis_version:7.0.0\r\nmoonraft_version:{VERSION}\r\nredis_mode:cluster\r\n\r\n\
-             # Clients\r\nconnected_clients:{}\r\n\r\n\
-             # Cluster\r\ncluster_enabled:1\r\ncluster_name:{}\r\nepoch:{}\r\n",
-            s.total_connections.load(Ordering::Relaxed),
-            s.total_commands.load(Ordering::Relaxed),
-            s.connected_clients.load(Ordering::Relaxed),
-            installed.table.meta.name,
-            installed.table.epoch,
-        )
     }
 }
 

@@ -1,0 +1,207 @@
+//! Commands about the proxy and the cluster rather than about keys: `CLUSTER`, `CONFIG`,
+//! `CLIENT`, `COMMAND` and `INFO`.
+
+use super::{err, no_admin, ok, Pending, Session, VERSION};
+use crate::cluster::{cluster_info, cluster_nodes, cluster_shards, cluster_slots};
+use crate::command;
+use crate::resp::{self, Frame, Request};
+use crate::slot::{key_slot, node_id};
+use bytes::Bytes;
+use std::sync::atomic::Ordering;
+
+impl Session {
+    pub(super) fn client(&mut self, args: &[Bytes]) -> Pending {
+        let Some(sub) = args.get(1) else {
+            return err("ERR wrong number of arguments for 'client' command");
+        };
+        match sub.to_ascii_lowercase().as_slice() {
+            b"setname" if args.len() == 3 => {
+                if args[2].iter().any(|b| *b <= b' ') {
+                    return err("ERR Client names cannot contain spaces, newlines or special characters.");
+                }
+                self.name = if args[2].is_empty() { None } else { Some(args[2].clone()) };
+                ok()
+            }
+            b"getname" if args.len() == 2 => Pending::Ready(match &self.name {
+                Some(n) => resp::bulk(n),
+                None => Frame::Null.to_bytes(self.proto),
+            }),
+            b"id" if args.len() == 2 => Pending::Ready(resp::integer(self.id as i64)),
+            // Client library metadata (redis-py sends it on every connection): kept nowhere.
+            b"setinfo" if args.len() == 4 => ok(),
+            b"info" if args.len() == 2 => {
+                let name = self.name.as_ref().map(|n| String::from_utf8_lossy(n).into_owned()).unwrap_or_default();
+                Pending::Ready(resp::bulk(format!("id={} name={} resp={}\n", self.id, name, self.proto).as_bytes()))
+            }
+            _ => err(&format!(
+                "ERR_COMMAND_NOT_SUPPORTED: 'client {}' is not supported by the moonraft proxy",
+                String::from_utf8_lossy(sub).to_ascii_lowercase()
+            )),
+        }
+    }
+
+    pub(super) fn cluster(&self, args: &[Bytes]) -> Pending {
+        let Some(sub) = args.get(1) else {
+            return err("Missing sub command");
+        };
+        let installed = self.state.installed.load();
+        let table = &installed.table;
+        let announce = &self.state.announce;
+        let text = |s: String| {
+            if self.proto >= 3 {
+                Frame::Verbatim("txt".into(), Bytes::from(s)).to_bytes(3)
+            } else {
+                resp::bulk(s.as_bytes())
+            }
+        };
+        match sub.to_ascii_lowercase().as_slice() {
+            b"nodes" => {
+                Pending::Ready(text(cluster_nodes(table, announce, self.state.config.cluster_nodes_version == "v2")))
+            }
+            b"slots" => match cluster_slots(table, announce) {
+                Ok(f) => Pending::Ready(f.to_bytes(self.proto)),
+                Err(e) => err(&e),
+            },
+            b"shards" => match cluster_shards(table, announce) {
+                Ok(f) => Pending::Ready(f.to_bytes(self.proto)),
+                Err(e) => err(&e),
+            },
+            b"info" => Pending::Ready(text(cluster_info(table))),
+            b"myid" => Pending::Ready(resp::bulk(node_id(&table.meta.name, announce).as_bytes())),
+            b"keyslot" => match args.get(2) {
+                Some(k) if args.len() == 3 => Pending::Ready(resp::integer(key_slot(k) as i64)),
+                _ => err("Missing key"),
+            },
+            _ => err(&format!(
+                "Unsupported sub command: CLUSTER {}",
+                String::from_utf8_lossy(sub).chars().take(64).collect::<String>()
+            )),
+        }
+    }
+
+    pub(super) fn config(&self, args: &[Bytes]) -> Pending {
+        let Some(sub) = args.get(1) else {
+            return err("Missing sub command");
+        };
+        let cfg = &self.state.config;
+        let field = args.get(2).map(|f| String::from_utf8_lossy(f).to_ascii_lowercase());
+        match sub.to_ascii_lowercase().as_slice() {
+            b"get" => {
+                let Some(field) = field else {
+                    return err("Missing sub command");
+                };
+                let value = match field.as_str() {
+                    "address" => cfg.address.clone(),
+                    "announce_address" => self.state.announce.clone(),
+                    "announce_host" => {
+                        self.state.announce.rsplit_once(':').map(|(h, _)| h.to_owned()).unwrap_or_default()
+                    }
+                    "slowlog_len" => cfg.slowlog_len.to_string(),
+                    "thread_number" => cfg.thread_number.to_string(),
+                    "backend_conn_num" => cfg.backend_conn_num.to_string(),
+                    "slowlog_log_slower_than" => {
+                        self.state.slowlog.log_slower_than_us.load(Ordering::Relaxed).to_string()
+                    }
+                    "slowlog_sample_rate" => self.state.slowlog.sample_rate.load(Ordering::Relaxed).to_string(),
+                    "active_redirection" => cfg.active_redirection.to_string(),
+                    "max_redirections" => match cfg.max_redirections {
+                        0 => "none".into(),
+                        n => n.min(4).to_string(),
+                    },
+                    _ => return err(&format!("config field {field} not found")),
+                };
+                Pending::Ready(resp::bulk(value.as_bytes()))
+            }
+            b"set" if !self.admin => no_admin("config|set"),
+            b"set" => {
+                let (Some(field), Some(value)) = (field, args.get(3)) else {
+                    return err("Missing sub command");
+                };
+                let value = String::from_utf8_lossy(value);
+                match field.as_str() {
+                    "slowlog_log_slower_than" => match value.parse::<i64>() {
+                        Ok(v) => {
+                            self.state.slowlog.log_slower_than_us.store(v, Ordering::Relaxed);
+                            ok()
+                        }
+                        Err(_) => err("InvalidValue"),
+                    },
+                    "slowlog_sample_rate" => match value.parse::<u64>() {
+                        Ok(v) => {
+                            self.state.slowlog.sample_rate.store(v, Ordering::Relaxed);
+                            ok()
+                        }
+                        Err(_) => err("InvalidValue"),
+                    },
+                    "address" | "announce_address" | "announce_host" | "slowlog_len" | "thread_number"
+                    | "backend_conn_num" | "active_redirection" | "max_redirections" => err("ReadonlyField"),
+                    _ => err("FieldNotFound"),
+                }
+            }
+            _ => err("invalid config sub-command"),
+        }
+    }
+
+    /// `COMMAND` is answered by a local node; the plain form is filtered to what the proxy
+    /// supports, so client libraries learn the real command set.
+    pub(super) fn command(&self, req: Request) -> Pending {
+        if !self.authenticated {
+            return err("NOAUTH Password not given by AUTH command");
+        }
+        let pool = {
+            let installed = self.state.installed.load();
+            if !installed.table.has_cluster() || installed.table.nodes.is_empty() {
+                return err("ERR_CLUSTER_NOT_FOUND");
+            }
+            installed.pool(0, self.proto, &self.state.registry)
+        };
+        let Some(pool) = pool else {
+            return err("ERR_CLUSTER_NOT_FOUND");
+        };
+        let proto = self.proto;
+        let filter = req.args.len() == 1;
+        Pending::Task(Box::pin(async move {
+            let reply = match pool.call(&req).await {
+                Ok(r) => r,
+                Err(e) => return resp::error(&e.to_string()),
+            };
+            if !filter {
+                return reply;
+            }
+            match Frame::parse(&reply) {
+                Ok(Some((Frame::Array(items), _))) => {
+                    let kept = items
+                        .into_iter()
+                        .filter(|c| match c {
+                            Frame::Array(fields) => fields
+                                .first()
+                                .and_then(Frame::as_bytes)
+                                .map(|n| command::is_supported_name(&String::from_utf8_lossy(n).to_ascii_lowercase()))
+                                .unwrap_or(false),
+                            _ => false,
+                        })
+                        .collect();
+                    Frame::Array(kept).to_bytes(proto)
+                }
+                _ => resp::error(&format!("invalid command reply: {}", String::from_utf8_lossy(&reply).trim_end())),
+            }
+        }))
+    }
+
+    pub(super) fn info(&self) -> String {
+        let s = &self.state;
+        let installed = s.installed.load();
+        format!(
+            "version:{VERSION}\r\n\r\n# Stats\r\nflush_size:0\r\nflush_interval:0\r\n\
+             total_connections_received:{}\r\ntotal_commands_processed:{}\r\n\r\n\
+             # Server\r\nredis_version:7.0.0\r\nmoonraft_version:{VERSION}\r\nredis_mode:cluster\r\n\r\n\
+             # Clients\r\nconnected_clients:{}\r\n\r\n\
+             # Cluster\r\ncluster_enabled:1\r\ncluster_name:{}\r\nepoch:{}\r\n",
+            s.total_connections.load(Ordering::Relaxed),
+            s.total_commands.load(Ordering::Relaxed),
+            s.connected_clients.load(Ordering::Relaxed),
+            installed.table.meta.name,
+            installed.table.epoch,
+        )
+    }
+}

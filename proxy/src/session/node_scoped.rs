@@ -1,0 +1,394 @@
+//! Commands a Redis Cluster node answers for itself, which cluster clients send to every
+//! primary and merge: `SCAN`, `KEYS`, `DBSIZE`, `RANDOMKEY`, `FLUSHDB`/`FLUSHALL`, `SCRIPT`,
+//! `FUNCTION`, `TIME`, `LASTSAVE`, `MEMORY USAGE`, and `INFO`'s Redis sections.
+//!
+//! The proxy is one "node" to its clients but fronts several master nodes, so each of these is
+//! asked of every local master node and the answers are merged as one node would answer:
+//! counts added, key lists joined, a `SCAN` cursor that walks the nodes one after the other.
+
+use super::{err, Pending, Session};
+use crate::command::{Blocking, CommandSpec, KeySpec};
+use crate::resp::{self, Frame, Request};
+use bytes::{Bytes, BytesMut};
+use std::sync::atomic::Ordering;
+
+/// `SCAN` cursors carry the local node index in their low bits and the node's own cursor in
+/// the rest. Ten bits: far more nodes than a proxy fronts (two).
+const NODE_BITS: u32 = 10;
+
+/// `MEMORY USAGE <key> [SAMPLES n]`: routed by its key like a data command.
+pub(super) static MEMORY_USAGE: CommandSpec = CommandSpec {
+    name: "memory",
+    arity: -3,
+    keys: KeySpec::Range { first: 2, last: 2, step: 1 },
+    blocking: Blocking::No,
+};
+
+/// `MEMORY USAGE …` (the one `MEMORY` subcommand about a key).
+pub(super) fn is_memory_usage(name: &str, args: &[Bytes]) -> bool {
+    name == "memory" && args.get(1).is_some_and(|s| s.eq_ignore_ascii_case(b"usage"))
+}
+
+/// Encodes node `node` at its cursor `cursor` as the client's cursor.
+pub(super) fn encode_cursor(node: usize, cursor: u64) -> Option<u64> {
+    let c = cursor.checked_mul(1 << NODE_BITS)?;
+    Some(c | node as u64)
+}
+
+/// The node index and that node's cursor of a client's cursor.
+pub(super) fn decode_cursor(cursor: u64) -> (usize, u64) {
+    ((cursor & ((1 << NODE_BITS) - 1)) as usize, cursor >> NODE_BITS)
+}
+
+/// Replies of every local master node (in node order), each `Err` with its error text.
+type NodeReplies = Vec<Result<Frame, String>>;
+
+fn parse_reply(reply: Result<Bytes, String>) -> Result<Frame, String> {
+    let bytes = reply?;
+    match Frame::parse(&bytes) {
+        Ok(Some((Frame::Error(e), _))) => Err(e),
+        Ok(Some((f, _))) => Ok(f),
+        _ => Err(format!("ERR unreadable reply: {}", String::from_utf8_lossy(&bytes).trim_end())),
+    }
+}
+
+fn first_error(replies: &NodeReplies) -> Option<Bytes> {
+    replies.iter().find_map(|r| r.as_ref().err()).map(|e| resp::error(e))
+}
+
+impl Session {
+    /// Handles `name` if it is a node-scoped command; `None` for any other command.
+    pub(super) fn node_scoped(&mut self, name: &str, req: &Request) -> Option<Pending> {
+        let args = &req.args;
+        let sub = args.get(1).map(|a| a.to_ascii_lowercase());
+        let sub = sub.as_deref();
+        let reply = match (name, sub) {
+            ("dbsize", _) if args.len() == 1 => self.fan_out(req, sum_integers),
+            ("keys", _) if args.len() == 2 => self.fan_out(req, join_arrays),
+            ("randomkey", _) if args.len() == 1 => self.fan_out(req, |r, proto| {
+                let key = r.iter().find_map(|x| x.as_ref().ok().filter(|f| !matches!(f, Frame::Null)));
+                key.cloned().unwrap_or(Frame::Null).to_bytes(proto)
+            }),
+            ("flushdb" | "flushall", _) if args.len() <= 2 => self.fan_out(req, all_ok),
+            ("script", Some(b"load")) if args.len() == 3 => self.fan_out(req, first_of_all),
+            ("script", Some(b"flush")) if args.len() <= 3 => self.fan_out(req, all_ok),
+            ("script", Some(b"exists")) if args.len() >= 3 => self.fan_out(req, all_exist),
+            ("function", Some(b"load" | b"delete" | b"flush" | b"restore")) => self.fan_out(req, first_of_all),
+            ("function", Some(b"list" | b"dump" | b"stats")) => self.on_first_node(req),
+            ("time" | "lastsave", _) if args.len() == 1 => self.on_first_node(req),
+            ("scan", _) if args.len() >= 2 => self.scan(req),
+            ("dbsize" | "keys" | "randomkey" | "flushdb" | "flushall" | "time" | "lastsave" | "scan", _) => {
+                err(&format!("ERR wrong number of arguments for '{name}' command"))
+            }
+            _ => return None,
+        };
+        Some(reply)
+    }
+
+    /// Sends `req` to every local master node and merges the replies with `merge`.
+    fn fan_out<F>(&mut self, req: &Request, merge: F) -> Pending
+    where
+        F: FnOnce(NodeReplies, u8) -> Bytes + Send + 'static,
+    {
+        if !self.authenticated {
+            return err("NOAUTH Authentication required.");
+        }
+        let installed = self.state.installed.load();
+        let pools: Vec<_> = (0..installed.table.nodes.len())
+            .filter_map(|i| installed.pool(i, self.proto, &self.state.registry))
+            .collect();
+        if pools.is_empty() {
+            return err("ERR_CLUSTER_NOT_FOUND");
+        }
+        let (raw, pin, proto) = (req.raw.clone(), self.id as usize, self.proto);
+        self.after_earlier_replies(async move {
+            let mut receivers = Vec::with_capacity(pools.len());
+            for pool in &pools {
+                receivers.push(pool.send(raw.clone(), pin).await);
+            }
+            let mut replies = Vec::with_capacity(receivers.len());
+            for rx in receivers {
+                let reply = match rx.await {
+                    Ok(Ok(b)) => Ok(b),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("ERR backend connection broke before the reply arrived".to_owned()),
+                };
+                replies.push(parse_reply(reply));
+            }
+            merge(replies, proto)
+        })
+    }
+
+    /// `req` as the first local master node answers it.
+    fn on_first_node(&mut self, req: &Request) -> Pending {
+        self.fan_out_to(req, Some(0), |mut r, proto| match r.pop() {
+            Some(Ok(f)) => f.to_bytes(proto),
+            Some(Err(e)) => resp::error(&e),
+            None => resp::error("ERR_CLUSTER_NOT_FOUND"),
+        })
+    }
+
+    fn fan_out_to<F>(&mut self, req: &Request, only: Option<usize>, merge: F) -> Pending
+    where
+        F: FnOnce(NodeReplies, u8) -> Bytes + Send + 'static,
+    {
+        if !self.authenticated {
+            return err("NOAUTH Authentication required.");
+        }
+        let pool = {
+            let installed = self.state.installed.load();
+            only.and_then(|i| installed.pool(i, self.proto, &self.state.registry))
+        };
+        let Some(pool) = pool else { return err("ERR_CLUSTER_NOT_FOUND") };
+        let (req, proto) = (req.clone(), self.proto);
+        self.after_earlier_replies(async move {
+            let reply = pool.call(&req).await.map_err(|e| e.to_string());
+            merge(vec![parse_reply(reply)], proto)
+        })
+    }
+
+    /// `SCAN cursor [MATCH p] [COUNT n] [TYPE t]` over every local master node in turn.
+    fn scan(&mut self, req: &Request) -> Pending {
+        if !self.authenticated {
+            return err("NOAUTH Authentication required.");
+        }
+        let Some(cursor) = std::str::from_utf8(&req.args[1]).ok().and_then(|c| c.parse::<u64>().ok()) else {
+            return err("ERR invalid cursor");
+        };
+        let (node, node_cursor) = decode_cursor(cursor);
+        let (pool, nodes) = {
+            let installed = self.state.installed.load();
+            (installed.pool(node, self.proto, &self.state.registry), installed.table.nodes.len())
+        };
+        if nodes == 0 {
+            return err("ERR_CLUSTER_NOT_FOUND");
+        }
+        let Some(pool) = pool else {
+            // A cursor for a node this proxy no longer has: the scan is over.
+            return Pending::Ready(Frame::Array(vec![Frame::bulk_str("0"), Frame::Array(vec![])]).to_bytes(self.proto));
+        };
+        let mut args = req.args.clone();
+        args[1] = Bytes::from(node_cursor.to_string());
+        let node_req = Request::from_args(args);
+        let proto = self.proto;
+        self.after_earlier_replies(async move {
+            let reply = parse_reply(pool.call(&node_req).await.map_err(|e| e.to_string()));
+            let (next, keys) = match reply {
+                Ok(Frame::Array(mut parts)) if parts.len() == 2 => {
+                    let keys = parts.pop().unwrap_or(Frame::Array(vec![]));
+                    let next = parts.pop().and_then(|c| c.as_bytes().map(<[u8]>::to_vec)).unwrap_or_default();
+                    (String::from_utf8_lossy(&next).parse::<u64>().ok(), keys)
+                }
+                Ok(other) => return resp::error(&format!("ERR unexpected SCAN reply {other:?}")),
+                Err(e) => return resp::error(&e),
+            };
+            let client_cursor = match next {
+                Some(0) if node + 1 < nodes => encode_cursor(node + 1, 0),
+                Some(0) => Some(0),
+                Some(c) => encode_cursor(node, c),
+                None => None,
+            };
+            let Some(client_cursor) = client_cursor else {
+                return resp::error("ERR the node's SCAN cursor does not fit the proxy's cursor");
+            };
+            Frame::Array(vec![Frame::Bulk(Bytes::from(client_cursor.to_string())), keys]).to_bytes(proto)
+        })
+    }
+
+    /// `INFO`: the Redis sections as the first local node answers them, with the proxy's own
+    /// clients and counters, the keyspace of every local node added up, and the proxy's
+    /// section (version, cluster, epoch) first.
+    pub(super) fn info_command(&mut self, req: &Request) -> Pending {
+        let own = self.info();
+        let installed = self.state.installed.load();
+        let pools: Vec<_> =
+            (0..installed.table.nodes.len()).filter_map(|i| installed.pool(i, 2, &self.state.registry)).collect();
+        drop(installed);
+        let (connected, connections, commands) = (
+            self.state.connected_clients.load(Ordering::Relaxed),
+            self.state.total_connections.load(Ordering::Relaxed),
+            self.state.total_commands.load(Ordering::Relaxed),
+        );
+        if pools.is_empty() || !self.authenticated {
+            return Pending::Ready(resp::bulk(own.as_bytes()));
+        }
+        // Always from RESP2 pools: INFO is a bulk string in both protocols.
+        let raw = req.raw.clone();
+        let pin = self.id as usize;
+        self.after_earlier_replies(async move {
+            let mut texts = Vec::new();
+            for pool in &pools {
+                let rx = pool.send(raw.clone(), pin).await;
+                if let Ok(Ok(b)) = rx.await {
+                    if let Ok(Frame::Bulk(t)) = parse_reply(Ok(b)) {
+                        texts.push(String::from_utf8_lossy(&t).into_owned());
+                    }
+                }
+            }
+            resp::bulk(merge_info(&own, &texts, connected, connections, commands).as_bytes())
+        })
+    }
+}
+
+/// The proxy's own `INFO` text followed by the first node's sections, with the counters the
+/// proxy knows better (its clients, connections, commands) replaced and `# Keyspace` summed
+/// over all nodes.
+fn merge_info(own: &str, nodes: &[String], connected: usize, connections: u64, commands: u64) -> String {
+    let Some(first) = nodes.first() else { return own.to_owned() };
+    let mut out = String::with_capacity(own.len() + first.len());
+    out.push_str(own);
+    out.push_str("\r\n");
+    let mut in_keyspace = false;
+    for line in first.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.starts_with('#') {
+            in_keyspace = line.eq_ignore_ascii_case("# keyspace");
+            out.push_str(line);
+            out.push_str("\r\n");
+            if in_keyspace {
+                for (db, keys, expires) in sum_keyspace(nodes) {
+                    out.push_str(&format!("{db}:keys={keys},expires={expires},avg_ttl=0\r\n"));
+                }
+            }
+            continue;
+        }
+        if in_keyspace {
+            continue;
+        }
+        let (key, _) = line.split_once(':').unwrap_or((line, ""));
+        let replaced = match key {
+            "connected_clients" => Some(connected.to_string()),
+            "total_connections_received" => Some(connections.to_string()),
+            "total_commands_processed" => Some(commands.to_string()),
+            "redis_mode" => Some("cluster".to_owned()),
+            "cluster_enabled" => Some("1".to_owned()),
+            // The proxy's own section says these already.
+            "tcp_port" | "process_id" | "run_id" | "config_file" | "executable" => None,
+            _ => {
+                out.push_str(line);
+                out.push_str("\r\n");
+                continue;
+            }
+        };
+        if let Some(v) = replaced {
+            out.push_str(&format!("{key}:{v}\r\n"));
+        }
+    }
+    out
+}
+
+/// `dbN:keys=…,expires=…` lines of every node, added up per database.
+fn sum_keyspace(nodes: &[String]) -> Vec<(String, u64, u64)> {
+    let mut dbs: Vec<(String, u64, u64)> = Vec::new();
+    for text in nodes {
+        for line in text.lines() {
+            let Some((db, fields)) = line.trim_end_matches('\r').split_once(':') else { continue };
+            if !db.starts_with("db") || db[2..].parse::<u32>().is_err() {
+                continue;
+            }
+            let field = |name: &str| {
+                fields
+                    .split(',')
+                    .find_map(|f| f.strip_prefix(name)?.strip_prefix('=')?.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            match dbs.iter_mut().find(|(d, _, _)| d == db) {
+                Some(e) => {
+                    e.1 += field("keys");
+                    e.2 += field("expires");
+                }
+                None => dbs.push((db.to_owned(), field("keys"), field("expires"))),
+            }
+        }
+    }
+    dbs
+}
+
+fn sum_integers(replies: NodeReplies, _proto: u8) -> Bytes {
+    if let Some(e) = first_error(&replies) {
+        return e;
+    }
+    let total: i64 = replies
+        .iter()
+        .filter_map(|r| match r {
+            Ok(Frame::Integer(n)) => Some(*n),
+            _ => None,
+        })
+        .sum();
+    resp::integer(total)
+}
+
+fn join_arrays(replies: NodeReplies, proto: u8) -> Bytes {
+    if let Some(e) = first_error(&replies) {
+        return e;
+    }
+    let mut all = Vec::new();
+    for r in replies.into_iter().flatten() {
+        if let Frame::Array(items) | Frame::Set(items) = r {
+            all.extend(items);
+        }
+    }
+    Frame::Array(all).to_bytes(proto)
+}
+
+fn all_ok(replies: NodeReplies, _proto: u8) -> Bytes {
+    first_error(&replies).unwrap_or_else(|| Bytes::from_static(resp::OK))
+}
+
+/// Every node must succeed; the answer is the first node's (e.g. the SHA of `SCRIPT LOAD`).
+fn first_of_all(replies: NodeReplies, proto: u8) -> Bytes {
+    if let Some(e) = first_error(&replies) {
+        return e;
+    }
+    match replies.into_iter().next() {
+        Some(Ok(f)) => f.to_bytes(proto),
+        _ => resp::error("ERR_CLUSTER_NOT_FOUND"),
+    }
+}
+
+/// `SCRIPT EXISTS`: a script exists when every node has it.
+fn all_exist(replies: NodeReplies, proto: u8) -> Bytes {
+    if let Some(e) = first_error(&replies) {
+        return e;
+    }
+    let mut result: Option<Vec<i64>> = None;
+    for r in replies.into_iter().flatten() {
+        let Frame::Array(items) = r else { continue };
+        let flags: Vec<i64> = items.iter().map(|f| matches!(f, Frame::Integer(1)) as i64).collect();
+        result = Some(match result {
+            None => flags,
+            Some(prev) => prev.iter().zip(flags).map(|(a, b)| a & b).collect(),
+        });
+    }
+    let mut out = BytesMut::new();
+    let flags = result.unwrap_or_default();
+    Frame::Array(flags.into_iter().map(Frame::Integer).collect()).encode(proto, &mut out);
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_walk_the_nodes_in_turn() {
+        assert_eq!(decode_cursor(0), (0, 0));
+        let c = encode_cursor(1, 12345).unwrap();
+        assert_eq!(decode_cursor(c), (1, 12345));
+        assert_eq!(encode_cursor(1, 0), Some(1));
+        assert_eq!(decode_cursor(1), (1, 0));
+        assert!(encode_cursor(0, u64::MAX).is_none());
+    }
+
+    #[test]
+    fn info_keeps_node_sections_and_adds_up_the_keyspace() {
+        let a = "# Server\r\nredis_version:7.0.15\r\ntcp_port:7001\r\n# Clients\r\nconnected_clients:40\r\n# Keyspace\r\ndb0:keys=3,expires=1,avg_ttl=10\r\n".to_owned();
+        let b = "# Keyspace\r\ndb0:keys=4,expires=0,avg_ttl=0\r\n".to_owned();
+        let merged = merge_info("version:x\r\n", &[a, b], 2, 9, 100);
+        assert!(merged.starts_with("version:x"));
+        assert!(merged.contains("redis_version:7.0.15\r\n"));
+        assert!(merged.contains("connected_clients:2\r\n"));
+        assert!(!merged.contains("tcp_port"));
+        assert!(merged.contains("db0:keys=7,expires=1,avg_ttl=0\r\n"), "{merged}");
+    }
+}

@@ -1,0 +1,149 @@
+//! Redis compatibility through moonraft, with real clients against a real 4-proxy cluster
+//! under a coordinator: what an application moving from Redis Cluster does (transactions,
+//! node-scoped commands merged by the cluster client, scripts), with redis-py's RedisCluster in
+//! RESP2 and RESP3 (tests/py/compat_client.py says what is checked).
+
+mod common;
+
+use common::*;
+use moonraft_proxy::resp::Frame;
+use std::process::Command;
+use std::time::Duration;
+
+/// A cluster of 8 nodes on 4 proxies, every proxy synced and serving its slots.
+fn four_proxy_cluster() -> Stack {
+    let s = Stack::start(4, 1, &[]);
+    assert_eq!(s.brokers.call("POST", "/clusters/meta/c", Some(r#"{"node_number": 8}"#)).status, 200);
+    let synced = eventually(Duration::from_secs(20), || {
+        s.hosts.iter().all(|h| match h.proxy.conn().cmd(&["CLUSTER", "INFO"]) {
+            Frame::Bulk(b) => String::from_utf8_lossy(&b).contains("cluster_state:ok"),
+            _ => false,
+        })
+    });
+    assert!(synced, "the proxies did not get the cluster:\n{}", s.logs());
+    s
+}
+
+fn run_compat_client(s: &Stack, proto: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/compat_client.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(s.hosts[0].proxy.addr())
+        .arg(proto)
+        .arg("4")
+        .output()
+        .expect("python3 must be installed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "redis-py (RESP{proto}) failed:\n{stdout}\n{stderr}\nproxy log:\n{}",
+        s.hosts[0].proxy.log_text()
+    );
+    assert!(stdout.contains("compatibility OK"), "{stdout}");
+}
+
+#[test]
+fn redis_py_cluster_client_resp2() {
+    let s = four_proxy_cluster();
+    run_compat_client(&s, "2");
+}
+
+#[test]
+fn redis_py_cluster_client_resp3() {
+    let s = four_proxy_cluster();
+    run_compat_client(&s, "3");
+}
+
+fn node_addresses(cluster: &serde_json::Value, role: &str) -> Vec<String> {
+    let nodes = cluster["nodes"].as_array().cloned().unwrap_or_default();
+    nodes
+        .iter()
+        .filter(|n| n["repl"]["role"] == role)
+        .filter_map(|n| n["address"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn dbsize(port: u16) -> i64 {
+    match Conn::try_connect(port).ok().and_then(|mut c| c.try_cmd(&["DBSIZE"]).ok()) {
+        Some(Frame::Integer(n)) => n,
+        _ => -1,
+    }
+}
+
+/// After a failover one proxy fronts two master nodes: `SCAN` through it walks both (its
+/// cursor names the node), every key exactly once, and `DBSIZE`/`KEYS` add both up.
+#[test]
+fn scan_walks_every_master_node_of_a_proxy_exactly_once() {
+    let mut s = Stack::start(3, 1, &[]);
+    assert_eq!(s.brokers.call("POST", "/clusters/meta/c", Some(r#"{"node_number": 4}"#)).status, 200);
+    let cluster = s.cluster("c");
+    let proxies: Vec<String> = {
+        let mut p: Vec<String> = cluster["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|n| n["proxy_address"].as_str().map(str::to_owned))
+            .collect();
+        p.dedup();
+        p
+    };
+    assert_eq!(proxies.len(), 2);
+    let entry: Vec<u16> = proxies.iter().map(|p| port_of_addr(p)).collect();
+    let client = ClusterClient { entry, password: None };
+    let n = 1000;
+    for i in 0..n {
+        assert_eq!(client.cmd(&["SET", &format!("k{i}"), "v"], Duration::from_secs(20)), Ok(simple("OK")));
+    }
+    // Every replica holds its master's keys before a proxy is killed.
+    let replicas = node_addresses(&cluster, "replica");
+    let replicated =
+        eventually(Duration::from_secs(20), || replicas.iter().map(|r| dbsize(port_of_addr(r))).sum::<i64>() == n);
+    assert!(replicated, "replicas did not catch up");
+    let (victim, survivor) = (proxies[0].clone(), proxies[1].clone());
+    s.host(&victim).proxy.proc.kill();
+    let failed_over = eventually(Duration::from_secs(30), || {
+        let c = s.cluster("c");
+        let masters: Vec<String> = c["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["repl"]["role"] == "master")
+            .filter_map(|n| n["proxy_address"].as_str().map(str::to_owned))
+            .collect();
+        masters.iter().all(|p| *p == survivor)
+    });
+    assert!(failed_over, "{victim} was not failed over:\n{}", s.logs());
+    let mut conn = s.host(&survivor).proxy.conn();
+    let two_masters = eventually(Duration::from_secs(10), || match conn.cmd(&["DBSIZE"]) {
+        Frame::Integer(k) => k == n,
+        _ => false,
+    });
+    assert!(two_masters, "DBSIZE through the survivor does not add up its two masters");
+    let mut seen = Vec::new();
+    let mut cursor = "0".to_owned();
+    let mut nodes_visited = std::collections::BTreeSet::new();
+    for _ in 0..10_000 {
+        let Frame::Array(parts) = conn.cmd(&["SCAN", &cursor, "COUNT", "50"]) else { panic!("SCAN reply") };
+        let (Some(Frame::Bulk(next)), Some(Frame::Array(keys))) = (parts.first(), parts.get(1)) else {
+            panic!("{parts:?}")
+        };
+        seen.extend(keys.iter().filter_map(|k| k.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned())));
+        cursor = String::from_utf8_lossy(next).into_owned();
+        nodes_visited.insert(cursor.parse::<u64>().unwrap_or(0) & 1023);
+        if cursor == "0" {
+            break;
+        }
+    }
+    assert_eq!(cursor, "0", "the scan did not end");
+    assert!(nodes_visited.contains(&1), "the cursor never moved to the second node: {nodes_visited:?}");
+    let unique: std::collections::BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "SCAN returned keys twice");
+    assert_eq!(unique.len(), n as usize, "SCAN missed keys");
+    let Frame::Array(all) = conn.cmd(&["KEYS", "k*"]) else { panic!("KEYS") };
+    assert_eq!(all.len(), n as usize);
+    // A cursor that does not parse is refused; one for a node the proxy does not have ends the scan.
+    assert!(error_text(&conn.cmd(&["SCAN", "x"])).contains("invalid cursor"));
+    let Frame::Array(parts) = conn.cmd(&["SCAN", "5"]) else { panic!() };
+    assert_eq!(parts.first(), Some(&Frame::Bulk("0".into())));
+}
