@@ -147,3 +147,71 @@ fn scan_walks_every_master_node_of_a_proxy_exactly_once() {
     let Frame::Array(parts) = conn.cmd(&["SCAN", "5"]) else { panic!() };
     assert_eq!(parts.first(), Some(&Frame::Bulk("0".into())));
 }
+
+/// `active_redirection = true`: clients that do not speak the cluster protocol use any proxy
+/// as one Redis. `redis-cli` without `-c` writes and reads keys of every slot through one
+/// proxy (and reads them back through another), and `redis-benchmark` without `--cluster`
+/// runs against one proxy with keys spread over every slot and no error.
+#[test]
+fn active_redirection_serves_plain_clients_for_every_slot() {
+    let flags = StackFlags { proxy: &["--active-redirection", "true"], ..StackFlags::default() };
+    let s = Stack::start_with(4, 1, &flags);
+    assert_eq!(s.brokers.call("POST", "/clusters/meta/c", Some(r#"{"node_number": 8}"#)).status, 200);
+    let synced = eventually(Duration::from_secs(20), || {
+        s.hosts.iter().all(|h| match h.proxy.conn().cmd(&["CLUSTER", "INFO"]) {
+            Frame::Bulk(b) => String::from_utf8_lossy(&b).contains("cluster_state:ok"),
+            _ => false,
+        })
+    });
+    assert!(synced, "the proxies did not get the cluster:\n{}", s.logs());
+    let n = 2000;
+    let run_cli = |port: u16, input: String| {
+        use std::io::Write;
+        let mut child = Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("redis-cli");
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write");
+        let out = child.wait_with_output().expect("redis-cli output");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let sets: String = (0..n).map(|i| format!("SET key:{i} value-{i}\n")).collect();
+    let out = run_cli(s.hosts[0].proxy.port, sets);
+    assert_eq!(out.lines().filter(|l| *l == "OK").count(), n, "{}", &out[..out.len().min(2000)]);
+    let gets: String = (0..n).map(|i| format!("GET key:{i}\n")).collect();
+    let out = run_cli(s.hosts[3].proxy.port, gets);
+    let expected: Vec<String> = (0..n).map(|i| format!("value-{i}")).collect();
+    assert_eq!(out.lines().map(str::to_owned).collect::<Vec<_>>(), expected);
+    // Multi-key commands over several slots are split by key and merged.
+    let multi = "MSET a 1 b 2 c 3 d 4\nMGET a b c d nope\nEXISTS a b c d nope\nDEL a b c d\nEXISTS a b\n";
+    let out = run_cli(s.hosts[2].proxy.port, multi.to_owned());
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["OK", "1", "2", "3", "4", "", "4", "4", "0"], "{out}");
+    // The keys really are on every master node, not all on the entry proxy's.
+    let masters = node_addresses(&s.cluster("c"), "master");
+    for m in &masters {
+        assert!(dbsize(port_of_addr(m)) > (n / 8) as i64, "{m} holds too few keys");
+    }
+    let out = Command::new("redis-benchmark")
+        .args([
+            "-p",
+            &s.hosts[1].proxy.port.to_string(),
+            "-t",
+            "set,get",
+            "-n",
+            "20000",
+            "-r",
+            "100000",
+            "-c",
+            "20",
+            "-q",
+        ])
+        .output()
+        .expect("redis-benchmark");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("Error") && !stderr.contains("Error"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("SET:") && stdout.contains("GET:"), "{stdout}");
+    println!("redis-benchmark through one proxy with active redirection:\n{stdout}");
+}

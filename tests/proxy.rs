@@ -156,6 +156,10 @@ fn crossslot_and_unsupported_commands() {
     assert_eq!(error_text(&c.cmd(&["DBSIZE", "x"])), "ERR wrong number of arguments for 'dbsize' command");
     assert_eq!(error_text(&c.cmd(&["MULTI", "x"])), "ERR wrong number of arguments for 'multi' command");
     assert!(error_text(&c.cmd(&["SCAN", "x"])).contains("invalid cursor"));
+    // what a proxy with active redirection sends another one
+    assert_eq!(c.cmd(&["UMFORWARD", "0", "GET", "{u}a"]), bulk("1"));
+    assert_eq!(error_text(&c.cmd(&["UMFORWARD", "x", "GET", "k"])), "ERR invalid redirection times");
+    assert_eq!(error_text(&c.cmd(&["UMFORWARD", "0"])), "ERR missing forwarded command");
     assert!(error_text(&c.cmd(&["EVAL", "return 1", "0"])).contains("missing key"));
     // wrong arity is the proxy's own error, as Redis words it
     assert_eq!(error_text(&c.cmd(&["GET"])), "ERR wrong number of arguments for 'get' command");

@@ -212,6 +212,7 @@ fn proxy_admin_commands_need_the_admin_password() {
         &["UMCTL", "SETCLUSTER", "v2", "99", "FORCE", "evil", "1.2.3.4:1", "1", "0-16383"],
         &["UMSYNC", "x"],
         &["UMREAD", "a", "b"],
+        &["UMFORWARD", "0", "GET", "k"],
         &["CONFIG", "SET", "slowlog_sample_rate", "1"],
     ] {
         assert!(err_of(c.cmd(cmd)).starts_with("NOPERM"), "{cmd:?}");
@@ -232,6 +233,7 @@ fn proxy_admin_commands_need_the_admin_password() {
     assert_eq!(c.cmd(&["AUTH", "pdata"]), simple("OK"));
     assert_eq!(c.cmd(&["SET", "k", "v"]), simple("OK"));
     assert!(err_of(c.cmd(&["UMCTL", "GETEPOCH"])).starts_with("NOPERM"));
+    assert!(err_of(c.cmd(&["UMFORWARD", "0", "GET", "k"])).starts_with("NOPERM"));
     // The admin password opens everything.
     assert_eq!(c.cmd(&["AUTH", "admin", "padm"]), simple("OK"));
     assert_eq!(c.cmd(&["UMCTL", "GETEPOCH"]), Frame::Integer(1));

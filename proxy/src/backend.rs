@@ -154,6 +154,11 @@ impl BackendRegistry {
         self.shared_pool(address, 2, true)
     }
 
+    /// Connections to another proxy speaking `proto` (forwarded client commands).
+    pub fn peer_pool_for(&self, address: &str, proto: u8) -> Arc<NodePool> {
+        self.shared_pool(address, proto, true)
+    }
+
     fn shared_pool(&self, address: &str, proto: u8, peer: bool) -> Arc<NodePool> {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         let key = (address.to_owned(), proto, peer);

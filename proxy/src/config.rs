@@ -218,12 +218,7 @@ impl ProxyConfig {
             "tls_cert" => self.tls_cert = non_empty(value),
             "tls_key" => self.tls_key = non_empty(value),
             "tls_ca" => self.tls_ca = non_empty(value),
-            "active_redirection" => {
-                if boolean(value)? {
-                    return Err("active redirection is not supported yet; clients follow MOVED".into());
-                }
-                self.active_redirection = false;
-            }
+            "active_redirection" => self.active_redirection = boolean(value)?,
             "max_redirections" => self.max_redirections = number(value)?,
             "default_redirection_address" => {
                 if !value.is_empty() {

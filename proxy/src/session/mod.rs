@@ -9,6 +9,7 @@
 
 mod admin;
 mod node_scoped;
+mod redirect;
 mod transaction;
 
 use crate::backend::{connect, read_reply, BackendError, ReplyResult};
@@ -307,11 +308,13 @@ impl Session {
             return self.queue(req);
         }
         if let Some(spec) = command::lookup(req.name()) {
-            return self.data_command(spec, req, asking).await;
+            let redirect = self.state.config.active_redirection;
+            return self.data_command(spec, req, asking, redirect).await;
         }
         let name = String::from_utf8_lossy(req.name()).to_ascii_lowercase();
         if node_scoped::is_memory_usage(&name, &req.args) {
-            return self.data_command(&node_scoped::MEMORY_USAGE, req, asking).await;
+            let redirect = self.state.config.active_redirection;
+            return self.data_command(&node_scoped::MEMORY_USAGE, req, asking, redirect).await;
         }
         if let Some(reply) = self.node_scoped(&name, &req) {
             return reply;
@@ -353,7 +356,8 @@ impl Session {
             "command" => self.command(req),
             "info" => self.info_command(&req),
             "client" => self.client(args),
-            "umctl" | "umread" | "umsync" if !self.admin => no_admin(&name),
+            "umctl" | "umread" | "umsync" | "umforward" if !self.admin => no_admin(&name),
+            "umforward" => self.umforward(req, asking).await,
             "umread" | "umsync" if !self.authenticated => err("NOAUTH Authentication required."),
             "umctl" if args.get(1).is_some_and(|a| a.eq_ignore_ascii_case(b"health")) => {
                 Pending::Task(Box::pin(umctl::health(self.state.clone(), args[2..].to_vec())))
@@ -383,7 +387,15 @@ impl Session {
         }
     }
 
-    async fn data_command(&mut self, spec: &'static CommandSpec, req: Request, asking: bool) -> Pending {
+    /// Routes a data command by its keys' slot. `redirect`: forward it when another proxy
+    /// serves the slot (active redirection) instead of answering `MOVED`/`ASK`.
+    async fn data_command(
+        &mut self,
+        spec: &'static CommandSpec,
+        req: Request,
+        asking: bool,
+        redirect: bool,
+    ) -> Pending {
         if !self.authenticated {
             return err("NOAUTH Password not given by AUTH command");
         }
@@ -403,9 +415,12 @@ impl Session {
         };
         let slot = key_slot(&args[first]);
         if keys[1..].iter().any(|&k| key_slot(&args[k]) != slot) {
+            if redirect && redirect::splits(spec) {
+                return self.split_by_key(spec, req).await;
+            }
             return err("CROSSSLOT Keys in request don't hash to the same slot");
         }
-        let (pool, node, migration) = {
+        let routed = {
             let installed = self.state.installed.load();
             match installed.table.route(slot, asking) {
                 Route::Local(node) => {
@@ -432,11 +447,13 @@ impl Session {
                         }
                     }
                     if spec.is_blocking(args) {
-                        (None, addr, migration)
+                        Ok((None, addr, migration))
                     } else {
-                        (installed.pool(node, self.proto, &self.state.registry), addr, migration)
+                        Ok((installed.pool(node, self.proto, &self.state.registry), addr, migration))
                     }
                 }
+                // An ASK always names the slot's source, which serves it until the switch.
+                Route::Moved(addr) | Route::Ask(addr) if redirect => Err(addr.to_owned()),
                 Route::Moved(addr) => return err(&format!("MOVED {slot} {addr}")),
                 Route::Ask(addr) => return err(&format!("ASK {slot} {addr}")),
                 Route::TryAgain => return err(&format!("TRYAGAIN slot {slot} is being switched to another node")),
@@ -449,6 +466,10 @@ impl Session {
                     return err(&format!("MOVED {slot} {default}"));
                 }
             }
+        };
+        let (pool, node, migration) = match routed {
+            Ok(local) => local,
+            Err(peer) => return self.forward(&peer, req).await,
         };
         let guard = match migration {
             MigrationPath::None => None,
@@ -496,6 +517,27 @@ impl Session {
                 (p, _) => p,
             },
         }
+    }
+
+    /// `UMFORWARD <n> <command…>`: a command another proxy forwarded here (active
+    /// redirection). Run as a data command; forwarded again only while `n` allows it.
+    async fn umforward(&mut self, req: Request, asking: bool) -> Pending {
+        let args = &req.args;
+        let Some(budget) = args.get(1).and_then(|n| resp::parse_int(n)).filter(|n| *n >= 0) else {
+            return err("ERR invalid redirection times");
+        };
+        if args.len() < 3 {
+            return err("ERR missing forwarded command");
+        }
+        let inner = Request::from_args(args[2..].to_vec());
+        let Some(spec) = command::lookup(inner.name()) else {
+            return err(&format!(
+                "ERR_COMMAND_NOT_SUPPORTED: '{}' cannot be forwarded",
+                String::from_utf8_lossy(inner.name()).to_ascii_lowercase().chars().take(64).collect::<String>()
+            ));
+        };
+        let redirect = budget > 0 && self.state.config.active_redirection;
+        self.data_command(spec, inner, asking, redirect).await
     }
 
     /// Runs a blocking command on this client's dedicated connection to `node`. The writer
