@@ -215,3 +215,40 @@ fn active_redirection_serves_plain_clients_for_every_slot() {
     assert!(stdout.contains("SET:") && stdout.contains("GET:"), "{stdout}");
     println!("redis-benchmark through one proxy with active redirection:\n{stdout}");
 }
+
+/// A client parked in `BLPOP k 0` on a slot that an expand moves does not hold the migration
+/// up: when the source starts draining, the command is released with `TRYAGAIN` (or returns
+/// what it popped), the expand finishes, and the retried `BLPOP` is served by the new owner.
+#[test]
+fn a_parked_blpop_does_not_hold_up_an_expand() {
+    use moonraft_proxy::slot::key_slot;
+    let s = Stack::start(4, 1, &[]);
+    assert_eq!(s.brokers.call("POST", "/clusters/meta/c", Some(r#"{"node_number": 4}"#)).status, 200);
+    // A key in 4096-8191, a range the expand from 4 to 8 nodes moves.
+    let key = (0..).map(|i| format!("list{i}")).find(|k| (4096..8192).contains(&key_slot(k.as_bytes()))).unwrap();
+    let owner = eventually(Duration::from_secs(20), || {
+        s.hosts.iter().any(|h| matches!(h.proxy.conn().cmd(&["LLEN", &key]), Frame::Integer(0)))
+    });
+    assert!(owner, "no proxy serves {key}:\n{}", s.logs());
+    let port =
+        s.hosts.iter().find(|h| matches!(h.proxy.conn().cmd(&["LLEN", &key]), Frame::Integer(0))).unwrap().proxy.port;
+    let mut parked = Conn::connect(port);
+    parked.set_timeout(Duration::from_secs(120));
+    parked.send(&["BLPOP", &key, "0"]);
+    std::thread::sleep(Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    assert_eq!(s.brokers.call("POST", "/clusters/migrations/auto/c/8", None).status, 200);
+    let done = eventually(Duration::from_secs(60), || {
+        let info = s.brokers.call("GET", "/clusters/info/c", None).json();
+        info["is_migrating"] == false && info["node_number_with_slots"] == 8
+    });
+    assert!(done, "the expand did not finish with a BLPOP parked on a moving slot:\n{}", s.logs());
+    println!("expand finished in {:?} with a BLPOP parked", started.elapsed());
+    let reply = parked.try_read().expect("the parked BLPOP got a reply");
+    assert!(error_text(&reply).starts_with("TRYAGAIN"), "{reply:?}");
+    // Retried through a cluster client: served where the key lives now.
+    let client = ClusterClient { entry: s.hosts.iter().map(|h| h.proxy.port).collect(), password: None };
+    assert_eq!(client.cmd(&["RPUSH", &key, "x"], Duration::from_secs(20)), Ok(Frame::Integer(1)));
+    let popped = client.cmd(&["BLPOP", &key, "1"], Duration::from_secs(20));
+    assert_eq!(popped, Ok(Frame::Array(vec![Frame::Bulk(key.clone().into()), Frame::Bulk("x".into())])));
+}

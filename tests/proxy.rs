@@ -530,7 +530,21 @@ fn umctl_info_and_slowlog_and_config() {
     assert_eq!(c.cmd(&["CONFIG", "SET", "slowlog_sample_rate", "10"]), simple("OK"));
     assert_eq!(c.cmd(&["CONFIG", "GET", "slowlog_sample_rate"]), bulk("10"));
     assert_eq!(error_text(&c.cmd(&["CONFIG", "SET", "thread_number", "3"])), "ReadonlyField");
-    assert_eq!(error_text(&c.cmd(&["CONFIG", "GET", "password"])), "config field password not found");
+    // Other keys are the node's, read-only and only those clients probe: never a password.
+    assert_eq!(c.cmd(&["CONFIG", "GET", "password"]), Frame::Array(vec![]));
+    assert_eq!(c.cmd(&["CONFIG", "GET", "requirepass"]), Frame::Array(vec![]));
+    match c.cmd(&["CONFIG", "GET", "*"]) {
+        Frame::Array(items) => {
+            let keys: Vec<String> = items.iter().step_by(2).map(|k| k.to_string()).collect();
+            assert!(keys.contains(&"maxmemory".to_string()), "{keys:?}");
+            assert!(!keys.iter().any(|k| k.contains("pass") || k.contains("auth")), "{keys:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        c.cmd(&["CONFIG", "GET", "maxmemory-policy"]),
+        Frame::Array(vec![bulk("maxmemory-policy"), bulk("noeviction")])
+    );
     assert_eq!(c.cmd(&["CONFIG", "GET", "announce_address"]), bulk(&env.proxy.addr()));
     assert_eq!(c.cmd(&["UMCTL", "READY"]), Frame::Integer(1));
     assert_eq!(c.cmd(&["UMCTL", "INFOMGR"]), Frame::Array(vec![]));

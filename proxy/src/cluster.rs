@@ -552,6 +552,9 @@ pub struct TaskShared {
     pub started: std::sync::atomic::AtomicBool,
     /// Commands for the task's slots on their way to the source node (source, PreCheck).
     pub inflight: std::sync::atomic::AtomicUsize,
+    /// Notified when the source starts draining (PreBlocking): blocking commands parked on
+    /// the task's slots are unblocked then, or they would hold the drain up forever.
+    pub draining: tokio::sync::Notify,
     /// Keys being copied right now (a scanner batch or a `UMSYNC` pull) on the source: a key
     /// is never copied by two at once, so a pull can never re-create a key the destination
     /// changed after an earlier copy. Per key, so a pull waits only for its own key.
@@ -585,9 +588,15 @@ pub struct MigrationTask {
     pub shared: Arc<TaskShared>,
 }
 
+impl TaskShared {
+    pub fn state(&self) -> TaskState {
+        TaskState::from_u8(self.state.load(Ordering::SeqCst))
+    }
+}
+
 impl MigrationTask {
     pub fn state(&self) -> TaskState {
-        TaskState::from_u8(self.shared.state.load(Ordering::SeqCst))
+        self.shared.state()
     }
     pub fn set_state(&self, s: TaskState) {
         self.shared.state.store(s as u8, Ordering::SeqCst);

@@ -109,6 +109,7 @@ async fn run_source(state: Arc<ProxyState>, cluster: String, task: MigrationTask
             return;
         }
         task.set_state(TaskState::PreBlocking);
+        sh.draining.notify_waiters();
         let deadline = Instant::now() + max_blocking;
         while sh.inflight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(1)).await;

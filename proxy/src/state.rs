@@ -48,6 +48,8 @@ pub struct ProxyState {
     pub config: ProxyConfig,
     pub announce: String,
     pub installed: ArcSwap<Installed>,
+    /// Notified after every new routing table is installed.
+    pub table_changed: tokio::sync::Notify,
     /// Serialises metadata updates (check epoch, build, swap).
     meta_lock: Mutex<()>,
     pub replication: Mutex<Replication>,
@@ -91,6 +93,7 @@ impl ProxyState {
             slowlog: SlowLog::new(config.slowlog_len, config.slowlog_log_slower_than, config.slowlog_sample_rate),
             config,
             installed: ArcSwap::from_pointee(installed),
+            table_changed: tokio::sync::Notify::new(),
             meta_lock: Mutex::new(()),
             replication: Mutex::new(Replication::default()),
             registry,
@@ -131,6 +134,7 @@ impl ProxyState {
             "cluster metadata installed"
         );
         self.installed.store(Arc::new(Installed::new(table, &self.registry)));
+        self.table_changed.notify_waiters();
         Ok(())
     }
 

@@ -79,7 +79,11 @@ impl Session {
         }
     }
 
-    pub(super) fn config(&self, args: &[Bytes]) -> Pending {
+    /// `CONFIG GET <proxy field>` answers the proxy's own setting (undermoon's fields, as a
+    /// bulk string); any other `CONFIG GET` (the Redis keys clients probe, e.g. `maxmemory*`,
+    /// `cluster-require-full-coverage`) is answered by the first local node, read-only.
+    pub(super) fn config(&mut self, req: &Request) -> Pending {
+        let args = &req.args;
         let Some(sub) = args.get(1) else {
             return err("Missing sub command");
         };
@@ -108,6 +112,7 @@ impl Session {
                         0 => "none".into(),
                         n => n.min(4).to_string(),
                     },
+                    _ if args.len() == 3 && self.authenticated => return self.node_config_get(req),
                     _ => return err(&format!("config field {field} not found")),
                 };
                 Pending::Ready(resp::bulk(value.as_bytes()))
@@ -204,4 +209,58 @@ impl Session {
             installed.table.epoch,
         )
     }
+
+    /// `CONFIG GET <pattern>` of the first local node, keeping only `READABLE_NODE_CONFIG`
+    /// (never `requirepass`, `masterauth` or anything else that a `*` would reveal).
+    fn node_config_get(&mut self, req: &Request) -> Pending {
+        self.fan_out_to(req, Some(0), |mut replies, proto| {
+            let pairs: Vec<(Frame, Frame)> = match replies.pop() {
+                Some(Ok(Frame::Array(items))) => {
+                    let mut it = items.into_iter();
+                    std::iter::from_fn(|| Some((it.next()?, it.next()?))).collect()
+                }
+                Some(Ok(Frame::Map(pairs))) => pairs,
+                Some(Ok(other)) => return resp::error(&format!("ERR unexpected CONFIG GET reply {other:?}")),
+                Some(Err(e)) => return resp::error(&e),
+                None => return resp::error("ERR_CLUSTER_NOT_FOUND"),
+            };
+            let kept: Vec<(Frame, Frame)> = pairs
+                .into_iter()
+                .filter(|(k, _)| k.as_bytes().is_some_and(|k| READABLE_NODE_CONFIG.iter().any(|r| r.as_bytes() == k)))
+                .collect();
+            if proto >= 3 {
+                Frame::Map(kept).to_bytes(proto)
+            } else {
+                Frame::Array(kept.into_iter().flat_map(|(k, v)| [k, v]).collect()).to_bytes(proto)
+            }
+        })
+    }
 }
+
+/// Redis settings a client may read through the proxy (what client libraries and tools probe).
+const READABLE_NODE_CONFIG: &[&str] = &[
+    "maxmemory",
+    "maxmemory-policy",
+    "maxmemory-samples",
+    "maxmemory-clients",
+    "cluster-require-full-coverage",
+    "cluster-allow-reads-when-down",
+    "databases",
+    "save",
+    "appendonly",
+    "appendfsync",
+    "timeout",
+    "tcp-keepalive",
+    "notify-keyspace-events",
+    "lua-time-limit",
+    "busy-reply-threshold",
+    "proto-max-bulk-len",
+    "client-query-buffer-limit",
+    "hz",
+    "maxclients",
+    "lfu-log-factor",
+    "lfu-decay-time",
+    "slowlog-log-slower-than",
+    "slowlog-max-len",
+    "latency-tracking",
+];

@@ -13,7 +13,7 @@ mod redirect;
 mod transaction;
 
 use crate::backend::{connect, read_reply, BackendError, ReplyResult};
-use crate::cluster::Route;
+use crate::cluster::{Route, TaskShared, TaskState};
 use crate::command::{self, CommandSpec};
 use crate::resp::{self, Frame, Request, RequestParser};
 use crate::slot::key_slot;
@@ -109,7 +109,15 @@ fn check_user(cfg: &crate::config::ProxyConfig, user: &[u8], password: &[u8]) ->
     }
 }
 
-type DedicatedConn = Arc<tokio::sync::Mutex<Option<crate::tls::Stream>>>;
+/// A client's own connection to one node, and the node's `CLIENT ID` for it (0 until known),
+/// with which a blocked command on it can be unblocked from another connection.
+#[derive(Default)]
+struct Dedicated {
+    stream: tokio::sync::Mutex<Option<crate::tls::Stream>>,
+    client_id: std::sync::atomic::AtomicI64,
+}
+
+type DedicatedConn = Arc<Dedicated>;
 
 /// Whether an exchange may open a new dedicated connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,7 +157,7 @@ struct Exchange {
 impl Exchange {
     /// Writes `raw` (holding `replies` requests) and reads that many replies.
     async fn run(self, raw: &[u8], replies: usize) -> Result<Vec<Bytes>, ExchangeError> {
-        let mut slot = self.conn.lock().await;
+        let mut slot = self.conn.stream.lock().await;
         // Taken out while in use: if this future is dropped mid-command the socket is closed
         // rather than reused with a reply still in flight.
         let mut stream = match (slot.take(), self.reuse) {
@@ -157,9 +165,19 @@ impl Exchange {
             (None, Reuse::Existing) => return Err(ExchangeError::Lost),
             (None, Reuse::OrConnect) => {
                 let s = &self.settings;
-                connect(&self.node, self.proto, s.connect_timeout, s.max_bulk_len, s.node_auth.as_ref(), None)
+                let mut stream =
+                    connect(&self.node, self.proto, s.connect_timeout, s.max_bulk_len, s.node_auth.as_ref(), None)
+                        .await
+                        .map_err(|_| ExchangeError::Unreachable)?;
+                // Its id, so that a blocked command on it can be unblocked (`CLIENT UNBLOCK`).
+                stream.write_all(b"*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n").await.map_err(|_| ExchangeError::Broken)?;
+                let id = read_reply(&mut stream, &mut BytesMut::new(), s.max_bulk_len)
                     .await
-                    .map_err(|_| ExchangeError::Unreachable)?
+                    .map_err(|_| ExchangeError::Broken)?;
+                if let Ok(Some((Frame::Integer(id), _))) = Frame::parse(&id) {
+                    self.conn.client_id.store(id, Ordering::Relaxed);
+                }
+                stream
             }
         };
         let result = async {
@@ -352,7 +370,7 @@ impl Session {
             "watch" => self.watch(req),
             "unwatch" => self.unwatch(),
             "cluster" => self.cluster(args),
-            "config" => self.config(args),
+            "config" => self.config(&req),
             "command" => self.command(req),
             "info" => self.info_command(&req),
             "client" => self.client(args),
@@ -509,7 +527,7 @@ impl Session {
                 });
                 Pending::Backend { rx, sample, _guard: guard }
             }
-            None => match (self.blocking(node, req), guard) {
+            None => match (self.blocking(node, req, slot), guard) {
                 (Pending::Task(fut), Some(g)) => Pending::Task(Box::pin(async move {
                     let _guard = g;
                     fut.await
@@ -543,11 +561,56 @@ impl Session {
     /// Runs a blocking command on this client's dedicated connection to `node`. The writer
     /// polls the future only after every earlier reply arrived, so the command reaches Redis
     /// after the client's earlier commands; later ones wait for it (`blocked`).
-    fn blocking(&mut self, node: String, req: Request) -> Pending {
+    ///
+    /// While it is parked, the command follows its slot: when a migration of the slot starts
+    /// draining, or the slot is no longer this node's, it is released (`CLIENT UNBLOCK …
+    /// ERROR`, atomic in Redis: the command either already popped, and the client gets that, or
+    /// gets `TRYAGAIN` and retries where the slot is now). Otherwise a parked client would hold a
+    /// migration's drain up, or stay parked on a node that no longer gets the key's writes.
+    fn blocking(&mut self, node: String, req: Request, slot: u16) -> Pending {
         let exchange = self.dedicated_exchange(node.clone(), Reuse::OrConnect);
+        let conn = exchange.conn.clone();
+        let state = self.state.clone();
         self.after_earlier_replies(async move {
-            match exchange.run(&req.raw, 1).await {
-                Ok(mut replies) => replies.pop().unwrap_or_default(),
+            let run = exchange.run(&req.raw, 1);
+            tokio::pin!(run);
+            let result = loop {
+                let changed = state.table_changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                let (task, release_now) = slot_watch(&state, slot, &node);
+                let draining = async {
+                    match &task {
+                        Some(t) => {
+                            let drained = t.draining.notified();
+                            tokio::pin!(drained);
+                            drained.as_mut().enable();
+                            if t.state() == TaskState::PreCheck {
+                                drained.await;
+                            }
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                if release_now {
+                    break release(&state, &node, &conn, &mut run).await;
+                }
+                tokio::select! {
+                    r = &mut run => break r,
+                    _ = &mut changed => continue,
+                    _ = draining => break release(&state, &node, &conn, &mut run).await,
+                }
+            };
+            match result {
+                Ok(mut replies) => {
+                    let reply = replies.pop().unwrap_or_default();
+                    if reply.starts_with(b"-UNBLOCKED") {
+                        return resp::error(&format!(
+                            "TRYAGAIN slot {slot} is being moved; the blocking command was released, retry it"
+                        ));
+                    }
+                    reply
+                }
                 Err(e) => resp::error(&e.message(&node)),
             }
         })
@@ -657,6 +720,41 @@ impl Session {
             (Frame::bulk_str("modules"), Frame::Array(vec![])),
         ]);
         Pending::Ready(reply.to_bytes(proto))
+    }
+}
+
+/// For a command parked on `slot` at `node`: the migration task moving the slot out, if any,
+/// and whether the command must be released at once (the slot is switching, or it is no longer
+/// this node's).
+fn slot_watch(state: &ProxyState, slot: u16, node: &str) -> (Option<Arc<TaskShared>>, bool) {
+    let installed = state.installed.load();
+    let table = &installed.table;
+    let task = table.task_for_slot(slot).filter(|t| !t.importing).map(|t| t.shared.clone());
+    let here =
+        matches!(table.route(slot, false), Route::Local(i) if table.nodes.get(i).map(String::as_str) == Some(node));
+    let switching = task.as_ref().is_some_and(|t| t.state() != TaskState::PreCheck);
+    (task, switching || !here)
+}
+
+/// Unblocks the command `run` is waiting for and returns its reply. Sent again until the
+/// reply comes: the command (or the connection's `CLIENT ID`) may not have reached the node yet.
+async fn release<F>(state: &ProxyState, node: &str, conn: &Dedicated, run: &mut Pin<&mut F>) -> F::Output
+where
+    F: Future,
+{
+    loop {
+        let id = conn.client_id.load(Ordering::Relaxed);
+        let unblock = Request::from_args(vec![
+            Bytes::from_static(b"CLIENT"),
+            Bytes::from_static(b"UNBLOCK"),
+            Bytes::from(id.to_string()),
+            Bytes::from_static(b"ERROR"),
+        ]);
+        let _ = state.registry.pool(node, 2).call(&unblock).await;
+        tokio::select! {
+            r = run.as_mut() => return r,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
     }
 }
 

@@ -120,7 +120,7 @@ impl Session {
     }
 
     /// `req` as the first local master node answers it.
-    fn on_first_node(&mut self, req: &Request) -> Pending {
+    pub(super) fn on_first_node(&mut self, req: &Request) -> Pending {
         self.fan_out_to(req, Some(0), |mut r, proto| match r.pop() {
             Some(Ok(f)) => f.to_bytes(proto),
             Some(Err(e)) => resp::error(&e),
@@ -128,7 +128,7 @@ impl Session {
         })
     }
 
-    fn fan_out_to<F>(&mut self, req: &Request, only: Option<usize>, merge: F) -> Pending
+    pub(super) fn fan_out_to<F>(&mut self, req: &Request, only: Option<usize>, merge: F) -> Pending
     where
         F: FnOnce(NodeReplies, u8) -> Bytes + Send + 'static,
     {
