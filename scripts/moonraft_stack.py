@@ -114,7 +114,7 @@ class Stack:
         self.hosts = {}
         self.n = 0
 
-    def add_host(self):
+    def add_host(self, proxy_flags=()):
         self.n += 1
         redis_procs, nodes = [], []
         for _ in range(2):
@@ -125,7 +125,7 @@ class Stack:
             redis_procs.append(p)
             nodes.append(f"127.0.0.1:{port}")
         port = free_port()
-        proxy = spawn([BIN, "proxy", "--address", f"127.0.0.1:{port}"], f"{self.tmp}/proxy{port}.log",
+        proxy = spawn([BIN, "proxy", "--address", f"127.0.0.1:{port}", *proxy_flags], f"{self.tmp}/proxy{port}.log",
                       f"proxy 127.0.0.1:{port}")
         wait_port(port)
         addr = f"127.0.0.1:{port}"
