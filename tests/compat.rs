@@ -12,7 +12,11 @@ use std::time::Duration;
 
 /// A cluster of 8 nodes on 4 proxies, every proxy synced and serving its slots.
 fn four_proxy_cluster() -> Stack {
-    let s = Stack::start(4, 1, &[]);
+    four_proxy_cluster_with(&StackFlags::default())
+}
+
+fn four_proxy_cluster_with(flags: &StackFlags) -> Stack {
+    let s = Stack::start_with(4, 1, flags);
     assert_eq!(s.brokers.call("POST", "/clusters/meta/c", Some(r#"{"node_number": 8}"#)).status, 200);
     let synced = eventually(Duration::from_secs(20), || {
         s.hosts.iter().all(|h| match h.proxy.conn().cmd(&["CLUSTER", "INFO"]) {
@@ -155,15 +159,7 @@ fn scan_walks_every_master_node_of_a_proxy_exactly_once() {
 #[test]
 fn active_redirection_serves_plain_clients_for_every_slot() {
     let flags = StackFlags { proxy: &["--active-redirection", "true"], ..StackFlags::default() };
-    let s = Stack::start_with(4, 1, &flags);
-    assert_eq!(s.brokers.call("POST", "/clusters/meta/c", Some(r#"{"node_number": 8}"#)).status, 200);
-    let synced = eventually(Duration::from_secs(20), || {
-        s.hosts.iter().all(|h| match h.proxy.conn().cmd(&["CLUSTER", "INFO"]) {
-            Frame::Bulk(b) => String::from_utf8_lossy(&b).contains("cluster_state:ok"),
-            _ => false,
-        })
-    });
-    assert!(synced, "the proxies did not get the cluster:\n{}", s.logs());
+    let s = four_proxy_cluster_with(&flags);
     let n = 2000;
     let run_cli = |port: u16, input: String| {
         use std::io::Write;

@@ -214,12 +214,7 @@ impl Session {
         let exchange = self.dedicated_exchange(target.node.clone(), reuse);
         let state = self.state.clone();
         let n = multi.queued.len();
-        let mut batch = BytesMut::with_capacity(multi.queued_bytes + 32);
-        batch.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n");
-        for raw in &multi.queued {
-            batch.extend_from_slice(raw);
-        }
-        batch.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
+        let batch = in_multi_exec(&multi.queued);
         self.after_earlier_replies(async move {
             // Checked when the batch is about to be written, after the client's earlier
             // commands: the slot must still be this node's.
@@ -251,12 +246,7 @@ impl Session {
         let node = self.state.installed.load().table.nodes.first().cloned();
         let Some(node) = node else { return err("ERR_CLUSTER_NOT_FOUND") };
         let n = queued.len();
-        let mut batch = BytesMut::new();
-        batch.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n");
-        for raw in &queued {
-            batch.extend_from_slice(raw);
-        }
-        batch.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
+        let batch = in_multi_exec(&queued);
         let exchange = self.dedicated_exchange(node.clone(), Reuse::OrConnect);
         self.after_earlier_replies(async move {
             match exchange.run(&batch, n + 2).await {
@@ -265,6 +255,17 @@ impl Session {
             }
         })
     }
+}
+
+/// `MULTI`, the queued requests and `EXEC`, written together.
+fn in_multi_exec(queued: &[Bytes]) -> Bytes {
+    let mut batch = BytesMut::with_capacity(queued.iter().map(Bytes::len).sum::<usize>() + 32);
+    batch.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n");
+    for raw in queued {
+        batch.extend_from_slice(raw);
+    }
+    batch.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
+    batch.freeze()
 }
 
 /// Whether `target.slot` is still served by `target.node` here in a way that takes a write
