@@ -51,6 +51,34 @@ fn run_compat_client(s: &Stack, proto: &str) {
 fn redis_py_cluster_client_resp2() {
     let s = four_proxy_cluster();
     run_compat_client(&s, "2");
+    // redis-cli in cluster mode follows MOVED between the proxies.
+    let out = redis_cli(
+        &["-c", "-p", &s.hosts[0].proxy.port.to_string()],
+        (0..500).map(|i| format!("SET cli:{i} v{i}\n")).collect(),
+    );
+    assert_eq!(out.lines().filter(|l| *l == "OK").count(), 500, "{out}");
+    let out = redis_cli(
+        &["-c", "-p", &s.hosts[2].proxy.port.to_string()],
+        (0..500).map(|i| format!("GET cli:{i}\n")).collect(),
+    );
+    // (it says "-> Redirected to slot …" each time it follows a MOVED)
+    let values: Vec<&str> = out.lines().filter(|l| !l.starts_with("-> Redirected")).collect();
+    assert_eq!(values, (0..500).map(|i| format!("v{i}")).collect::<Vec<_>>());
+    assert!(out.contains("-> Redirected"), "every key was on the first proxy?");
+}
+
+/// `redis-cli <args>` with `input` on stdin (one command per line); its output.
+fn redis_cli(args: &[&str], input: String) -> String {
+    use std::io::Write;
+    let mut child = Command::new("redis-cli")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("redis-cli");
+    child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write");
+    let out = child.wait_with_output().expect("redis-cli output");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -161,18 +189,7 @@ fn active_redirection_serves_plain_clients_for_every_slot() {
     let flags = StackFlags { proxy: &["--active-redirection", "true"], ..StackFlags::default() };
     let s = four_proxy_cluster_with(&flags);
     let n = 2000;
-    let run_cli = |port: u16, input: String| {
-        use std::io::Write;
-        let mut child = Command::new("redis-cli")
-            .args(["-p", &port.to_string()])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("redis-cli");
-        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write");
-        let out = child.wait_with_output().expect("redis-cli output");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let run_cli = |port: u16, input: String| redis_cli(&["-p", &port.to_string()], input);
     let sets: String = (0..n).map(|i| format!("SET key:{i} value-{i}\n")).collect();
     let out = run_cli(s.hosts[0].proxy.port, sets);
     assert_eq!(out.lines().filter(|l| *l == "OK").count(), n, "{}", &out[..out.len().min(2000)]);
