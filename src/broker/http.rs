@@ -48,7 +48,10 @@ const OPENAPI_URI: &str = "/api/v3/openapi.json";
 /// not in the source, and tools fetch it before they have credentials.
 async fn openapi_document() -> Response {
     use utoipa::OpenApi;
-    json_ok(&ApiDoc::openapi())
+    // Built once: it never changes while the process runs.
+    static DOCUMENT: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    let body = DOCUMENT.get_or_init(|| Bytes::from(serde_json::to_vec(&ApiDoc::openapi()).unwrap_or_default()));
+    ([(header::CONTENT_TYPE, "application/json")], body.clone()).into_response()
 }
 
 /// Rejections made by axum itself (a query or path that does not parse, a body over the

@@ -213,7 +213,7 @@ impl Session {
     /// `CONFIG GET <pattern>` of the first local node, keeping only `READABLE_NODE_CONFIG`
     /// (never `requirepass`, `masterauth` or anything else that a `*` would reveal).
     fn node_config_get(&mut self, req: &Request) -> Pending {
-        self.fan_out_to(req, Some(0), |mut replies, proto| {
+        self.ask_nodes(req, super::node_scoped::Nodes::First, self.proto, |mut replies, proto| {
             let pairs: Vec<(Frame, Frame)> = match replies.pop() {
                 Some(Ok(Frame::Array(items))) => {
                     let mut it = items.into_iter();

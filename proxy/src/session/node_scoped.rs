@@ -9,7 +9,7 @@
 use super::{err, Pending, Session};
 use crate::command::{Blocking, CommandSpec, KeySpec};
 use crate::resp::{self, Frame, Request};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use std::sync::atomic::Ordering;
 
 /// `SCAN` cursors carry the local node index in their low bits and the node's own cursor in
@@ -38,6 +38,13 @@ pub(super) fn encode_cursor(node: usize, cursor: u64) -> Option<u64> {
 /// The node index and that node's cursor of a client's cursor.
 pub(super) fn decode_cursor(cursor: u64) -> (usize, u64) {
     ((cursor & ((1 << NODE_BITS) - 1)) as usize, cursor >> NODE_BITS)
+}
+
+/// Which local master nodes a node-scoped command is asked of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Nodes {
+    All,
+    First,
 }
 
 /// Replies of every local master node (in node order), each `Err` with its error text.
@@ -90,17 +97,37 @@ impl Session {
     where
         F: FnOnce(NodeReplies, u8) -> Bytes + Send + 'static,
     {
+        self.ask_nodes(req, Nodes::All, self.proto, merge)
+    }
+
+    /// `req` as the first local master node answers it.
+    pub(super) fn on_first_node(&mut self, req: &Request) -> Pending {
+        self.ask_nodes(req, Nodes::First, self.proto, |mut r, proto| match r.pop() {
+            Some(Ok(f)) => f.to_bytes(proto),
+            Some(Err(e)) => resp::error(&e),
+            None => resp::error("ERR_CLUSTER_NOT_FOUND"),
+        })
+    }
+
+    /// Sends `req` to `nodes` over their `proto` connections (all at once, after the client's
+    /// earlier replies) and merges the replies, in node order, with `merge`.
+    pub(super) fn ask_nodes<F>(&mut self, req: &Request, nodes: Nodes, proto: u8, merge: F) -> Pending
+    where
+        F: FnOnce(NodeReplies, u8) -> Bytes + Send + 'static,
+    {
         if !self.authenticated {
             return err("NOAUTH Authentication required.");
         }
         let installed = self.state.installed.load();
-        let pools: Vec<_> = (0..installed.table.nodes.len())
-            .filter_map(|i| installed.pool(i, self.proto, &self.state.registry))
-            .collect();
+        let count = match nodes {
+            Nodes::All => installed.table.nodes.len(),
+            Nodes::First => installed.table.nodes.len().min(1),
+        };
+        let pools: Vec<_> = (0..count).filter_map(|i| installed.pool(i, proto, &self.state.registry)).collect();
         if pools.is_empty() {
             return err("ERR_CLUSTER_NOT_FOUND");
         }
-        let (raw, pin, proto) = (req.raw.clone(), self.id as usize, self.proto);
+        let (raw, pin, client_proto) = (req.raw.clone(), self.id as usize, self.proto);
         self.after_earlier_replies(async move {
             let mut receivers = Vec::with_capacity(pools.len());
             for pool in &pools {
@@ -115,35 +142,7 @@ impl Session {
                 };
                 replies.push(parse_reply(reply));
             }
-            merge(replies, proto)
-        })
-    }
-
-    /// `req` as the first local master node answers it.
-    pub(super) fn on_first_node(&mut self, req: &Request) -> Pending {
-        self.fan_out_to(req, Some(0), |mut r, proto| match r.pop() {
-            Some(Ok(f)) => f.to_bytes(proto),
-            Some(Err(e)) => resp::error(&e),
-            None => resp::error("ERR_CLUSTER_NOT_FOUND"),
-        })
-    }
-
-    pub(super) fn fan_out_to<F>(&mut self, req: &Request, only: Option<usize>, merge: F) -> Pending
-    where
-        F: FnOnce(NodeReplies, u8) -> Bytes + Send + 'static,
-    {
-        if !self.authenticated {
-            return err("NOAUTH Authentication required.");
-        }
-        let pool = {
-            let installed = self.state.installed.load();
-            only.and_then(|i| installed.pool(i, self.proto, &self.state.registry))
-        };
-        let Some(pool) = pool else { return err("ERR_CLUSTER_NOT_FOUND") };
-        let (req, proto) = (req.clone(), self.proto);
-        self.after_earlier_replies(async move {
-            let reply = pool.call(&req).await.map_err(|e| e.to_string());
-            merge(vec![parse_reply(reply)], proto)
+            merge(replies, client_proto)
         })
     }
 
@@ -200,31 +199,23 @@ impl Session {
     /// section (version, cluster, epoch) first.
     pub(super) fn info_command(&mut self, req: &Request) -> Pending {
         let own = self.info();
-        let installed = self.state.installed.load();
-        let pools: Vec<_> =
-            (0..installed.table.nodes.len()).filter_map(|i| installed.pool(i, 2, &self.state.registry)).collect();
-        drop(installed);
+        if !self.authenticated || !self.state.installed.load().table.has_cluster() {
+            return Pending::Ready(resp::bulk(own.as_bytes()));
+        }
         let (connected, connections, commands) = (
             self.state.connected_clients.load(Ordering::Relaxed),
             self.state.total_connections.load(Ordering::Relaxed),
             self.state.total_commands.load(Ordering::Relaxed),
         );
-        if pools.is_empty() || !self.authenticated {
-            return Pending::Ready(resp::bulk(own.as_bytes()));
-        }
-        // Always from RESP2 pools: INFO is a bulk string in both protocols.
-        let raw = req.raw.clone();
-        let pin = self.id as usize;
-        self.after_earlier_replies(async move {
-            let mut texts = Vec::new();
-            for pool in &pools {
-                let rx = pool.send(raw.clone(), pin).await;
-                if let Ok(Ok(b)) = rx.await {
-                    if let Ok(Frame::Bulk(t)) = parse_reply(Ok(b)) {
-                        texts.push(String::from_utf8_lossy(&t).into_owned());
-                    }
-                }
-            }
+        // From RESP2 connections: INFO is a bulk string in both protocols.
+        self.ask_nodes(req, Nodes::All, 2, move |replies, _| {
+            let texts: Vec<String> = replies
+                .into_iter()
+                .filter_map(|r| match r {
+                    Ok(Frame::Bulk(t)) => Some(String::from_utf8_lossy(&t).into_owned()),
+                    _ => None,
+                })
+                .collect();
             resp::bulk(merge_info(&own, &texts, connected, connections, commands).as_bytes())
         })
     }
@@ -236,7 +227,7 @@ impl Session {
 fn merge_info(own: &str, nodes: &[String], connected: usize, connections: u64, commands: u64) -> String {
     let Some(first) = nodes.first() else { return own.to_owned() };
     let mut out = String::with_capacity(own.len() + first.len());
-    out.push_str(own);
+    out.push_str(&own_fields_not_in(own, first));
     out.push_str("\r\n");
     let mut in_keyspace = false;
     for line in first.lines() {
@@ -272,6 +263,35 @@ fn merge_info(own: &str, nodes: &[String], connected: usize, connections: u64, c
         };
         if let Some(v) = replaced {
             out.push_str(&format!("{key}:{v}\r\n"));
+        }
+    }
+    out
+}
+
+/// The proxy's own `INFO` lines whose field the node's text does not have (the node's real
+/// `redis_version`, counters the proxy replaces …, are said once, in the node's sections), and
+/// the section headers still holding a field.
+fn own_fields_not_in(own: &str, node: &str) -> String {
+    let field = |line: &str| line.split_once(':').map(|(k, _)| k.to_owned());
+    let node_fields: std::collections::HashSet<String> = node.lines().filter_map(field).collect();
+    let mut out = String::new();
+    let mut header: Option<&str> = None;
+    for line in own.lines().map(|l| l.trim_end_matches('\r')) {
+        if line.starts_with('#') {
+            header = Some(line);
+            continue;
+        }
+        match field(line) {
+            Some(f) if !node_fields.contains(&f) => {
+                if let Some(h) = header.take() {
+                    out.push_str("\r\n");
+                    out.push_str(h);
+                    out.push_str("\r\n");
+                }
+                out.push_str(line);
+                out.push_str("\r\n");
+            }
+            _ => {}
         }
     }
     out
@@ -360,10 +380,7 @@ fn all_exist(replies: NodeReplies, proto: u8) -> Bytes {
             Some(prev) => prev.iter().zip(flags).map(|(a, b)| a & b).collect(),
         });
     }
-    let mut out = BytesMut::new();
-    let flags = result.unwrap_or_default();
-    Frame::Array(flags.into_iter().map(Frame::Integer).collect()).encode(proto, &mut out);
-    out.freeze()
+    Frame::Array(result.unwrap_or_default().into_iter().map(Frame::Integer).collect()).to_bytes(proto)
 }
 
 #[cfg(test)]
@@ -384,9 +401,13 @@ mod tests {
     fn info_keeps_node_sections_and_adds_up_the_keyspace() {
         let a = "# Server\r\nredis_version:7.0.15\r\ntcp_port:7001\r\n# Clients\r\nconnected_clients:40\r\n# Keyspace\r\ndb0:keys=3,expires=1,avg_ttl=10\r\n".to_owned();
         let b = "# Keyspace\r\ndb0:keys=4,expires=0,avg_ttl=0\r\n".to_owned();
-        let merged = merge_info("version:x\r\n", &[a, b], 2, 9, 100);
+        let own = "version:x\r\n\r\n# Server\r\nredis_version:7.0.0\r\nmoonraft_version:x\r\n\r\n# Clients\r\nconnected_clients:2\r\n";
+        let merged = merge_info(own, &[a, b], 2, 9, 100);
         assert!(merged.starts_with("version:x"));
         assert!(merged.contains("redis_version:7.0.15\r\n"));
+        assert!(merged.contains("moonraft_version:x\r\n"));
+        assert_eq!(merged.matches("redis_version:").count(), 1, "{merged}");
+        assert_eq!(merged.matches("connected_clients:").count(), 1, "{merged}");
         assert!(merged.contains("connected_clients:2\r\n"));
         assert!(!merged.contains("tcp_port"));
         assert!(merged.contains("db0:keys=7,expires=1,avg_ttl=0\r\n"), "{merged}");

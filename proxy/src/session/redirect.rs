@@ -136,9 +136,6 @@ impl Session {
 
     /// Forwards `req` to the proxy at `addr` (this proxy does not serve its slot).
     pub(super) async fn forward(&mut self, addr: &str, req: Request) -> Pending {
-        if self.multi.is_some() || self.watching.is_some() {
-            return err("ERR transactions must be sent to the proxy serving their slot");
-        }
         let state = self.state.clone();
         let proto = self.proto;
         let pin = self.id as usize;
