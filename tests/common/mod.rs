@@ -169,7 +169,13 @@ impl Proxy {
             }),
             None => wait_ping(port, &mut proc),
         };
-        up.then_some(Proxy { port, proc, log, _dir: dir })
+        // Something else on the port (another test's process that took it between
+        // free_port() and this bind) also answers PING: only our own proxy's log says it bound.
+        let ours = up
+            && eventually(Duration::from_secs(5), || {
+                proc.is_running() && std::fs::read_to_string(&log).is_ok_and(|l| l.contains("proxy listening"))
+            });
+        ours.then_some(Proxy { port, proc, log, _dir: dir })
     }
 
     pub fn start(extra: &[&str]) -> Proxy {
