@@ -265,3 +265,132 @@ fn a_parked_blpop_does_not_hold_up_an_expand() {
     let popped = client.cmd(&["BLPOP", &key, "1"], Duration::from_secs(20));
     assert_eq!(popped, Ok(Frame::Array(vec![Frame::Bulk(key.clone().into()), Frame::Bulk("x".into())])));
 }
+
+fn push(items: &[&str], count: i64) -> Vec<Frame> {
+    let mut v: Vec<Frame> = items.iter().map(|s| bulk(s)).collect();
+    v.push(Frame::Integer(count));
+    v
+}
+
+fn message(kind: &str, channel: &str, payload: &str) -> Frame {
+    Frame::Array(vec![bulk(kind), bulk(channel), bulk(payload)])
+}
+
+/// The proxy serving `key`'s slot (the one that answers a command for it instead of MOVED).
+fn owner_port(s: &Stack, key: &str) -> Option<u16> {
+    s.hosts.iter().find(|h| matches!(h.proxy.conn().cmd(&["LLEN", key]), Frame::Integer(_))).map(|h| h.proxy.port)
+}
+
+/// Pub/sub as in Redis Cluster, with raw RESP2 and RESP3 connections: a message published
+/// through one proxy reaches subscribers on every proxy exactly once; RESP2 subscribed mode
+/// allows only subscription commands and PING; RESP3 clients get push frames and may run
+/// other commands; a shard channel's subscriber is told (`sunsubscribe`) when an expand moves
+/// its slot, and subscribes again where the slot went.
+#[test]
+fn pubsub_across_proxies_and_shard_channels_follow_a_migration() {
+    use moonraft_proxy::slot::key_slot;
+    let s = Stack::start(4, 1, &[]);
+    assert_eq!(s.brokers.call("POST", "/clusters/meta/c", Some(r#"{"node_number": 4}"#)).status, 200);
+    // A shard channel in 4096-8191, a range the expand from 4 to 8 nodes moves.
+    let channel = (0..).map(|i| format!("sch{i}")).find(|k| (4096..8192).contains(&key_slot(k.as_bytes()))).unwrap();
+    assert!(eventually(Duration::from_secs(20), || owner_port(&s, &channel).is_some()), "{}", s.logs());
+    let members: Vec<u16> = s
+        .hosts
+        .iter()
+        .filter(|h| matches!(h.proxy.conn().cmd(&["CLUSTER", "INFO"]), Frame::Bulk(b) if String::from_utf8_lossy(&b).contains("cluster_state:ok")))
+        .map(|h| h.proxy.port)
+        .collect();
+    assert_eq!(members.len(), 2, "two proxies serve the 4 nodes");
+
+    // Classic channels: a RESP2 subscriber on each member proxy, a RESP3 one on the first.
+    let mut subscribers: Vec<Conn> = members.iter().map(|p| Conn::connect(*p)).collect();
+    for c in subscribers.iter_mut() {
+        c.set_timeout(Duration::from_secs(10));
+        c.send(&["SUBSCRIBE", "news", "alerts"]);
+        assert_eq!(c.read(), Frame::Array(push(&["subscribe", "news"], 1)));
+        assert_eq!(c.read(), Frame::Array(push(&["subscribe", "alerts"], 2)));
+        assert_eq!(c.cmd(&["PSUBSCRIBE", "ne*"]), Frame::Array(push(&["psubscribe", "ne*"], 3)));
+        // RESP2 subscribed mode: only subscription commands and PING (a message-shaped pong).
+        assert!(error_text(&c.cmd(&["GET", "x"])).contains("only (P|S)SUBSCRIBE"));
+        assert_eq!(c.cmd(&["PING"]), Frame::Array(vec![bulk("pong"), bulk("")]));
+    }
+    let mut resp3 = Conn::connect(members[0]);
+    resp3.set_timeout(Duration::from_secs(10));
+    assert!(matches!(resp3.cmd(&["HELLO", "3"]), Frame::Map(_)));
+    assert_eq!(resp3.cmd(&["SUBSCRIBE", "news"]), Frame::Push(push(&["subscribe", "news"], 1)));
+    assert_eq!(resp3.cmd(&["SET", "k", "v"]), simple("OK"), "RESP3 clients may run commands while subscribed");
+    // Published through the second proxy: every subscriber gets it once (and the pattern
+    // subscription once more, as a pmessage).
+    let mut publisher = Conn::connect(members[1]);
+    assert_eq!(
+        publisher.cmd(&["PUBLISH", "news", "hello"]),
+        Frame::Integer(5),
+        "3 subscribers + 2 pattern subscribers"
+    );
+    for c in subscribers.iter_mut() {
+        assert_eq!(c.read(), message("message", "news", "hello"));
+        assert_eq!(c.read(), Frame::Array(vec![bulk("pmessage"), bulk("ne*"), bulk("news"), bulk("hello")]));
+    }
+    assert_eq!(resp3.read(), Frame::Push(vec![bulk("message"), bulk("news"), bulk("hello")]));
+    // PUBSUB answers for the proxy's own nodes, as a Redis Cluster node does for itself.
+    let mut plain = Conn::connect(members[0]);
+    assert_eq!(
+        plain.cmd(&["PUBSUB", "NUMSUB", "news", "none"]),
+        Frame::Array(vec![bulk("news"), Frame::Integer(2), bulk("none"), Frame::Integer(0)])
+    );
+    assert_eq!(plain.cmd(&["PUBSUB", "NUMPAT"]), Frame::Integer(1));
+    assert_eq!(plain.cmd(&["PUBSUB", "CHANNELS", "a*"]), Frame::Array(vec![bulk("alerts")]));
+    // Unsubscribing from everything leaves subscribed mode.
+    let c = &mut subscribers[1];
+    assert_eq!(c.cmd(&["PUNSUBSCRIBE"]), Frame::Array(push(&["punsubscribe", "ne*"], 2)));
+    c.send(&["UNSUBSCRIBE"]);
+    let mut gone = vec![c.read(), c.read()];
+    gone.sort_by_key(|f| format!("{f:?}"));
+    assert_eq!(
+        gone,
+        [Frame::Array(push(&["unsubscribe", "alerts"], 1)), Frame::Array(push(&["unsubscribe", "news"], 0))]
+    );
+    assert_eq!(c.cmd(&["GET", "x"]), Frame::Null);
+    assert_eq!(publisher.cmd(&["PUBLISH", "alerts", "a1"]), Frame::Integer(1));
+    assert_eq!(subscribers[0].read(), message("message", "alerts", "a1"));
+
+    // A shard channel: subscribed where its slot is, published by slot.
+    let owner = owner_port(&s, &channel).unwrap();
+    let mut sharded = Conn::connect(owner);
+    sharded.set_timeout(Duration::from_secs(120));
+    assert_eq!(sharded.cmd(&["SSUBSCRIBE", &channel]), Frame::Array(push(&["ssubscribe", &channel], 1)));
+    let other = members.iter().copied().find(|p| *p != owner).unwrap();
+    assert!(error_text(&Conn::connect(other).cmd(&["SSUBSCRIBE", &channel])).starts_with("MOVED"));
+    let client = ClusterClient { entry: members.clone(), password: None };
+    assert_eq!(client.cmd(&["SPUBLISH", &channel, "s1"], Duration::from_secs(10)), Ok(Frame::Integer(1)));
+    assert_eq!(sharded.read(), message("smessage", &channel, "s1"));
+
+    // The expand moves the slot: the subscriber is told, and subscribes again at the new owner.
+    assert_eq!(s.brokers.call("POST", "/clusters/migrations/auto/c/8", None).status, 200);
+    assert_eq!(sharded.read(), Frame::Array(push(&["sunsubscribe", &channel], 0)));
+    let done = eventually(Duration::from_secs(60), || {
+        let info = s.brokers.call("GET", "/clusters/info/c", None).json();
+        info["is_migrating"] == false && info["node_number_with_slots"] == 8
+    });
+    assert!(done, "the expand did not finish:\n{}", s.logs());
+    let moved = sharded.cmd(&["SSUBSCRIBE", &channel]);
+    assert!(error_text(&moved).starts_with("MOVED"), "{moved:?}");
+    let new_owner =
+        error_text(&moved).split(' ').nth(2).and_then(|a| a.rsplit(':').next()?.parse::<u16>().ok()).unwrap();
+    let mut resubscribed = Conn::connect(new_owner);
+    resubscribed.set_timeout(Duration::from_secs(10));
+    assert_eq!(resubscribed.cmd(&["SSUBSCRIBE", &channel]), Frame::Array(push(&["ssubscribe", &channel], 1)));
+    let client = ClusterClient { entry: s.hosts.iter().map(|h| h.proxy.port).collect(), password: None };
+    assert_eq!(client.cmd(&["SPUBLISH", &channel, "s2"], Duration::from_secs(20)), Ok(Frame::Integer(1)));
+    assert_eq!(resubscribed.read(), message("smessage", &channel, "s2"));
+
+    // Classic subscribers are not affected by the migration; publishing through a proxy that
+    // joined with the expand reaches them too, once each.
+    let joined = s.hosts.iter().map(|h| h.proxy.port).find(|p| !members.contains(p)).unwrap();
+    assert_eq!(Conn::connect(joined).cmd(&["PUBLISH", "news", "after"]), Frame::Integer(3));
+    assert_eq!(subscribers[0].read(), message("message", "news", "after"));
+    assert_eq!(subscribers[0].read(), Frame::Array(vec![bulk("pmessage"), bulk("ne*"), bulk("news"), bulk("after")]));
+    assert_eq!(resp3.read(), Frame::Push(vec![bulk("message"), bulk("news"), bulk("after")]));
+    subscribers[0].set_timeout(Duration::from_millis(300));
+    assert!(subscribers[0].try_read().is_err(), "a message was delivered twice");
+}

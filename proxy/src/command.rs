@@ -209,6 +209,8 @@ pub static DATA_COMMANDS: &[CommandSpec] = commands! {
     // scripting: keys are declared, so the slot is known
     "eval" -3 numkeys(2); "evalsha" -3 numkeys(2); "eval_ro" -3 numkeys(2); "evalsha_ro" -3 numkeys(2);
     "fcall" -3 numkeys(2); "fcall_ro" -3 numkeys(2);
+    // sharded pub/sub: the channel is routed like a key
+    "spublish" 3 key1();
 };
 
 /// Commands the proxy answers itself (listed by `COMMAND` along with the data commands).
@@ -244,6 +246,15 @@ pub const LOCAL_COMMANDS: &[&str] = &[
     "time",
     "lastsave",
     "memory",
+    "subscribe",
+    "psubscribe",
+    "ssubscribe",
+    "unsubscribe",
+    "punsubscribe",
+    "sunsubscribe",
+    "publish",
+    "pubsub",
+    "reset",
 ];
 
 fn table() -> &'static HashMap<&'static [u8], &'static CommandSpec> {

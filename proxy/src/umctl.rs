@@ -347,16 +347,25 @@ fn switch(state: &ProxyState, args: &[Bytes], to: TaskState) -> Bytes {
 /// Most nodes one `UMCTL HEALTH` may name.
 const HEALTH_MAX_NODES: usize = 64;
 
-/// `UMCTL HEALTH <lease_ms> <epoch> [node…]` (moonraft): pings each named Redis node through
-/// the proxy and, when they all answer and this proxy has at least metadata `epoch`, renews
-/// the coordinator lease (`lease.rs`) for `lease_ms` (0: no lease). Replies `+OK`,
-/// `-ERR_NODE_DOWN <node> <reason>` or `-STALE_EPOCH <epoch it has>` (no renewal for either).
+/// `UMCTL HEALTH <lease_ms> <epoch> [STAMP <stamp>] [node…]` (moonraft): pings each named Redis
+/// node through the proxy and, when they all answer and this proxy has at least metadata
+/// `epoch`, replies with a new stamp (an integer) and renews the coordinator lease
+/// (`lease.rs`) to `lease_ms` after the `STAMP` handed back, if any (`lease_ms` 0: no lease).
+/// Otherwise `-ERR_NODE_DOWN <node> <reason>` or `-STALE_EPOCH <epoch it has>`, no renewal.
 pub async fn health(state: std::sync::Arc<ProxyState>, args: Vec<Bytes>) -> Bytes {
+    const USAGE: &str = "ERR usage: UMCTL HEALTH <lease_ms> <epoch> [STAMP <stamp>] [node ...]";
     let num = |i: usize| args.get(i).and_then(|a| parse_u64(a));
     let (Some(lease_ms), Some(epoch)) = (num(0), num(1)) else {
-        return resp::error("ERR usage: UMCTL HEALTH <lease_ms> <epoch> [node ...]");
+        return resp::error(USAGE);
     };
-    let nodes: Vec<String> = args[2..].iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let (stamp, first_node) = match args.get(2) {
+        Some(a) if a.eq_ignore_ascii_case(b"stamp") => match args.get(3).and_then(|s| resp::parse_int(s)) {
+            Some(s) => (Some(s), 4),
+            None => return resp::error(USAGE),
+        },
+        _ => (None, 2),
+    };
+    let nodes: Vec<String> = args.iter().skip(first_node).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
     if nodes.len() > HEALTH_MAX_NODES {
         return resp::error(&format!("ERR at most {HEALTH_MAX_NODES} nodes"));
     }
@@ -397,10 +406,10 @@ pub async fn health(state: std::sync::Arc<ProxyState>, args: Vec<Bytes>) -> Byte
     if mine < epoch {
         return resp::error(&format!("STALE_EPOCH {mine}"));
     }
-    if lease_ms > 0 && state.config.coordinator_lease {
-        state.lease.renew(std::time::Duration::from_millis(lease_ms));
+    if let Some(stamp) = stamp.filter(|_| lease_ms > 0 && state.config.coordinator_lease) {
+        state.lease.renew_from(stamp, std::time::Duration::from_millis(lease_ms));
     }
-    Bytes::from_static(resp::OK)
+    resp::integer(state.lease.stamp())
 }
 
 /// `UMCTL RESETNODES` (moonraft): empties this proxy's Redis nodes (`FLUSHALL`) — what a

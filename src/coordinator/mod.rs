@@ -323,8 +323,17 @@ async fn sync_task(co: Arc<Coordinator>, agent: Arc<AgentState>, mut rx: watch::
     }
 }
 
-/// One `UMCTL HEALTH` round trip, classified (`detect::Probe`).
-async fn probe_once(agent: &AgentState, conn: &mut Option<ProxyConn>, args: &[String], t: &Timing) -> Probe {
+/// One `UMCTL HEALTH` round trip, classified (`detect::Probe`). A healthy answer's stamp is
+/// kept in `stamp` for the next probe, which hands it back to renew the lease (`lease.rs` in
+/// the proxy crate says why the lease counts from the stamp).
+async fn probe_once(
+    agent: &AgentState,
+    conn: &mut Option<ProxyConn>,
+    args: &[String],
+    t: &Timing,
+    stamp: &mut Option<i64>,
+) -> Probe {
+    *stamp = None;
     if conn.is_none() {
         match ProxyConn::connect_via(&agent.address, &agent.resolved, t.probe_timeout, &t.proxy_login).await {
             Ok(c) => *conn = Some(c),
@@ -344,7 +353,12 @@ async fn probe_once(agent: &AgentState, conn: &mut Option<ProxyConn>, args: &[St
             }
             // Any other answer (even an error from a proxy without HEALTH) means the proxy
             // process is alive.
-            _ => Probe::Healthy,
+            _ => {
+                if let moonraft_proxy::resp::Frame::Integer(s) = reply {
+                    *stamp = Some(s);
+                }
+                Probe::Healthy
+            }
         },
         Err(e) => {
             *conn = None;
@@ -360,6 +374,7 @@ async fn probe_task(co: Arc<Coordinator>, agent: Arc<AgentState>) {
     let mut detector = Detector::default();
     let started = tokio::time::Instant::now();
     let mut last_hold_log: Option<tokio::time::Instant> = None;
+    let mut stamp: Option<i64> = None;
     loop {
         let t = co.timing();
         let failed = agent.failed.load(Ordering::Relaxed);
@@ -371,8 +386,11 @@ async fn probe_task(co: Arc<Coordinator>, agent: Arc<AgentState>) {
             lease_ms.to_string(),
             agent.expected_epoch.load(Ordering::Relaxed).to_string(),
         ];
+        if let Some(s) = stamp.filter(|_| lease_ms > 0) {
+            args.extend(["STAMP".to_owned(), s.to_string()]);
+        }
         args.extend(agent.nodes.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned());
-        let probe = probe_once(&agent, &mut conn, &args, &t).await;
+        let probe = probe_once(&agent, &mut conn, &args, &t, &mut stamp).await;
         match &probe {
             Probe::Healthy => agent.reach.store(REACH_YES, Ordering::Relaxed),
             Probe::Down(_) => agent.reach.store(REACH_NO, Ordering::Relaxed),

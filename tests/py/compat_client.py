@@ -1,7 +1,8 @@
 """What applications do through a Redis Cluster, done through moonraft with redis-py's
 RedisCluster: transactions (committed, aborted, WATCH-failed), node-scoped commands merged by
 the client (scan_iter, DBSIZE, KEYS, FLUSHALL), scripts (SCRIPT LOAD then EVALSHA on every node,
-redis-py's Script), INFO, TIME, RANDOMKEY, MEMORY USAGE.
+redis-py's Script), INFO, TIME, RANDOMKEY, MEMORY USAGE, pub/sub (a message published through one
+proxy reaches subscribers on every proxy once; sharded channels through the cluster client).
 
 usage: compat_client.py HOST:PORT {2|3} EXPECTED_PROXIES
 Exits non-zero (with a message) on any mismatch.
@@ -113,10 +114,73 @@ def main():
     script = rc.register_script("return redis.call('INCR', KEYS[1])")
     check(script(keys=["{s}n"]) == 1 and script(keys=["{s}n"]) == 2, "Script object")
 
+    check_pubsub(rc, primaries, proto)
+
     # FLUSHALL through the cluster client empties every node.
     rc.flushall()
     check(rc.dbsize(target_nodes=every) == 0, f"DBSIZE after FLUSHALL: {rc.dbsize(target_nodes=every)}")
     print(f"redis-py {redis.__version__} protocol={proto}: {len(primaries)} proxies, compatibility OK")
+
+
+def next_message(ps, kind, timeout=10.0, sharded=False):
+    """The next message of `kind` on `ps` (subscription confirmations are skipped)."""
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sharded:
+            m = ps.get_sharded_message(timeout=0.5)
+        else:
+            m = ps.get_message(timeout=0.5)
+        if m is not None and m["type"] == kind:
+            return m
+    sys.exit(f"FAILED: no {kind} within {timeout} s")
+
+
+def check_pubsub(rc, primaries, proto):
+    channel = f"news:{proto}"
+    subscribers = []
+    clients = []  # (a client that is garbage collected closes its pub/sub connections)
+    for node in primaries:
+        clients.append(redis.Redis(host=node.host, port=node.port, protocol=proto, socket_timeout=10))
+        ps = clients[-1].pubsub()
+        ps.subscribe(channel)
+        ps.psubscribe(f"news:{proto}*")
+        next_message(ps, "subscribe")
+        next_message(ps, "psubscribe")
+        subscribers.append(ps)
+    # Through one proxy, then through the cluster client: every subscriber gets each once.
+    first = primaries[0]
+    publisher = redis.Redis(host=first.host, port=first.port, protocol=proto)
+    receivers = publisher.publish(channel, "one")
+    check(receivers == 2 * len(primaries), f"PUBLISH reached {receivers}, expected {2 * len(primaries)}")
+    rc.publish(channel, "two")
+    for ps in subscribers:
+        for payload in (b"one", b"two"):
+            m = next_message(ps, "message")
+            check(m["channel"] == channel.encode() and m["data"] == payload, f"message {m!r}")
+            m = next_message(ps, "pmessage")
+            check(m["data"] == payload, f"pmessage {m!r}")
+        extra = ps.get_message(timeout=0.3)
+        check(extra is None, f"a message came twice: {extra!r}")
+    # Each proxy counts the subscribers on its own nodes, like a Redis Cluster node.
+    for node in primaries:
+        numsub = redis.Redis(host=node.host, port=node.port, protocol=proto).pubsub_numsub(channel)
+        check(numsub == [(channel.encode(), 1)], f"PUBSUB NUMSUB on {node.port}: {numsub!r}")
+    for ps in subscribers:
+        ps.close()
+    # Sharded pub/sub through the cluster client, on channels of several slots.
+    sharded = rc.pubsub()
+    names = [f"shard:{proto}:{i}" for i in range(8)]
+    for name in names:
+        sharded.ssubscribe(name)
+    for name in names:
+        check(rc.spublish(name, f"to {name}") == 1, f"SPUBLISH {name} reached no subscriber")
+    got = {}
+    while len(got) < len(names):
+        m = next_message(sharded, "smessage", sharded=True)
+        got[m["channel"].decode()] = m["data"].decode()
+    check(got == {n: f"to {n}" for n in names}, f"sharded messages {got!r}")
+    sharded.close()
 
 
 if __name__ == "__main__":

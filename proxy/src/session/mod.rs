@@ -9,6 +9,7 @@
 
 mod admin;
 mod node_scoped;
+mod pubsub;
 mod redirect;
 mod transaction;
 
@@ -51,6 +52,17 @@ enum Pending {
     /// Write this reply, then close the connection.
     Close(Bytes),
 }
+
+/// Written to the client between two replies, whenever it comes: pub/sub messages and
+/// confirmations (`pubsub.rs`).
+enum PushItem {
+    Message(Bytes),
+    /// Write this error, then close the connection (its subscriptions are gone).
+    Close(Bytes),
+}
+
+/// Pushes waiting for a slow client, per client; the hub (and the node behind it) waits beyond.
+const MAX_PENDING_PUSHES: usize = 256;
 
 /// One command for a migrating range on its way to the source node (`migrate.rs` waits for
 /// these to drain before switching).
@@ -219,6 +231,8 @@ struct Session {
     multi: Option<transaction::Multi>,
     /// The slot and node of the keys this client `WATCH`es (on its dedicated connection).
     watching: Option<transaction::Target>,
+    subs: pubsub::Subscriptions,
+    pushes: mpsc::Sender<PushItem>,
 }
 
 struct ClientGuard(Arc<ProxyState>);
@@ -252,7 +266,8 @@ where
     let id = state.next_session_id.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel(MAX_PENDING_REPLIES);
     let (closing_tx, closing_rx) = watch::channel(false);
-    let writer = tokio::spawn(write_loop(wr, rx, closing_rx, state.clone()));
+    let (pushes, pushes_rx) = mpsc::channel(MAX_PENDING_PUSHES);
+    let writer = tokio::spawn(write_loop(wr, rx, pushes_rx, closing_rx, state.clone()));
     let mut session = Session {
         authenticated: state.config.password.is_none(),
         admin: state.config.admin_password.is_none(),
@@ -265,6 +280,8 @@ where
         blocked: None,
         multi: None,
         watching: None,
+        subs: pubsub::Subscriptions::default(),
+        pushes,
     };
     session.read_loop(rd, tx).await;
     let _ = closing_tx.send(true);
@@ -308,7 +325,8 @@ impl Session {
                 None => rd.read_buf(&mut buf).await,
                 Some(t) => match tokio::time::timeout(t, rd.read_buf(&mut buf)).await {
                     Ok(r) => r,
-                    Err(_) if tx.capacity() == MAX_PENDING_REPLIES => return,
+                    // Like Redis's `timeout`: a subscriber waiting for messages is not idle.
+                    Err(_) if tx.capacity() == MAX_PENDING_REPLIES && !self.subs.active() => return,
                     Err(_) => continue,
                 },
             };
@@ -322,6 +340,12 @@ impl Session {
     async fn handle(&mut self, req: Request) -> Pending {
         self.state.total_commands.fetch_add(1, Ordering::Relaxed);
         let asking = std::mem::take(&mut self.asking);
+        if self.proto == 2 && self.subs.active() && !pubsub::allowed_when_subscribed(req.name()) {
+            return err(&format!(
+                "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+                String::from_utf8_lossy(req.name()).to_ascii_lowercase().chars().take(64).collect::<String>()
+            ));
+        }
         if self.queues(&req) {
             return self.queue(req);
         }
@@ -338,7 +362,15 @@ impl Session {
             return reply;
         }
         let args = &req.args;
+        if let Some(kind) = pubsub::Kind::from_name(&name) {
+            return self.subscription(kind, &req, asking);
+        }
         match name.as_str() {
+            // RESP2 subscribed mode answers PING as a message-shaped array.
+            "ping" if self.proto == 2 && self.subs.active() && args.len() <= 2 => Pending::Ready(
+                Frame::Array(vec![Frame::bulk_str("pong"), Frame::Bulk(args.get(1).cloned().unwrap_or_default())])
+                    .to_bytes(2),
+            ),
             "ping" => match args.len() {
                 1 => Pending::Ready(resp::simple("PONG")),
                 2 => Pending::Ready(resp::bulk(&args[1])),
@@ -361,6 +393,9 @@ impl Session {
                 ok()
             }
             "readonly" | "readwrite" => ok(),
+            "publish" => self.publish(args),
+            "pubsub" => self.pubsub_introspection(&req),
+            "reset" => self.reset(),
             "multi" | "exec" | "discard" | "unwatch" if args.len() != 1 => {
                 err(&format!("ERR wrong number of arguments for '{name}' command"))
             }
@@ -374,8 +409,9 @@ impl Session {
             "command" => self.command(req),
             "info" => self.info_command(&req),
             "client" => self.client(args),
-            "umctl" | "umread" | "umsync" | "umforward" if !self.admin => no_admin(&name),
+            "umctl" | "umread" | "umsync" | "umforward" | "umpublish" if !self.admin => no_admin(&name),
             "umforward" => self.umforward(req, asking).await,
+            "umpublish" => self.publish_here(args),
             "umread" | "umsync" if !self.authenticated => err("NOAUTH Authentication required."),
             "umctl" if args.get(1).is_some_and(|a| a.eq_ignore_ascii_case(b"health")) => {
                 Pending::Task(Box::pin(umctl::health(self.state.clone(), args[2..].to_vec())))
@@ -667,6 +703,21 @@ impl Session {
         }
     }
 
+    /// `RESET`: the connection as it was when it opened (no transaction, watch or
+    /// subscription, RESP2, no name, the default user).
+    fn reset(&mut self) -> Pending {
+        self.multi = None;
+        self.watching = None;
+        self.dedicated.clear();
+        self.subs = pubsub::Subscriptions::default();
+        self.proto = 2;
+        self.name = None;
+        self.asking = false;
+        self.authenticated = self.state.config.password.is_none();
+        self.admin = self.state.config.admin_password.is_none();
+        Pending::Ready(resp::simple("RESET"))
+    }
+
     fn hello(&mut self, args: &[Bytes]) -> Pending {
         let mut proto = self.proto;
         let mut i = 1;
@@ -795,9 +846,42 @@ async fn flush<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut BytesMut) -> std::io
     Ok(())
 }
 
+/// Awaits `fut` while writing the pushes that come meanwhile (they go between two replies, so
+/// after everything already in `out`). `None`: the connection is to be closed.
+async fn with_pushes<W: AsyncWrite + Unpin, F: Future>(
+    wr: &mut W,
+    out: &mut BytesMut,
+    pushes: &mut mpsc::Receiver<PushItem>,
+    fut: F,
+) -> Option<F::Output> {
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            // Pushes first: a subscription's confirmation is queued before its command's
+            // (empty) reply completes, and must be written before anything after it.
+            biased;
+            push = pushes.recv() => match push {
+                Some(PushItem::Message(b)) => {
+                    out.extend_from_slice(&b);
+                    flush(wr, out).await.ok()?;
+                }
+                Some(PushItem::Close(b)) => {
+                    out.extend_from_slice(&b);
+                    let _ = flush(wr, out).await;
+                    let _ = wr.shutdown().await;
+                    return None;
+                }
+                None => return Some(fut.await),
+            },
+            v = &mut fut => return Some(v),
+        }
+    }
+}
+
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut rx: mpsc::Receiver<Pending>,
+    mut pushes: mpsc::Receiver<PushItem>,
     mut closing: watch::Receiver<bool>,
     state: Arc<ProxyState>,
 ) {
@@ -809,9 +893,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 if flush(&mut wr, &mut out).await.is_err() {
                     return;
                 }
-                match rx.recv().await {
-                    Some(item) => item,
-                    None => break,
+                match with_pushes(&mut wr, &mut out, &mut pushes, rx.recv()).await {
+                    Some(Some(item)) => item,
+                    Some(None) => break,
+                    None => return,
                 }
             }
             Err(mpsc::error::TryRecvError::Disconnected) => break,
@@ -830,7 +915,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                         if flush(&mut wr, &mut out).await.is_err() {
                             return;
                         }
-                        rx.await.ok()
+                        match with_pushes(&mut wr, &mut out, &mut pushes, rx).await {
+                            Some(r) => r.ok(),
+                            None => return,
+                        }
                     }
                     Err(oneshot::error::TryRecvError::Closed) => None,
                 };
@@ -850,7 +938,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     return;
                 }
                 tokio::select! {
-                    b = fut => b,
+                    b = with_pushes(&mut wr, &mut out, &mut pushes, fut) => match b {
+                        Some(b) => b,
+                        None => return,
+                    },
                     _ = closing.wait_for(|c| *c) => return,
                 }
             }
