@@ -278,7 +278,7 @@ fn message(kind: &str, channel: &str, payload: &str) -> Frame {
 
 /// The proxy serving `key`'s slot (the one that answers a command for it instead of MOVED).
 fn owner_port(s: &Stack, key: &str) -> Option<u16> {
-    s.hosts.iter().find(|h| matches!(h.proxy.conn().cmd(&["LLEN", key]), Frame::Integer(_))).map(|h| h.proxy.port)
+    s.hosts.iter().find(|h| matches!(h.proxy.conn().cmd(&["EXISTS", key]), Frame::Integer(_))).map(|h| h.proxy.port)
 }
 
 /// Pub/sub as in Redis Cluster, with raw RESP2 and RESP3 connections: a message published
@@ -393,4 +393,75 @@ fn pubsub_across_proxies_and_shard_channels_follow_a_migration() {
     assert_eq!(resp3.read(), Frame::Push(vec![bulk("message"), bulk("news"), bulk("after")]));
     subscribers[0].set_timeout(Duration::from_millis(300));
     assert!(subscribers[0].try_read().is_err(), "a message was delivered twice");
+}
+
+/// `calls` of one command in a Redis node's `INFO commandstats` (0 if it never ran).
+fn command_calls(addr: &str, command: &str) -> u64 {
+    let text = match Conn::connect(port_of_addr(addr)).cmd(&["INFO", "commandstats"]) {
+        Frame::Bulk(b) => String::from_utf8_lossy(&b).into_owned(),
+        other => panic!("INFO commandstats of {addr}: {other:?}"),
+    };
+    let prefix = format!("cmdstat_{command}:calls=");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Replica reads: every range in `CLUSTER SLOTS` lists the proxy holding its master's replica;
+/// redis-py reading from replicas (READONLY) gets every key, and the replica Redis nodes, not
+/// the masters, served the reads (their `INFO commandstats`). Without READONLY a replica's
+/// proxy still answers MOVED.
+#[test]
+fn readonly_reads_are_served_by_replicas() {
+    let s = four_proxy_cluster();
+    let cluster = s.cluster("c");
+    let (masters, replicas) = (node_addresses(&cluster, "master"), node_addresses(&cluster, "replica"));
+    assert_eq!((masters.len(), replicas.len()), (4, 4));
+    let listed = eventually(Duration::from_secs(10), || {
+        let mut c = s.hosts[0].proxy.conn();
+        c.cmd(&["READONLY"]);
+        match c.cmd(&["CLUSTER", "SLOTS"]) {
+            Frame::Array(ranges) => {
+                let with_replica = ranges.iter().filter(|r| matches!(r, Frame::Array(parts) if parts.len() == 4));
+                with_replica.count() + 4 == ranges.len()
+            }
+            _ => false,
+        }
+    });
+    assert!(listed, "CLUSTER SLOTS should list one replica per range:\n{}", s.logs());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/replica_reads.py");
+    for proto in ["2", "3"] {
+        let out = Command::new("python3")
+            .args([script, &s.hosts[0].proxy.addr(), proto, "300"])
+            .output()
+            .expect("python3 must be installed");
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{stdout}\n{stderr}\n{}", s.logs());
+        assert!(stdout.contains("replica reads OK"), "{stdout}");
+    }
+    let on_replicas: u64 = replicas.iter().map(|r| command_calls(r, "get")).sum();
+    let on_masters: Vec<u64> = masters.iter().map(|m| command_calls(m, "get")).collect();
+    assert!(on_replicas >= 600, "the replicas served {on_replicas} GETs");
+    // (the two checks of a write read through the primary-only client)
+    assert!(on_masters.iter().sum::<u64>() <= 2, "the masters served reads: {on_masters:?}");
+
+    // By hand: READONLY on a replica's proxy serves the read there; without it, MOVED.
+    let key = "replica:2:7";
+    let owner = owner_port(&s, key).unwrap();
+    let reader = s.hosts.iter().map(|h| h.proxy.port).find(|p| {
+        *p != owner && {
+            let mut c = Conn::connect(*p);
+            c.cmd(&["READONLY"]);
+            c.cmd(&["GET", key]) == bulk(key)
+        }
+    });
+    let reader = reader.expect("some other proxy serves the key's replica reads");
+    let mut c = Conn::connect(reader);
+    assert!(error_text(&c.cmd(&["GET", key])).starts_with("MOVED"));
+    assert_eq!(c.cmd(&["READONLY"]), simple("OK"));
+    assert_eq!(c.cmd(&["GET", key]), bulk(key));
+    assert!(error_text(&c.cmd(&["SET", key, "x"])).starts_with("MOVED"), "writes go to the master");
+    assert_eq!(c.cmd(&["READWRITE"]), simple("OK"));
+    assert!(error_text(&c.cmd(&["GET", key])).starts_with("MOVED"));
 }

@@ -39,6 +39,15 @@ pub struct Peer {
     pub slots: Vec<SlotRange>,
 }
 
+/// A replica node and the slots it may serve reads for: its master's slots that are not
+/// being migrated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaRange {
+    pub replica_proxy_address: String,
+    pub replica_node_address: String,
+    pub range_list: Vec<crate::slots::Range>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Proxy {
     pub cluster_name: Option<String>,
@@ -47,6 +56,10 @@ pub struct Proxy {
     pub nodes: Vec<Node>,
     pub peers: Vec<Peer>,
     pub cluster_config: Option<ClusterConfig>,
+    /// Every replica of the cluster and what it may serve reads for (replica reads). Not part
+    /// of the HTTP view, whose shape is undermoon's; coordinators get it over gRPC.
+    #[serde(skip)]
+    pub replicas: Vec<ReplicaRange>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -146,6 +159,7 @@ pub fn proxy(store: &Store, address: &str, migration_limit: usize) -> Option<Pro
             nodes: p.node_addresses.iter().map(free_node).collect(),
             peers: Vec::new(),
             cluster_config: None,
+            replicas: Vec::new(),
         });
     };
     let nodes = cluster_nodes(c);
@@ -157,6 +171,7 @@ pub fn proxy(store: &Store, address: &str, migration_limit: usize) -> Option<Pro
             None => peers.push(Peer { proxy_address: n.proxy_address.clone(), slots: n.slots.clone() }),
         }
     }
+    let replicas = replica_ranges(&nodes);
     Some(Proxy {
         cluster_name: Some(c.name.clone()),
         address: address.to_owned(),
@@ -164,5 +179,32 @@ pub fn proxy(store: &Store, address: &str, migration_limit: usize) -> Option<Pro
         nodes: mine,
         peers,
         cluster_config: Some(c.config.clone()),
+        replicas,
     })
+}
+
+/// For every master's replica: the master's slots outside any migration (a migrating slot's
+/// keys are on the move, and a replica of either side may lack them), which the replica may
+/// serve reads for.
+fn replica_ranges(nodes: &[Node]) -> Vec<ReplicaRange> {
+    let mut out = Vec::new();
+    for master in nodes.iter().filter(|n| n.repl.role == "master") {
+        let stable: Vec<crate::slots::Range> = master
+            .slots
+            .iter()
+            .filter(|s| matches!(s.tag, SlotTag::None))
+            .flat_map(|s| s.range_list.iter().cloned())
+            .collect();
+        if stable.is_empty() {
+            continue;
+        }
+        for replica in &master.repl.peers {
+            out.push(ReplicaRange {
+                replica_proxy_address: replica.proxy_address.clone(),
+                replica_node_address: replica.node_address.clone(),
+                range_list: stable.clone(),
+            });
+        }
+    }
+    out
 }

@@ -121,6 +121,18 @@ struct JsonClusterMeta {
     peer: BTreeMap<String, Vec<JsonRange>>,
     #[serde(default)]
     cluster_config: JsonClusterConfig,
+    /// moonraft's extension (replica reads); absent in undermoon's metadata.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    replica: Vec<ReplicaEntry>,
+}
+
+/// A replica node and the slots it may serve reads for (the `REPLICA` section of SETCLUSTER:
+/// its master's slots outside any migration).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaEntry {
+    pub proxy: String,
+    pub node: String,
+    pub ranges: Vec<SlotRange>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,6 +211,8 @@ pub struct ClusterMeta {
     pub local: Vec<(String, RangeEntry)>,
     pub peers: Vec<(String, RangeEntry)>,
     pub config: ClusterConfig,
+    /// Every replica of the cluster and the slots it may serve reads for.
+    pub replicas: Vec<ReplicaEntry>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -291,16 +305,19 @@ impl SetCluster {
         let mut it = Tokens { args: &args[4..], pos: 0 };
         let local = parse_entries(&mut it)?;
         let mut peers = Vec::new();
+        let mut replicas = Vec::new();
         let mut config = ClusterConfig::default();
         let mut config_invalid = false;
         while let Some(section) = it.next() {
             if section.eq_ignore_ascii_case(b"peer") {
                 peers = parse_entries(&mut it)?;
+            } else if section.eq_ignore_ascii_case(b"replica") {
+                replicas = parse_replicas(&mut it)?;
             } else if section.eq_ignore_ascii_case(b"config") {
                 config = ClusterConfig::default();
                 config_invalid = false;
                 while let Some(field) = it.peek() {
-                    if field.eq_ignore_ascii_case(b"peer") || field.eq_ignore_ascii_case(b"config") {
+                    if is_section(field) {
                         break;
                     }
                     it.pos += 1;
@@ -325,7 +342,7 @@ impl SetCluster {
             config = ClusterConfig::default();
             config_ignored = true;
         }
-        Ok(SetCluster { epoch, flags, meta: ClusterMeta { name, local, peers, config }, config_ignored })
+        Ok(SetCluster { epoch, flags, meta: ClusterMeta { name, local, peers, config, replicas }, config_ignored })
     }
 
     fn parse_compressed(payload: &[u8]) -> Result<(ClusterMeta, bool), ParseErrorKind> {
@@ -391,7 +408,17 @@ impl SetCluster {
             config = ClusterConfig::default();
             ignored = true;
         }
-        Ok((ClusterMeta { name: meta.cluster_name, local, peers, config }, ignored))
+        let mut slots_named = 0u64;
+        for r in &meta.replica {
+            if r.ranges.iter().any(|s| s.start > s.end || s.end as usize >= SLOT_COUNT) {
+                return Err(ParseErrorKind::InvalidArgs);
+            }
+            slots_named += r.ranges.iter().map(|s| (s.end - s.start) as u64 + 1).sum::<u64>();
+            if slots_named > MAX_SLOTS_PER_SECTION {
+                return Err(ParseErrorKind::InvalidArgs);
+            }
+        }
+        Ok((ClusterMeta { name: meta.cluster_name, local, peers, config, replicas: meta.replica }, ignored))
     }
 }
 
@@ -419,6 +446,7 @@ pub fn encode_compressed(meta: &ClusterMeta) -> String {
         cluster_name: meta.name.clone(),
         local: conv(&meta.local),
         peer: conv(&meta.peers),
+        replica: meta.replicas.clone(),
         cluster_config: JsonClusterConfig {
             compression_strategy: Some(strategy.into()),
             migration_config: JsonMigrationConfig {
@@ -461,11 +489,45 @@ impl<'a> Tokens<'a> {
 /// metadata (a migrating and an importing entry). Bounds the work of building the table.
 const MAX_SLOTS_PER_SECTION: u64 = 2 * SLOT_COUNT as u64;
 
+/// The keywords that start a section of SETCLUSTER.
+fn is_section(tok: &[u8]) -> bool {
+    tok.eq_ignore_ascii_case(b"peer") || tok.eq_ignore_ascii_case(b"config") || tok.eq_ignore_ascii_case(b"replica")
+}
+
+/// `REPLICA` section entries: `<replica proxy> <replica node> <n> <range>*`.
+fn parse_replicas(it: &mut Tokens<'_>) -> Result<Vec<ReplicaEntry>, ParseErrorKind> {
+    let mut out = Vec::new();
+    let mut slots_named = 0u64;
+    while let Some(tok) = it.peek() {
+        if is_section(tok) {
+            break;
+        }
+        it.pos += 1;
+        let proxy = utf8(tok)?;
+        let node = utf8(it.need()?)?;
+        let count = parse_u64(it.need()?).ok_or(ParseErrorKind::InvalidArgs)?;
+        if count > SLOT_COUNT as u64 {
+            return Err(ParseErrorKind::InvalidArgs);
+        }
+        let mut ranges = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let r = SlotRange::parse(it.need()?).ok_or(ParseErrorKind::InvalidArgs)?;
+            slots_named += (r.end - r.start) as u64 + 1;
+            if slots_named > MAX_SLOTS_PER_SECTION {
+                return Err(ParseErrorKind::InvalidArgs);
+            }
+            ranges.push(r);
+        }
+        out.push(ReplicaEntry { proxy, node, ranges });
+    }
+    Ok(out)
+}
+
 fn parse_entries(it: &mut Tokens<'_>) -> Result<Vec<(String, RangeEntry)>, ParseErrorKind> {
     let mut out = Vec::new();
     let mut slots_named = 0u64;
     while let Some(tok) = it.peek() {
-        if tok.eq_ignore_ascii_case(b"peer") || tok.eq_ignore_ascii_case(b"config") {
+        if is_section(tok) {
             break;
         }
         it.pos += 1;
@@ -908,50 +970,137 @@ fn visible_ranges(table: &ClusterTable, announce: &str) -> Vec<(SlotRange, Strin
     all
 }
 
-/// `CLUSTER SLOTS` reply (`proxy.md` §7.2).
-pub fn cluster_slots(table: &ClusterTable, announce: &str) -> Result<Frame, String> {
+/// Visible ranges split where the proxies holding a replica of the slots change: (range,
+/// serving proxy, proxies serving replica reads of it), sorted by slot.
+fn ranges_with_replicas(table: &ClusterTable, announce: &str) -> Vec<(SlotRange, String, Vec<String>)> {
+    let visible = visible_ranges(table, announce);
+    if table.meta.replicas.is_empty() {
+        return visible.into_iter().map(|(r, owner)| (r, owner, Vec::new())).collect();
+    }
+    let mut replicas_of: Vec<Vec<&str>> = vec![Vec::new(); SLOT_COUNT];
+    for entry in &table.meta.replicas {
+        for r in &entry.ranges {
+            for slot in r.start..=r.end {
+                let here = &mut replicas_of[slot as usize];
+                if !here.contains(&entry.proxy.as_str()) {
+                    here.push(&entry.proxy);
+                }
+            }
+        }
+    }
+    for list in replicas_of.iter_mut() {
+        list.sort_unstable();
+    }
+    let mut out = Vec::new();
+    for (range, owner) in visible {
+        let mut start = range.start;
+        for slot in range.start..=range.end {
+            let last = slot == range.end;
+            if last || replicas_of[slot as usize + 1] != replicas_of[start as usize] {
+                let replicas =
+                    replicas_of[start as usize].iter().filter(|p| **p != owner).map(|p| (*p).to_owned()).collect();
+                out.push((SlotRange { start, end: slot }, owner.clone(), replicas));
+                start = slot.saturating_add(1);
+            }
+        }
+    }
+    out
+}
+
+/// The ranges as `CLUSTER SLOTS`/`SHARDS` show them: without replicas, or (`with_replicas`)
+/// with the proxies serving replica reads, ordered so that every proxy is first seen as a
+/// master.
+///
+/// Why the order matters: a proxy is a master (of its own slots) and a replica (of its chunk
+/// partner's) at one address, while a Redis Cluster node is one or the other, and clients
+/// such as redis-py give an address the role of its first appearance. Listing each proxy once
+/// as a master first (the first slot of its first range, split off without replicas) keeps
+/// every proxy a primary for them, so commands they send to every primary still reach all.
+fn shown_ranges(table: &ClusterTable, announce: &str, with_replicas: bool) -> Vec<(SlotRange, String, Vec<String>)> {
+    if !with_replicas {
+        return visible_ranges(table, announce).into_iter().map(|(r, owner)| (r, owner, Vec::new())).collect();
+    }
+    let mut first_seen = Vec::new();
+    let mut rest = Vec::new();
+    let mut owners: Vec<String> = Vec::new();
+    for (range, owner, replicas) in ranges_with_replicas(table, announce) {
+        if owners.contains(&owner) || replicas.is_empty() {
+            if !owners.contains(&owner) {
+                owners.push(owner.clone());
+            }
+            rest.push((range, owner, replicas));
+            continue;
+        }
+        owners.push(owner.clone());
+        first_seen.push((SlotRange { start: range.start, end: range.start }, owner.clone(), Vec::new()));
+        if range.start < range.end {
+            rest.push((SlotRange { start: range.start + 1, end: range.end }, owner, replicas));
+        }
+    }
+    first_seen.extend(rest);
+    first_seen
+}
+
+/// `CLUSTER SLOTS` reply (`proxy.md` §7.2): each range with its serving proxy and, for a client
+/// that sent `READONLY` (`with_replicas`: it wants to read from replicas), the proxies that
+/// serve reads of it from a replica node. Other clients see masters only, as in undermoon.
+pub fn cluster_slots(table: &ClusterTable, announce: &str, with_replicas: bool) -> Result<Frame, String> {
     let mut items = Vec::new();
     if table.has_cluster() {
-        for (range, addr) in visible_ranges(table, announce) {
-            let (host, port) = split_address(&addr)?;
-            items.push(Frame::Array(vec![
-                Frame::Integer(range.start as i64),
-                Frame::Integer(range.end as i64),
-                Frame::Array(vec![
+        for (range, owner, replicas) in shown_ranges(table, announce, with_replicas) {
+            let mut item = vec![Frame::Integer(range.start as i64), Frame::Integer(range.end as i64)];
+            for addr in std::iter::once(&owner).chain(&replicas) {
+                let (host, port) = split_address(addr)?;
+                item.push(Frame::Array(vec![
                     Frame::bulk_str(host),
                     Frame::Integer(port),
-                    Frame::bulk_str(&node_id(&table.meta.name, &addr)),
-                ]),
-            ]));
+                    Frame::bulk_str(&node_id(&table.meta.name, addr)),
+                ]));
+            }
+            items.push(Frame::Array(item));
         }
     }
     Ok(Frame::Array(items))
 }
 
-/// `CLUSTER SHARDS` reply in the Redis 7 shape (one shard per proxy, masters only).
-pub fn cluster_shards(table: &ClusterTable, announce: &str) -> Result<Frame, String> {
-    let mut shards = Vec::new();
-    let mut per_proxy: Vec<(String, Vec<SlotRange>)> = vec![(announce.to_owned(), Vec::new())];
+/// `CLUSTER SHARDS` reply in the Redis 7 shape: one shard per serving proxy and set of replica
+/// proxies (listed as for `cluster_slots`), its master first.
+pub fn cluster_shards(table: &ClusterTable, announce: &str, with_replicas: bool) -> Result<Frame, String> {
+    let mut groups: Vec<(String, Vec<String>, Vec<SlotRange>)> = Vec::new();
     if table.has_cluster() {
-        per_proxy[0].1 = table.visible_local_ranges();
-        per_proxy.extend(table.visible_peer_ranges());
+        for (range, owner, replicas) in shown_ranges(table, announce, with_replicas) {
+            match groups.iter_mut().find(|(o, r, _)| *o == owner && *r == replicas) {
+                Some(g) => g.2.push(range),
+                None => groups.push((owner, replicas, vec![range])),
+            }
+        }
     }
-    for (addr, ranges) in per_proxy {
-        let (host, port) = split_address(&addr)?;
-        let slots =
-            ranges.iter().flat_map(|r| [Frame::Integer(r.start as i64), Frame::Integer(r.end as i64)]).collect();
-        let node = Frame::Map(vec![
-            (Frame::bulk_str("id"), Frame::bulk_str(&node_id(&table.meta.name, &addr))),
+    if !groups.iter().any(|(owner, _, _)| owner == announce) {
+        groups.insert(0, (announce.to_owned(), Vec::new(), Vec::new()));
+    }
+    let node = |addr: &str, role: &str| -> Result<Frame, String> {
+        let (host, port) = split_address(addr)?;
+        Ok(Frame::Map(vec![
+            (Frame::bulk_str("id"), Frame::bulk_str(&node_id(&table.meta.name, addr))),
             (Frame::bulk_str("port"), Frame::Integer(port)),
             (Frame::bulk_str("ip"), Frame::bulk_str(host)),
             (Frame::bulk_str("endpoint"), Frame::bulk_str(host)),
-            (Frame::bulk_str("role"), Frame::bulk_str("master")),
+            (Frame::bulk_str("role"), Frame::bulk_str(role)),
             (Frame::bulk_str("replication-offset"), Frame::Integer(0)),
             (Frame::bulk_str("health"), Frame::bulk_str("online")),
-        ]);
+        ]))
+    };
+    let mut shards = Vec::new();
+    for (owner, replicas, ranges) in groups {
+        let slots =
+            ranges.iter().flat_map(|r| [Frame::Integer(r.start as i64), Frame::Integer(r.end as i64)]).collect();
+        let mut nodes = vec![node(&owner, "master")?];
+        for r in &replicas {
+            nodes.push(node(r, "replica")?);
+        }
         shards.push(Frame::Map(vec![
             (Frame::bulk_str("slots"), Frame::Array(slots)),
-            (Frame::bulk_str("nodes"), Frame::Array(vec![node])),
+            (Frame::bulk_str("nodes"), Frame::Array(nodes)),
         ]));
     }
     Ok(Frame::Array(shards))
@@ -1119,5 +1268,60 @@ mod tests {
     fn merge() {
         let r = merge_ranges(vec![(5, 9).into(), (0, 4).into(), (20, 30).into(), (25, 26).into()]);
         assert_eq!(r, vec![(0, 9).into(), (20, 30).into()]);
+    }
+
+    /// Addresses in a `CLUSTER SLOTS` reply, per entry: (start, end, [master, replicas…]).
+    fn slots_of(f: Frame) -> Vec<(i64, i64, Vec<i64>)> {
+        let Frame::Array(entries) = f else { panic!("{f:?}") };
+        entries
+            .into_iter()
+            .map(|e| {
+                let Frame::Array(parts) = e else { panic!() };
+                let port = |f: &Frame| match f {
+                    Frame::Array(n) => match n[1] {
+                        Frame::Integer(p) => p,
+                        _ => panic!(),
+                    },
+                    _ => panic!(),
+                };
+                let (Frame::Integer(a), Frame::Integer(b)) = (&parts[0], &parts[1]) else { panic!() };
+                (*a, *b, parts[2..].iter().map(port).collect())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn replica_section_is_parsed_and_shown_to_readonly_clients_masters_first() {
+        let cmd = "v2 3 NOFLAG c a:1 1 0-8191 PEER b:2 1 8192-16383 REPLICA b:2 b:7002 1 0-8191 a:1 a:7001 2 8192-9000 9001-16383 CONFIG migration_scan_count 16";
+        let sc = SetCluster::parse(&toks(cmd)).unwrap();
+        assert_eq!(sc.meta.replicas.len(), 2);
+        assert_eq!(
+            sc.meta.replicas[1],
+            ReplicaEntry {
+                proxy: "a:1".into(),
+                node: "a:7001".into(),
+                ranges: vec![(8192, 9000).into(), (9001, 16383).into()]
+            }
+        );
+        assert_eq!(sc.meta.config.migration_scan_count, 16);
+        // The compressed form carries it too, and undermoon's (without it) still parses.
+        let compressed = encode_compressed(&sc.meta);
+        let args = vec![Bytes::from("v2"), Bytes::from("3"), Bytes::from("COMPRESS"), Bytes::from(compressed)];
+        assert_eq!(SetCluster::parse(&args).unwrap().meta, sc.meta);
+        assert!(SetCluster::parse(&toks("v2 3 NOFLAG c a:1 1 0-16383 REPLICA b:2 b:7002 1 0-99999")).is_err());
+        assert!(SetCluster::parse(&toks("v2 3 NOFLAG c a:1 1 0-16383 REPLICA b:2")).is_err());
+        let table = ClusterTable::build(3, sc.meta, None);
+        // Without READONLY: masters only.
+        assert_eq!(
+            slots_of(cluster_slots(&table, "a:1", false).unwrap()),
+            vec![(0, 8191, vec![1]), (8192, 16383, vec![2])]
+        );
+        // With: each proxy first as a master (one slot split off), then the ranges with replicas.
+        assert_eq!(
+            slots_of(cluster_slots(&table, "a:1", true).unwrap()),
+            vec![(0, 0, vec![1]), (8192, 8192, vec![2]), (1, 8191, vec![1, 2]), (8193, 16383, vec![2, 1])]
+        );
+        let Frame::Array(shards) = cluster_shards(&table, "a:1", true).unwrap() else { panic!() };
+        assert_eq!(shards.len(), 4, "a replica-less shard and a shard with a replica per proxy");
     }
 }

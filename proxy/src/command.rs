@@ -326,10 +326,48 @@ const READ_ONLY_SINGLE_KEY: &[&str] = &[
     "xrevrange",
 ];
 
+/// Besides `READ_ONLY_SINGLE_KEY`, commands that only read (Redis flags them `readonly`) and
+/// that a replica serves to a client that sent `READONLY`.
+const OTHER_READ_ONLY: &[&str] = &[
+    "mget",
+    "exists",
+    "sdiff",
+    "sinter",
+    "sintercard",
+    "sunion",
+    "zdiff",
+    "zinter",
+    "zintercard",
+    "zunion",
+    "lcs",
+    "sort_ro",
+    "bitfield_ro",
+    "hrandfield",
+    "srandmember",
+    "zrandmember",
+    "hscan",
+    "sscan",
+    "zscan",
+    "geodist",
+    "geohash",
+    "geopos",
+    "georadius_ro",
+    "georadiusbymember_ro",
+    "geosearch",
+    "eval_ro",
+    "evalsha_ro",
+    "fcall_ro",
+];
+
 impl CommandSpec {
     /// See `READ_ONLY_SINGLE_KEY`.
     pub fn is_read_only_single_key(&self) -> bool {
         READ_ONLY_SINGLE_KEY.contains(&self.name)
+    }
+
+    /// Reads a replica may serve (replica reads after `READONLY`).
+    pub fn is_read_only(&self) -> bool {
+        self.is_read_only_single_key() || OTHER_READ_ONLY.contains(&self.name)
     }
 }
 
@@ -340,6 +378,18 @@ pub fn is_supported_name(lower_name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_only_commands_are_non_blocking_data_commands() {
+        for name in OTHER_READ_ONLY.iter().chain(READ_ONLY_SINGLE_KEY) {
+            let spec = lookup(name.as_bytes()).unwrap_or_else(|| panic!("{name} is not a data command"));
+            assert_eq!(spec.blocking, Blocking::No, "{name}");
+            assert!(spec.is_read_only());
+        }
+        for writer in ["set", "del", "incr", "eval", "sort", "pfcount", "xread"] {
+            assert!(!lookup(writer.as_bytes()).unwrap().is_read_only(), "{writer}");
+        }
+    }
 
     #[test]
     fn read_only_single_key_commands_are_data_commands_with_the_key_first() {

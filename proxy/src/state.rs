@@ -18,12 +18,36 @@ pub struct Installed {
     pub table: ClusterTable,
     pools_resp2: Vec<Arc<NodePool>>,
     pools_resp3: OnceLock<Vec<Arc<NodePool>>>,
+    /// Per slot, which of `replica_nodes` (index + 1; 0: none) may serve reads of it to
+    /// clients that sent `READONLY`. Empty when this proxy holds no such replica.
+    replica_slots: Vec<u8>,
+    replica_nodes: Vec<String>,
 }
 
 impl Installed {
-    fn new(table: ClusterTable, registry: &BackendRegistry) -> Installed {
+    fn new(table: ClusterTable, registry: &BackendRegistry, announce: &str) -> Installed {
         let pools_resp2 = table.nodes.iter().map(|n| registry.pool(n, 2)).collect();
-        Installed { table, pools_resp2, pools_resp3: OnceLock::new() }
+        let mut replica_slots = Vec::new();
+        let mut replica_nodes: Vec<String> = Vec::new();
+        for entry in table.meta.replicas.iter().filter(|r| r.proxy == announce) {
+            if replica_nodes.len() >= u8::MAX as usize {
+                break;
+            }
+            replica_nodes.push(entry.node.clone());
+            replica_slots.resize(crate::slot::SLOT_COUNT, 0);
+            for r in &entry.ranges {
+                for slot in r.start..=r.end {
+                    replica_slots[slot as usize] = replica_nodes.len() as u8;
+                }
+            }
+        }
+        Installed { table, pools_resp2, pools_resp3: OnceLock::new(), replica_slots, replica_nodes }
+    }
+
+    /// The local replica node that may serve reads of `slot` (replica reads after `READONLY`).
+    pub fn replica_node(&self, slot: u16) -> Option<&str> {
+        let i = *self.replica_slots.get(slot as usize)?;
+        self.replica_nodes.get((i as usize).checked_sub(1)?).map(String::as_str)
     }
 
     /// The pool for local node `node` speaking protocol `proto` (RESP3 pools are opened on
@@ -86,7 +110,7 @@ impl ProxyState {
             ..BackendSettings::default()
         };
         let registry = BackendRegistry::new(settings, config.backend_conn_num);
-        let installed = Installed::new(ClusterTable::empty(), &registry);
+        let installed = Installed::new(ClusterTable::empty(), &registry, "");
         let (shutdown, _) = tokio::sync::watch::channel(false);
         Arc::new(ProxyState {
             announce: config.announce().to_owned(),
@@ -133,7 +157,7 @@ impl ProxyState {
             tasks = table.tasks.len(),
             "cluster metadata installed"
         );
-        self.installed.store(Arc::new(Installed::new(table, &self.registry)));
+        self.installed.store(Arc::new(Installed::new(table, &self.registry, &self.announce)));
         self.table_changed.notify_waiters();
         Ok(())
     }

@@ -222,6 +222,19 @@ fn proxy(p: &view::Proxy) -> pb::Proxy {
             })
             .collect(),
         cluster_config: p.cluster_config.as_ref().map(cluster_config),
+        replicas: p
+            .replicas
+            .iter()
+            .map(|r| pb::ReplicaRange {
+                replica_proxy_address: r.replica_proxy_address.clone(),
+                replica_node_address: r.replica_node_address.clone(),
+                range_list: r
+                    .range_list
+                    .iter()
+                    .map(|x| pb::Range { start: x.start.into(), end: x.end.into() })
+                    .collect(),
+            })
+            .collect(),
     }
 }
 

@@ -64,7 +64,10 @@ pub fn setrepl(p: &pb::Proxy) -> Vec<String> {
     out
 }
 
-/// `UMCTL SETCLUSTER v2 <epoch> TARGET=<proxy> <cluster> <local>* [PEER <peer>*] CONFIG <5 fields>`.
+/// `UMCTL SETCLUSTER v2 <epoch> TARGET=<proxy> <cluster> <local>* [PEER <peer>*]
+/// [REPLICA <replica>*] CONFIG <5 fields>`, a replica being `<proxy> <node> <n> <range>*`: the
+/// slots that replica node may serve reads for (moonraft's extension for replica reads; the
+/// section is optional, so undermoon's metadata still parses).
 pub fn setcluster(p: &pb::Proxy) -> Vec<String> {
     let mut out: Vec<String> = vec![
         "UMCTL".into(),
@@ -86,6 +89,18 @@ pub fn setcluster(p: &pb::Proxy) -> Vec<String> {
             for r in &peer.slots {
                 entry(&mut out, &peer.proxy_address, r);
             }
+        }
+    }
+    let replicas: Vec<&pb::ReplicaRange> = p.replicas.iter().filter(|r| !r.range_list.is_empty()).collect();
+    if !replicas.is_empty() && p.cluster_name.as_deref().is_some_and(|n| !n.is_empty()) {
+        out.push("REPLICA".into());
+        for r in replicas {
+            out.extend([
+                r.replica_proxy_address.clone(),
+                r.replica_node_address.clone(),
+                r.range_list.len().to_string(),
+            ]);
+            out.extend(r.range_list.iter().map(|x| format!("{}-{}", x.start, x.end)));
         }
     }
     let config = p
@@ -196,6 +211,7 @@ mod tests {
                 slots: vec![range(8192, 16383, none())],
             }],
             cluster_config: Some(config()),
+            replicas: vec![],
         };
         assert_eq!(
             setcluster(&p).join(" "),
@@ -228,6 +244,7 @@ mod tests {
             )],
             peers: vec![],
             cluster_config: Some(config()),
+            replicas: vec![],
         };
         let cmd = setcluster(&p).join(" ");
         assert!(cmd.starts_with("UMCTL SETCLUSTER v2 9 TARGET=server_proxy5:6005 mycluster server_proxy5:7009 1 0-4095 server_proxy5:7009 MIGRATING 1 4096-8191 9 server_proxy5:6005 server_proxy5:7009 server_proxy2:6002 server_proxy2:7003 CONFIG"), "{cmd}");
@@ -254,6 +271,11 @@ mod tests {
             )],
             peers: vec![pb::Peer { proxy_address: "p6:6006".into(), slots: vec![range(8192, 16383, none())] }],
             cluster_config: Some(config()),
+            replicas: vec![pb::ReplicaRange {
+                replica_proxy_address: "p6:6006".into(),
+                replica_node_address: "p6:7012".into(),
+                range_list: vec![pb::Range { start: 0, end: 4095 }],
+            }],
         };
         let parse = |cmd: Vec<String>| {
             let args: Vec<bytes::Bytes> = cmd[2..].iter().map(|s| bytes::Bytes::from(s.clone())).collect();
@@ -263,6 +285,7 @@ mod tests {
         assert_eq!(compressed[4], "COMPRESS,TARGET=p5:6005");
         let (a, b) = (parse(setcluster(&p)), parse(compressed));
         assert!(b.flags.compress);
+        assert_eq!(a.meta.replicas.len(), 1, "the REPLICA section is parsed");
         assert_eq!(a.meta, b.meta);
         assert_eq!(a.epoch, b.epoch);
     }
@@ -276,6 +299,7 @@ mod tests {
             nodes: vec![node("r:1", "master", vec![], ("", "")), node("r:2", "master", vec![], ("", ""))],
             peers: vec![],
             cluster_config: None,
+            replicas: vec![],
         };
         let c = setcluster(&p);
         assert_eq!(&c[..7], &["UMCTL", "SETCLUSTER", "v2", "6", "TARGET=p:6000", "", "CONFIG"]);

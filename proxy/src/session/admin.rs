@@ -58,11 +58,11 @@ impl Session {
             b"nodes" => {
                 Pending::Ready(text(cluster_nodes(table, announce, self.state.config.cluster_nodes_version == "v2")))
             }
-            b"slots" => match cluster_slots(table, announce) {
+            b"slots" => match cluster_slots(table, announce, self.readonly) {
                 Ok(f) => Pending::Ready(f.to_bytes(self.proto)),
                 Err(e) => err(&e),
             },
-            b"shards" => match cluster_shards(table, announce) {
+            b"shards" => match cluster_shards(table, announce, self.readonly) {
                 Ok(f) => Pending::Ready(f.to_bytes(self.proto)),
                 Err(e) => err(&e),
             },

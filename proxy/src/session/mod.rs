@@ -221,6 +221,8 @@ struct Session {
     /// May run `UMCTL`, the inter-proxy commands and `CONFIG SET` (`admin_password`).
     admin: bool,
     asking: bool,
+    /// Sent `READONLY`: reads of a slot may be served by a replica of it on this proxy.
+    readonly: bool,
     name: Option<Bytes>,
     /// Connections for blocking commands, per node address and protocol.
     dedicated: HashMap<(String, u8), DedicatedConn>,
@@ -275,6 +277,7 @@ where
         id,
         proto: 2,
         asking: false,
+        readonly: false,
         name: None,
         dedicated: HashMap::new(),
         blocked: None,
@@ -392,7 +395,17 @@ impl Session {
                 self.asking = true;
                 ok()
             }
-            "readonly" | "readwrite" => ok(),
+            "readonly" | "readwrite" if args.len() != 1 => {
+                err(&format!("ERR wrong number of arguments for '{name}' command"))
+            }
+            "readonly" => {
+                self.readonly = true;
+                ok()
+            }
+            "readwrite" => {
+                self.readonly = false;
+                ok()
+            }
             "publish" => self.publish(args),
             "pubsub" => self.pubsub_introspection(&req),
             "reset" => self.reset(),
@@ -505,6 +518,12 @@ impl Session {
                     } else {
                         Ok((installed.pool(node, self.proto, &self.state.registry), addr, migration))
                     }
+                }
+                // Replica reads: like a Redis Cluster replica, this proxy serves reads of its
+                // replica nodes' slots to clients that sent READONLY (possibly stale, as there).
+                Route::Moved(_) if self.readonly && spec.is_read_only() && installed.replica_node(slot).is_some() => {
+                    let node = installed.replica_node(slot).unwrap_or_default().to_owned();
+                    Ok((Some(self.state.registry.pool(&node, self.proto)), node, MigrationPath::None))
                 }
                 // An ASK always names the slot's source, which serves it until the switch.
                 Route::Moved(addr) | Route::Ask(addr) if redirect => Err(addr.to_owned()),
@@ -713,6 +732,7 @@ impl Session {
         self.proto = 2;
         self.name = None;
         self.asking = false;
+        self.readonly = false;
         self.authenticated = self.state.config.password.is_none();
         self.admin = self.state.config.admin_password.is_none();
         Pending::Ready(resp::simple("RESET"))
