@@ -283,7 +283,16 @@ async fn sync_once(co: &Coordinator, agent: &AgentState, conn: &mut Option<Proxy
     let Some(c) = conn.as_mut() else { return Err("no connection".into()) };
     push_ok(&c.call(&push::setrepl(&view), timeout).await?).map_err(|e| format!("SETREPL: {e}"))?;
     let setcluster = if compress { push::setcluster_compressed(&view) } else { push::setcluster(&view) };
-    push_ok(&c.call(&setcluster, timeout).await?).map_err(|e| format!("SETCLUSTER: {e}"))?;
+    let mut reply = c.call(&setcluster, timeout).await?;
+    if !compress && !view.replicas.is_empty() && error_text(&reply).is_some_and(|e| e.starts_with("Failed to parse")) {
+        // A proxy from before replica reads does not know the REPLICA section (during a
+        // rolling upgrade): give it the rest, which is all it can use.
+        debug!(proxy = %agent.address, "the proxy refused the REPLICA section; pushing without it");
+        let mut plain = view.clone();
+        plain.replicas.clear();
+        reply = c.call(&push::setcluster(&plain), timeout).await?;
+    }
+    push_ok(&reply).map_err(|e| format!("SETCLUSTER: {e}"))?;
     co.pushes.fetch_add(1, Ordering::Relaxed);
     debug!(proxy = %agent.address, epoch = view.epoch, "metadata pushed");
     Ok(Synced::Done)
