@@ -143,13 +143,17 @@ fn crossslot_and_unsupported_commands() {
     assert_eq!(c.cmd(&["MGET", "{u}a", "{u}b"]), Frame::Array(vec![bulk("1"), bulk("2")]));
     assert_eq!(c.cmd(&["SUNION", "{u}s1", "{u}s2"]), Frame::Array(vec![]));
     assert_eq!(c.cmd(&["EVAL", "return KEYS[2]", "2", "{u}a", "{u}b"]), bulk("{u}b"));
-    // commands the proxy does not serve yet are rejected by name, never sent to some node
-    for name in ["MONITOR", "SCRIPT", "WAIT", "SLOWLOG"] {
+    // commands the proxy does not serve are rejected by name, never sent to some node
+    for name in ["MONITOR", "SCRIPT"] {
         let e = error_text(&c.cmd(&[name, "x"]));
         assert!(e.starts_with("ERR_COMMAND_NOT_SUPPORTED"), "{name}: {e}");
         assert!(e.contains(&format!("'{}'", name.to_lowercase())), "{e}");
     }
-    assert!(error_text(&c.cmd(&["CLIENT", "KILL", "x"])).starts_with("ERR_COMMAND_NOT_SUPPORTED"));
+    let e = error_text(&c.cmd(&["CLIENT", "TRACKING", "on"]));
+    assert!(e.starts_with("ERR_COMMAND_NOT_SUPPORTED: 'client tracking'") && e.contains("caching"), "{e}");
+    assert_eq!(error_text(&c.cmd(&["WAIT", "x"])), "ERR wrong number of arguments for 'wait' command");
+    assert_eq!(error_text(&c.cmd(&["SLOWLOG", "x"])), "ERR unknown subcommand 'x'. Try SLOWLOG HELP.");
+    assert_eq!(error_text(&c.cmd(&["CLIENT", "KILL", "x"])), "ERR No such client");
     // node-scoped commands answer for the proxy's nodes (tests/compat.rs covers them)
     assert_eq!(c.cmd(&["KEYS", "{u}*"]).to_string().matches("{u}").count(), 2);
     assert!(matches!(c.cmd(&["DBSIZE"]), Frame::Integer(n) if n >= 2));
@@ -725,4 +729,113 @@ fn a_late_health_probe_does_not_renew_the_lease() {
     assert!(error_text(&c.cmd(&["UMCTL", "HEALTH", "300", "99"])).starts_with("STALE_EPOCH"));
     assert!(error_text(&c.cmd(&["UMCTL", "HEALTH", "300", "1", "STAMP"])).contains("usage"));
     assert!(error_text(&c.cmd(&["UMCTL", "HEALTH", "300", "1", "STAMP", "x"])).contains("usage"));
+}
+
+/// `CLIENT LIST`/`INFO`/`KILL` about the proxy's own connections, `SLOWLOG` in Redis's format,
+/// and `WAIT` counting the replicas of the node that took the client's last write.
+#[test]
+fn client_list_kill_slowlog_and_wait() {
+    let env = SingleProxy::start(&[]);
+    let text = |f: Frame| match f {
+        Frame::Bulk(b) => String::from_utf8(b.to_vec()).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let id_of = |c: &mut Conn| match c.cmd(&["CLIENT", "ID"]) {
+        Frame::Integer(id) => id,
+        other => panic!("{other:?}"),
+    };
+    let mut c1 = env.proxy.conn();
+    assert_eq!(c1.cmd(&["CLIENT", "SETNAME", "worker"]), simple("OK"));
+    assert_eq!(c1.cmd(&["CLIENT", "SETINFO", "LIB-NAME", "mylib"]), simple("OK"));
+    assert!(error_text(&c1.cmd(&["CLIENT", "SETINFO", "LIB-VER", "a b"])).contains("cannot contain spaces"));
+    let id1 = id_of(&mut c1);
+    let mut c2 = env.proxy.conn();
+    let id2 = id_of(&mut c2);
+    assert_eq!(c2.cmd(&["MULTI"]), simple("OK"));
+    assert_eq!(c2.cmd(&["SET", "{x}a", "1"]), simple("QUEUED"));
+    let mut c3 = env.proxy.conn();
+    let id3 = id_of(&mut c3);
+    c3.send(&["BLPOP", "{x}q", "0"]);
+
+    // every connection, each as Redis prints it
+    let mut list = String::new();
+    assert!(eventually(Duration::from_secs(5), || {
+        list = text(c1.cmd(&["CLIENT", "LIST"]));
+        list.lines().any(|l| l.starts_with(&format!("id={id3} ")) && l.contains(" flags=b "))
+    }));
+    let line = |id: i64| list.lines().find(|l| l.starts_with(&format!("id={id} "))).unwrap_or_default().to_owned();
+    let me = line(id1);
+    for field in [" name=worker ", " cmd=client|list ", " lib-name=mylib ", " flags=N ", " multi=-1 ", " resp=2 "] {
+        assert!(me.contains(field), "{field} in {me}");
+    }
+    assert!(
+        line(id2).contains(" flags=x ") && line(id2).contains(" multi=1 ") && line(id2).contains(" cmd=set "),
+        "{list}"
+    );
+    assert!(line(id3).contains(" cmd=blpop "), "{list}");
+    let info = text(c1.cmd(&["CLIENT", "INFO"]));
+    assert!(info.starts_with(&format!("id={id1} ")) && info.ends_with('\n'), "{info}");
+    let only = text(c1.cmd(&["CLIENT", "LIST", "ID", &id2.to_string()]));
+    assert_eq!(only.lines().count(), 1, "{only}");
+    assert_eq!(text(c1.cmd(&["CLIENT", "LIST", "TYPE", "pubsub"])), "");
+    assert!(error_text(&c1.cmd(&["CLIENT", "LIST", "TYPE", "x"])).contains("Unknown client type"));
+
+    // KILL with a filter closes the connection (a blocked one too) and counts it
+    assert_eq!(c1.cmd(&["CLIENT", "KILL", "ID", &id2.to_string()]), Frame::Integer(1));
+    assert!(c2.is_closed(Duration::from_secs(5)));
+    assert_eq!(c1.cmd(&["CLIENT", "KILL", "ID", &id3.to_string()]), Frame::Integer(1));
+    assert!(c3.is_closed(Duration::from_secs(5)));
+    assert_eq!(c1.cmd(&["CLIENT", "KILL", "ID", &id1.to_string()]), Frame::Integer(0), "SKIPME yes by default");
+    assert!(eventually(Duration::from_secs(5), || text(c1.cmd(&["CLIENT", "LIST"])).lines().count() == 1));
+    // the old form names an address
+    let mut c4 = env.proxy.conn();
+    let addr4 = text(c4.cmd(&["CLIENT", "INFO"])).split(' ').find_map(|f| f.strip_prefix("addr=")).unwrap().to_owned();
+    assert_eq!(c1.cmd(&["CLIENT", "KILL", &addr4]), simple("OK"));
+    assert!(c4.is_closed(Duration::from_secs(5)));
+    assert_eq!(error_text(&c1.cmd(&["CLIENT", "KILL", "1.2.3.4:5"])), "ERR No such client");
+    assert_eq!(c1.cmd(&["CLIENT", "NO-EVICT", "on"]), simple("OK"));
+    assert!(text(c1.cmd(&["CLIENT", "INFO"])).contains(" flags=e "));
+    assert_eq!(c1.cmd(&["CLIENT", "GETREDIR"]), Frame::Integer(-1));
+
+    // SLOWLOG: every command timed and kept, in Redis's entry format
+    assert_eq!(c1.cmd(&["CONFIG", "SET", "slowlog_sample_rate", "1"]), simple("OK"));
+    assert_eq!(c1.cmd(&["CONFIG", "SET", "slowlog_log_slower_than", "0"]), simple("OK"));
+    assert_eq!(c1.cmd(&["SLOWLOG", "RESET"]), simple("OK"));
+    assert_eq!(c1.cmd(&["SET", "{s}k", "v"]), simple("OK"));
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert_eq!(c1.cmd(&["SLOWLOG", "LEN"]), Frame::Integer(1));
+    let my_addr =
+        text(c1.cmd(&["CLIENT", "INFO"])).split(' ').find_map(|f| f.strip_prefix("addr=")).unwrap().to_owned();
+    match c1.cmd(&["SLOWLOG", "GET", "1"]) {
+        Frame::Array(entries) => match &entries[..] {
+            [Frame::Array(e)] => {
+                assert!(matches!(e[0], Frame::Integer(_)));
+                assert!(matches!(e[1], Frame::Integer(t) if (before - 5..=before + 1).contains(&t)), "{e:?}");
+                assert!(matches!(e[2], Frame::Integer(us) if us >= 0));
+                assert_eq!(e[3], Frame::Array(vec![bulk("SET"), bulk("{s}k"), bulk("v")]));
+                assert_eq!(e[4], bulk(&my_addr));
+                assert_eq!(e[5], bulk("worker"));
+            }
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(error_text(&c1.cmd(&["SLOWLOG", "GET", "-2"])), "ERR count should be greater than or equal to -1");
+
+    // WAIT: no replica yet, then one replica of node a (slots 0-8191)
+    assert_eq!(c1.cmd(&["WAIT", "0", "0"]), Frame::Integer(0));
+    assert_eq!(c1.cmd(&["SET", "b", "1"]), simple("OK")); // slot 3300: node a
+    assert_eq!(c1.cmd(&["WAIT", "1", "100"]), Frame::Integer(0));
+    let replica = Redis::start();
+    let a_port = env.a.addr().rsplit_once(':').unwrap().1.to_owned();
+    assert_eq!(replica.conn().cmd(&["REPLICAOF", "127.0.0.1", &a_port]), simple("OK"));
+    assert!(eventually(Duration::from_secs(10), || {
+        text(replica.conn().cmd(&["INFO", "replication"])).contains("master_link_status:up")
+    }));
+    assert_eq!(c1.cmd(&["SET", "b", "2"]), simple("OK"));
+    assert_eq!(c1.cmd(&["WAIT", "1", "5000"]), Frame::Integer(1));
+    assert_eq!(replica.conn().cmd(&["GET", "b"]), bulk("2"), "WAIT returned only once the replica had the write");
+    // a write on node b, which has no replica
+    assert_eq!(c1.cmd(&["SET", "a", "1"]), simple("OK")); // slot 15495: node b
+    assert_eq!(c1.cmd(&["WAIT", "1", "100"]), Frame::Integer(0));
 }

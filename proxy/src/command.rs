@@ -255,6 +255,8 @@ pub const LOCAL_COMMANDS: &[&str] = &[
     "publish",
     "pubsub",
     "reset",
+    "wait",
+    "slowlog",
 ];
 
 fn table() -> &'static HashMap<&'static [u8], &'static CommandSpec> {

@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod background;
+pub mod clients;
 pub mod cluster;
 pub mod command;
 pub mod config;

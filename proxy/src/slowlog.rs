@@ -1,4 +1,6 @@
-//! Sampled slow log (`proxy.md` §14).
+//! The proxy's slow log: one command in `slowlog_sample_rate` is timed, and those slower than
+//! `slowlog_log_slower_than` µs are kept (newest `slowlog_len`). Read with `SLOWLOG GET` (Redis's
+//! format) or `UMCTL SLOWLOG GET` (the per-stage timings).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -7,7 +9,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 #[derive(Debug, Clone)]
 pub struct SlowRecord {
+    /// Increasing, like Redis's slow log entry ids.
+    pub id: u64,
     pub session_id: u64,
+    /// The command's arguments, shortened as Redis does (`slowlog_args`).
+    pub args: Vec<bytes::Bytes>,
+    pub client_addr: String,
+    pub client_name: String,
     pub created: SystemTime,
     pub sent_to_backend: Duration,
     pub received_from_backend: Duration,
@@ -19,6 +27,8 @@ pub struct SlowRecord {
 #[derive(Debug, Clone)]
 pub struct Sample {
     pub session_id: u64,
+    pub client: Option<std::sync::Arc<crate::clients::ClientInfo>>,
+    pub args: Vec<bytes::Bytes>,
     pub created_wall: SystemTime,
     pub created: Instant,
     pub sent_to_backend: Option<Instant>,
@@ -30,7 +40,32 @@ pub struct SlowLog {
     pub log_slower_than_us: AtomicI64,
     pub sample_rate: AtomicU64,
     counter: AtomicU64,
+    next_id: AtomicU64,
     records: Mutex<VecDeque<SlowRecord>>,
+}
+
+/// At most 32 arguments (the last saying how many more there were), each cut to 128 bytes
+/// (saying how many more it had): what Redis keeps of a command in its slow log.
+pub fn slowlog_args(args: &[bytes::Bytes]) -> Vec<bytes::Bytes> {
+    const MAX_ARGS: usize = 32;
+    const MAX_LEN: usize = 128;
+    let kept = if args.len() > MAX_ARGS { MAX_ARGS - 1 } else { args.len() };
+    let mut out: Vec<bytes::Bytes> = args[..kept]
+        .iter()
+        .map(|a| {
+            if a.len() > MAX_LEN {
+                let mut cut = a[..MAX_LEN].to_vec();
+                cut.extend_from_slice(format!("... ({} more bytes)", a.len() - MAX_LEN).as_bytes());
+                bytes::Bytes::from(cut)
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    if kept < args.len() {
+        out.push(bytes::Bytes::from(format!("... ({} more arguments)", args.len() - kept)));
+    }
+    out
 }
 
 /// First 5 elements, each cut to 100 characters plus `(<len>bytes)` when cut.
@@ -55,6 +90,7 @@ impl SlowLog {
             log_slower_than_us: AtomicI64::new(log_slower_than_us),
             sample_rate: AtomicU64::new(sample_rate),
             counter: AtomicU64::new(0),
+            next_id: AtomicU64::new(0),
             records: Mutex::new(VecDeque::new()),
         }
     }
@@ -73,8 +109,19 @@ impl SlowLog {
             return;
         }
         let since = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(sample.created)).unwrap_or_default();
+        let (client_addr, client_name) = match &sample.client {
+            Some(c) => {
+                let name = c.name().map(|n| String::from_utf8_lossy(&n).into_owned()).unwrap_or_default();
+                (c.addr.clone(), name)
+            }
+            None => (String::new(), String::new()),
+        };
         let rec = SlowRecord {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
             session_id: sample.session_id,
+            args: sample.args,
+            client_addr,
+            client_name,
             created: sample.created_wall,
             sent_to_backend: since(sample.sent_to_backend),
             received_from_backend: received.saturating_duration_since(sample.created),
@@ -92,6 +139,14 @@ impl SlowLog {
     pub fn get(&self, n: Option<usize>) -> Vec<SlowRecord> {
         let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         records.iter().rev().take(n.unwrap_or(usize::MAX)).cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     pub fn reset(&self) {
@@ -141,6 +196,8 @@ mod tests {
         for i in 0..3 {
             let s = Sample {
                 session_id: i,
+                client: None,
+                args: vec![],
                 created_wall: SystemTime::now(),
                 created: Instant::now(),
                 sent_to_backend: None,
@@ -154,6 +211,18 @@ mod tests {
         assert_eq!(log.get(Some(1)).len(), 1);
         log.reset();
         assert!(log.get(None).is_empty());
+    }
+
+    #[test]
+    fn slowlog_args_are_shortened_like_redis() {
+        let args: Vec<bytes::Bytes> = (0..40).map(|i| bytes::Bytes::from(format!("a{i}"))).collect();
+        let kept = slowlog_args(&args);
+        assert_eq!(kept.len(), 32);
+        assert_eq!(kept[30], "a30");
+        assert_eq!(kept[31], "... (9 more arguments)");
+        let long = slowlog_args(&[bytes::Bytes::from(vec![b'x'; 130])]);
+        assert_eq!(long[0].len(), 128 + "... (2 more bytes)".len());
+        assert!(long[0].ends_with(b"... (2 more bytes)"));
     }
 
     #[test]

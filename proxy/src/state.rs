@@ -84,6 +84,8 @@ pub struct ProxyState {
     pub connected_clients: AtomicUsize,
     pub total_commands: AtomicU64,
     pub total_connections: AtomicU64,
+    /// The client connections, for `CLIENT LIST`/`KILL`.
+    pub clients: crate::clients::Clients,
     /// The write lease granted by coordinators.
     pub lease: crate::lease::Lease,
     /// Pools kept for the nodes `UMCTL HEALTH` pings (replicas have no other pool); replaced
@@ -126,6 +128,7 @@ impl ProxyState {
             connected_clients: AtomicUsize::new(0),
             total_commands: AtomicU64::new(0),
             total_connections: AtomicU64::new(0),
+            clients: crate::clients::Clients::default(),
             lease: crate::lease::Lease::default(),
             health_pools: Mutex::new(std::collections::HashMap::new()),
         })

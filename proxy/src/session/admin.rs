@@ -2,6 +2,7 @@
 //! `CLIENT`, `COMMAND` and `INFO`.
 
 use super::{err, no_admin, ok, Pending, Session, VERSION};
+use crate::clients::KillFilter;
 use crate::cluster::{cluster_info, cluster_nodes, cluster_shards, cluster_slots};
 use crate::command;
 use crate::resp::{self, Frame, Request};
@@ -10,33 +11,166 @@ use bytes::Bytes;
 use std::sync::atomic::Ordering;
 
 impl Session {
+    /// `CLIENT …` about this proxy's own client connections, as a Redis node answers about its
+    /// own: a cluster client fans `CLIENT LIST` out to every node and merges.
     pub(super) fn client(&mut self, args: &[Bytes]) -> Pending {
         let Some(sub) = args.get(1) else {
             return err("ERR wrong number of arguments for 'client' command");
         };
-        match sub.to_ascii_lowercase().as_slice() {
+        let sub = sub.to_ascii_lowercase();
+        let arity_error =
+            || err(&format!("ERR wrong number of arguments for 'client|{}' command", String::from_utf8_lossy(&sub)));
+        let on_off = |v: &Bytes| match v.to_ascii_lowercase().as_slice() {
+            b"on" => Some(true),
+            b"off" => Some(false),
+            _ => None,
+        };
+        match sub.as_slice() {
             b"setname" if args.len() == 3 => {
-                if args[2].iter().any(|b| *b <= b' ') {
+                if args[2].iter().any(|b| *b <= b' ' || *b > b'~') {
                     return err("ERR Client names cannot contain spaces, newlines or special characters.");
                 }
-                self.name = if args[2].is_empty() { None } else { Some(args[2].clone()) };
+                self.info.set_name(if args[2].is_empty() { None } else { Some(args[2].clone()) });
                 ok()
             }
-            b"getname" if args.len() == 2 => Pending::Ready(match &self.name {
-                Some(n) => resp::bulk(n),
+            b"getname" if args.len() == 2 => Pending::Ready(match self.info.name() {
+                Some(n) => resp::bulk(&n),
                 None => Frame::Null.to_bytes(self.proto),
             }),
             b"id" if args.len() == 2 => Pending::Ready(resp::integer(self.id as i64)),
-            // Client library metadata (redis-py sends it on every connection): kept nowhere.
-            b"setinfo" if args.len() == 4 => ok(),
-            b"info" if args.len() == 2 => {
-                let name = self.name.as_ref().map(|n| String::from_utf8_lossy(n).into_owned()).unwrap_or_default();
-                Pending::Ready(resp::bulk(format!("id={} name={} resp={}\n", self.id, name, self.proto).as_bytes()))
+            b"setinfo" if args.len() == 4 => {
+                let value = &args[3];
+                if value.iter().any(|b| *b < b'!' || *b > b'~') {
+                    return err(&format!(
+                        "ERR {} cannot contain spaces, newlines or special characters.",
+                        String::from_utf8_lossy(&args[2])
+                    ));
+                }
+                let value = String::from_utf8_lossy(&value[..value.len().min(128)]).into_owned();
+                let mut text = self.info.text.lock().unwrap_or_else(|e| e.into_inner());
+                match args[2].to_ascii_lowercase().as_slice() {
+                    b"lib-name" => text.lib_name = value,
+                    b"lib-ver" => text.lib_ver = value,
+                    _ => {
+                        return err(&format!("ERR Unrecognized option '{}'", String::from_utf8_lossy(&args[2])));
+                    }
+                }
+                ok()
+            }
+            b"info" if args.len() == 2 => Pending::Ready(self.text_reply(format!("{}\n", self.info.line()))),
+            b"list" => self.client_list(&args[2..]),
+            b"kill" if !self.admin => no_admin("client|kill"),
+            b"kill" if args.len() == 3 => {
+                // The old form: one `ip:port`, `+OK` or an error.
+                let addr = String::from_utf8_lossy(&args[2]);
+                match self.state.clients.all().into_iter().find(|c| c.addr == addr) {
+                    Some(c) => {
+                        c.kill.notify_one();
+                        ok()
+                    }
+                    None => err("ERR No such client"),
+                }
+            }
+            b"kill" => match KillFilter::parse(&args[2..]) {
+                Ok(filter) => {
+                    let mut killed = 0;
+                    for c in self.state.clients.all().iter().filter(|c| filter.matches(c, self.id)) {
+                        c.kill.notify_one();
+                        killed += 1;
+                    }
+                    Pending::Ready(resp::integer(killed))
+                }
+                Err(e) => err(&e),
+            },
+            // The proxy never evicts clients, so either setting holds.
+            b"no-evict" if args.len() == 3 => match on_off(&args[2]) {
+                Some(on) => {
+                    self.info.no_evict.store(on, Ordering::Relaxed);
+                    ok()
+                }
+                None => err("ERR syntax error"),
+            },
+            b"trackinginfo" if args.len() == 2 => Pending::Ready(
+                Frame::Map(vec![
+                    (Frame::bulk_str("flags"), Frame::Set(vec![Frame::bulk_str("off")])),
+                    (Frame::bulk_str("redirect"), Frame::Integer(-1)),
+                    (Frame::bulk_str("prefixes"), Frame::Array(vec![])),
+                ])
+                .to_bytes(self.proto),
+            ),
+            b"getredir" if args.len() == 2 => Pending::Ready(resp::integer(-1)),
+            b"setname" | b"getname" | b"id" | b"setinfo" | b"info" | b"no-evict" | b"trackinginfo" | b"getredir" => {
+                arity_error()
             }
             _ => err(&format!(
-                "ERR_COMMAND_NOT_SUPPORTED: 'client {}' is not supported by the moonraft proxy",
-                String::from_utf8_lossy(sub).to_ascii_lowercase()
+                "ERR_COMMAND_NOT_SUPPORTED: 'client {}' is not supported by the moonraft proxy ({})",
+                String::from_utf8_lossy(&sub).chars().take(64).collect::<String>(),
+                match sub.as_slice() {
+                    b"tracking" | b"caching" => "client-side caching needs invalidations from every node; not built",
+                    b"pause" | b"unpause" => "pause the proxies' nodes directly",
+                    b"reply" => "every command of a proxied connection gets its reply",
+                    b"no-touch" => "commands share backend connections, so a per-client LRU setting cannot hold",
+                    _ => "unknown subcommand",
+                }
             )),
+        }
+    }
+
+    /// `CLIENT LIST [TYPE normal|master|replica|pubsub] [ID id …]`.
+    fn client_list(&self, args: &[Bytes]) -> Pending {
+        if !self.authenticated {
+            return err("NOAUTH Authentication required.");
+        }
+        let mut kind = None;
+        let mut ids: Option<Vec<u64>> = None;
+        let mut i = 0;
+        while i < args.len() {
+            match args[i].to_ascii_lowercase().as_slice() {
+                b"type" if i + 1 < args.len() => {
+                    let t = args[i + 1].to_ascii_lowercase();
+                    if !matches!(t.as_slice(), b"normal" | b"master" | b"replica" | b"slave" | b"pubsub") {
+                        return err(&format!("ERR Unknown client type '{}'", String::from_utf8_lossy(&args[i + 1])));
+                    }
+                    kind = Some(t);
+                    i += 2;
+                }
+                b"id" if i + 1 < args.len() => {
+                    let mut list = Vec::new();
+                    for a in &args[i + 1..] {
+                        match resp::parse_int(a).filter(|n| *n > 0) {
+                            Some(n) => list.push(n as u64),
+                            None => return err("ERR Invalid client ID"),
+                        }
+                    }
+                    ids = Some(list);
+                    i = args.len();
+                }
+                _ => return err("ERR syntax error"),
+            }
+        }
+        let mut out = String::new();
+        for c in self.state.clients.all() {
+            let kind_ok = match kind.as_deref() {
+                None => true,
+                Some(b"pubsub") => c.is_pubsub(),
+                Some(b"normal") => !c.is_pubsub(),
+                Some(_) => false,
+            };
+            if kind_ok && ids.as_ref().is_none_or(|ids| ids.contains(&c.id)) {
+                out.push_str(&c.line());
+                out.push('\n');
+            }
+        }
+        Pending::Ready(self.text_reply(out))
+    }
+
+    /// A text reply: a bulk string, or a verbatim string in RESP3 (as Redis answers
+    /// `CLIENT LIST`, `CLUSTER NODES`, `INFO`).
+    fn text_reply(&self, s: String) -> Bytes {
+        if self.proto >= 3 {
+            Frame::Verbatim("txt".into(), Bytes::from(s)).to_bytes(3)
+        } else {
+            resp::bulk(s.as_bytes())
         }
     }
 
@@ -47,13 +181,7 @@ impl Session {
         let installed = self.state.installed.load();
         let table = &installed.table;
         let announce = &self.state.announce;
-        let text = |s: String| {
-            if self.proto >= 3 {
-                Frame::Verbatim("txt".into(), Bytes::from(s)).to_bytes(3)
-            } else {
-                resp::bulk(s.as_bytes())
-            }
-        };
+        let text = |s: String| self.text_reply(s);
         match sub.to_ascii_lowercase().as_slice() {
             b"nodes" => {
                 Pending::Ready(text(cluster_nodes(table, announce, self.state.config.cluster_nodes_version == "v2")))

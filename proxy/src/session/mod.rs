@@ -14,11 +14,12 @@ mod redirect;
 mod transaction;
 
 use crate::backend::{connect, read_reply, BackendError, ReplyResult};
+use crate::clients::{ClientInfo, LastCommand};
 use crate::cluster::{Route, TaskShared, TaskState};
 use crate::command::{self, CommandSpec};
 use crate::resp::{self, Frame, Request, RequestParser};
 use crate::slot::key_slot;
-use crate::slowlog::{describe_command, Sample};
+use crate::slowlog::{describe_command, slowlog_args, Sample};
 use crate::state::ProxyState;
 use crate::umctl;
 use bytes::{Bytes, BytesMut};
@@ -44,7 +45,7 @@ enum Pending {
     Ready(Bytes),
     Backend {
         rx: oneshot::Receiver<ReplyResult>,
-        sample: Option<Sample>,
+        sample: Option<Box<Sample>>,
         /// Counts the command as in flight to a migrating range until its reply is written.
         _guard: Option<InflightGuard>,
     },
@@ -223,7 +224,6 @@ struct Session {
     asking: bool,
     /// Sent `READONLY`: reads of a slot may be served by a replica of it on this proxy.
     readonly: bool,
-    name: Option<Bytes>,
     /// Connections for blocking commands, per node address and protocol.
     dedicated: HashMap<(String, u8), DedicatedConn>,
     /// Set while a blocking command is running: like Redis, the client's next commands wait
@@ -235,37 +235,70 @@ struct Session {
     watching: Option<transaction::Target>,
     subs: pubsub::Subscriptions,
     pushes: mpsc::Sender<PushItem>,
+    /// What `CLIENT LIST` shows of this connection (`mirror` keeps it current).
+    info: Arc<ClientInfo>,
+    /// Where this client's last write went, for `WAIT`.
+    last_write: LastWrite,
 }
 
-struct ClientGuard(Arc<ProxyState>);
+struct ClientGuard(Arc<ProxyState>, u64);
 impl Drop for ClientGuard {
     fn drop(&mut self) {
         self.0.connected_clients.fetch_sub(1, Ordering::Relaxed);
+        self.0.clients.remove(self.1);
+    }
+}
+
+/// Where a client's last write went: `WAIT` counts the replicas of that node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LastWrite {
+    None,
+    Node(String),
+    /// Forwarded to another proxy (active redirection).
+    Forwarded,
+}
+
+/// A client connection's addresses, as `CLIENT LIST` shows them.
+struct Peer {
+    addr: String,
+    laddr: String,
+    fd: i64,
+}
+
+impl Peer {
+    fn of(stream: &TcpStream) -> Peer {
+        use std::os::fd::AsRawFd;
+        let show = |a: std::io::Result<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+        Peer { addr: show(stream.peer_addr()), laddr: show(stream.local_addr()), fd: stream.as_raw_fd() as i64 }
     }
 }
 
 pub async fn serve_client(state: Arc<ProxyState>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
+    let peer = Peer::of(&stream);
     // Owned halves: the reader and the writer share no lock on the common path.
     let (rd, wr) = stream.into_split();
-    serve_halves(state, rd, wr).await
+    serve_halves(state, rd, wr, peer).await
 }
 
 /// A client on the TLS port (the handshake is done).
 pub async fn serve_tls_client(state: Arc<ProxyState>, stream: tokio_rustls::server::TlsStream<TcpStream>) {
+    let peer = Peer::of(stream.get_ref().0);
     let (rd, wr) = tokio::io::split(stream);
-    serve_halves(state, rd, wr).await
+    serve_halves(state, rd, wr, peer).await
 }
 
-async fn serve_halves<R, W>(state: Arc<ProxyState>, rd: R, wr: W)
+async fn serve_halves<R, W>(state: Arc<ProxyState>, rd: R, wr: W, peer: Peer)
 where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     state.connected_clients.fetch_add(1, Ordering::Relaxed);
     state.total_connections.fetch_add(1, Ordering::Relaxed);
-    let _guard = ClientGuard(state.clone());
     let id = state.next_session_id.fetch_add(1, Ordering::Relaxed);
+    let info = Arc::new(ClientInfo::new(id, peer.addr, peer.laddr, peer.fd));
+    state.clients.register(info.clone());
+    let _guard = ClientGuard(state.clone(), id);
     let (tx, rx) = mpsc::channel(MAX_PENDING_REPLIES);
     let (closing_tx, closing_rx) = watch::channel(false);
     let (pushes, pushes_rx) = mpsc::channel(MAX_PENDING_PUSHES);
@@ -278,14 +311,16 @@ where
         proto: 2,
         asking: false,
         readonly: false,
-        name: None,
         dedicated: HashMap::new(),
         blocked: None,
         multi: None,
         watching: None,
         subs: pubsub::Subscriptions::default(),
         pushes,
+        info,
+        last_write: LastWrite::None,
     };
+    session.mirror();
     session.read_loop(rd, tx).await;
     let _ = closing_tx.send(true);
     let _ = writer.await;
@@ -299,17 +334,33 @@ impl Session {
         let mut parser = RequestParser::new(cfg.proto_max_bulk_len, cfg.client_query_buffer_limit);
         let mut buf = BytesMut::with_capacity(16 * 1024);
         let idle = (cfg.session_timeout > 0).then(|| Duration::from_millis(cfg.session_timeout));
+        let info = self.info.clone();
+        // The command's name as `CLIENT LIST` shows it, stored only when it changed (a client
+        // repeating one command takes no lock and copies nothing).
+        let mut shown = LastCommand::default();
         loop {
             loop {
                 match parser.next(&mut buf) {
                     Ok(Some(req)) => {
+                        if !shown.is(&req.args) {
+                            shown = LastCommand::of(&req.args);
+                            info.set_last_command(&shown);
+                        }
                         let pending = self.handle(req).await;
+                        self.mirror();
                         let close = matches!(pending, Pending::Close(_));
                         if tx.send(pending).await.is_err() || close {
                             return;
                         }
                         if let Some(done) = self.blocked.take() {
-                            if !wait_unblocked(&mut rd, &mut buf, done, cfg.client_query_buffer_limit).await {
+                            info.blocked.store(true, Ordering::Relaxed);
+                            let limit = cfg.client_query_buffer_limit;
+                            let unblocked = tokio::select! {
+                                go_on = wait_unblocked(&mut rd, &mut buf, done, limit) => go_on,
+                                _ = info.kill.notified() => false,
+                            };
+                            info.blocked.store(false, Ordering::Relaxed);
+                            if !unblocked {
                                 return;
                             }
                         }
@@ -324,20 +375,38 @@ impl Session {
             if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(16 * 1024);
             }
-            let read = match idle {
-                None => rd.read_buf(&mut buf).await,
-                Some(t) => match tokio::time::timeout(t, rd.read_buf(&mut buf)).await {
-                    Ok(r) => r,
-                    // Like Redis's `timeout`: a subscriber waiting for messages is not idle.
-                    Err(_) if tx.capacity() == MAX_PENDING_REPLIES && !self.subs.active() => return,
-                    Err(_) => continue,
-                },
+            let read = async {
+                match idle {
+                    None => Some(rd.read_buf(&mut buf).await),
+                    Some(t) => tokio::time::timeout(t, rd.read_buf(&mut buf)).await.ok(),
+                }
+            };
+            let read = tokio::select! {
+                r = read => r,
+                // `CLIENT KILL`
+                _ = info.kill.notified() => return,
             };
             match read {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
+                Some(Ok(0)) | Some(Err(_)) => return,
+                Some(Ok(_)) => info.touch(),
+                // Like Redis's `timeout`: a subscriber waiting for messages is not idle.
+                None if tx.capacity() == MAX_PENDING_REPLIES && !self.subs.active() => return,
+                None => {}
             }
         }
+    }
+
+    /// Copies the connection state `CLIENT LIST` shows into `info` (plain stores, no lock).
+    fn mirror(&self) {
+        let info = &self.info;
+        info.proto.store(self.proto, Ordering::Relaxed);
+        info.readonly.store(self.readonly, Ordering::Relaxed);
+        info.admin.store(self.admin && self.state.config.admin_password.is_some(), Ordering::Relaxed);
+        info.multi.store(self.multi.as_ref().map_or(-1, |m| m.queued_count() as i64), Ordering::Relaxed);
+        let (channels, patterns, shard) = self.subs.counts();
+        info.channels.store(channels, Ordering::Relaxed);
+        info.patterns.store(patterns, Ordering::Relaxed);
+        info.shard_channels.store(shard, Ordering::Relaxed);
     }
 
     async fn handle(&mut self, req: Request) -> Pending {
@@ -407,6 +476,7 @@ impl Session {
                 ok()
             }
             "publish" => self.publish(args),
+            "wait" => self.wait(args),
             "pubsub" => self.pubsub_introspection(&req),
             "reset" => self.reset(),
             "multi" | "exec" | "discard" | "unwatch" if args.len() != 1 => {
@@ -542,8 +612,16 @@ impl Session {
         };
         let (pool, node, migration) = match routed {
             Ok(local) => local,
-            Err(peer) => return self.forward(&peer, req).await,
+            Err(peer) => {
+                if !spec.is_read_only() {
+                    self.last_write = LastWrite::Forwarded;
+                }
+                return self.forward(&peer, req).await;
+            }
         };
+        if !spec.is_read_only() && !matches!(&self.last_write, LastWrite::Node(n) if *n == node) {
+            self.last_write = LastWrite::Node(node.clone());
+        }
         let guard = match migration {
             MigrationPath::None => None,
             MigrationPath::Source(g) => Some(g),
@@ -568,12 +646,16 @@ impl Session {
         };
         match pool {
             Some(pool) => {
-                let sample = self.state.slowlog.should_sample().then(|| Sample {
-                    session_id: self.id,
-                    created_wall: SystemTime::now(),
-                    created: Instant::now(),
-                    sent_to_backend: None,
-                    command: describe_command(args),
+                let sample = self.state.slowlog.should_sample().then(|| {
+                    Box::new(Sample {
+                        session_id: self.id,
+                        client: Some(self.info.clone()),
+                        args: slowlog_args(args),
+                        created_wall: SystemTime::now(),
+                        created: Instant::now(),
+                        sent_to_backend: None,
+                        command: describe_command(args),
+                    })
                 });
                 let rx = pool.send(req.raw, self.id as usize).await;
                 let sample = sample.map(|mut s| {
@@ -730,7 +812,8 @@ impl Session {
         self.dedicated.clear();
         self.subs = pubsub::Subscriptions::default();
         self.proto = 2;
-        self.name = None;
+        self.info.set_name(None);
+        self.last_write = LastWrite::None;
         self.asking = false;
         self.readonly = false;
         self.authenticated = self.state.config.password.is_none();
@@ -779,7 +862,7 @@ impl Session {
         self.admin = admin;
         self.proto = proto;
         if name.is_some() {
-            self.name = name;
+            self.info.set_name(name);
         }
         let reply = Frame::Map(vec![
             (Frame::bulk_str("server"), Frame::bulk_str("redis")),
@@ -943,7 +1026,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     Err(oneshot::error::TryRecvError::Closed) => None,
                 };
                 if let Some(s) = sample {
-                    state.slowlog.finish(s, Instant::now());
+                    state.slowlog.finish(*s, Instant::now());
                 }
                 match result {
                     Some(Ok(b)) => b,

@@ -84,6 +84,7 @@ impl Session {
             ("function", Some(b"list" | b"dump" | b"stats")) => self.on_first_node(req),
             ("time" | "lastsave", _) if args.len() == 1 => self.on_first_node(req),
             ("scan", _) if args.len() >= 2 => self.scan(req),
+            ("slowlog", _) => self.slowlog(args),
             ("dbsize" | "keys" | "randomkey" | "flushdb" | "flushall" | "time" | "lastsave" | "scan", _) => {
                 err(&format!("ERR wrong number of arguments for '{name}' command"))
             }
@@ -381,6 +382,130 @@ fn all_exist(replies: NodeReplies, proto: u8) -> Bytes {
         });
     }
     Frame::Array(result.unwrap_or_default().into_iter().map(Frame::Integer).collect()).to_bytes(proto)
+}
+
+/// A channel nobody subscribes to: publishing on it is the cheapest write that Redis
+/// propagates to replicas, and so moves a connection's replication offset (see `wait`).
+const WAIT_MARK: &[u8] = b"__moonraft:wait";
+
+impl Session {
+    /// `WAIT numreplicas timeout`: how many replicas of the node of this client's last write
+    /// have everything up to it. The client's writes travel on shared connections, so Redis
+    /// cannot tell which offset is the client's; the proxy publishes on its own connection to
+    /// that node after the client's earlier replies (which moves that connection's offset past
+    /// every write the client has seen acknowledged) and waits there.
+    pub(super) fn wait(&mut self, args: &[Bytes]) -> Pending {
+        if !self.authenticated {
+            return err("NOAUTH Authentication required.");
+        }
+        if args.len() != 3 {
+            return err("ERR wrong number of arguments for 'wait' command");
+        }
+        let (Some(replicas), Some(timeout)) = (resp::parse_int(&args[1]), resp::parse_int(&args[2])) else {
+            return err("ERR value is not an integer or out of range");
+        };
+        if timeout < 0 {
+            return err("ERR timeout is negative");
+        }
+        let node = match &self.last_write {
+            super::LastWrite::Node(node) => node.clone(),
+            super::LastWrite::Forwarded => {
+                return err("ERR WAIT after a write this proxy forwarded to another proxy is not supported: send the write and WAIT to the proxy serving its slot (a cluster client does)");
+            }
+            // No write yet: every replica has all of this client's writes, as Redis says.
+            super::LastWrite::None => match self.state.installed.load().table.nodes.first() {
+                Some(node) => node.clone(),
+                None => return Pending::Ready(resp::integer(0)),
+            },
+        };
+        let publish =
+            Request::from_args(vec![Bytes::from_static(b"PUBLISH"), Bytes::from_static(WAIT_MARK), Bytes::new()]);
+        let wait = Request::from_args(vec![
+            Bytes::from_static(b"WAIT"),
+            Bytes::from(replicas.to_string()),
+            Bytes::from(timeout.to_string()),
+        ]);
+        let raw = [publish.raw, wait.raw].concat();
+        let exchange = self.dedicated_exchange(node.clone(), super::Reuse::OrConnect);
+        self.after_earlier_replies(async move {
+            match exchange.run(&raw, 2).await {
+                Ok(mut replies) => replies.pop().unwrap_or_default(),
+                Err(e) => resp::error(&e.message(&node)),
+            }
+        })
+    }
+}
+
+impl Session {
+    /// `SLOWLOG GET [count] | LEN | RESET | HELP`: the proxy's own slow log in Redis's format
+    /// (id, unix time, microseconds, arguments, client address, client name). Only sampled
+    /// commands are timed (`slowlog_sample_rate`); the time is the whole proxy round trip.
+    fn slowlog(&mut self, args: &[Bytes]) -> Pending {
+        if !self.authenticated {
+            return err("NOAUTH Authentication required.");
+        }
+        let sub = args.get(1).map(|a| a.to_ascii_lowercase()).unwrap_or_default();
+        let log = &self.state.slowlog;
+        match (sub.as_slice(), args.len()) {
+            (b"get", 2 | 3) => {
+                let count = match args.get(2).map(|c| resp::parse_int(c)) {
+                    None => Some(10),
+                    Some(Some(-1)) => None,
+                    Some(Some(n)) if n >= 0 => Some(n as usize),
+                    Some(_) => return err("ERR count should be greater than or equal to -1"),
+                };
+                let entries = log
+                    .get(count)
+                    .into_iter()
+                    .map(|r| {
+                        let unix = r.created.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+                        Frame::Array(vec![
+                            Frame::Integer(r.id as i64),
+                            Frame::Integer(unix as i64),
+                            Frame::Integer(r.wait_done.as_micros().min(i64::MAX as u128) as i64),
+                            Frame::Array(r.args.into_iter().map(Frame::Bulk).collect()),
+                            Frame::Bulk(Bytes::from(r.client_addr)),
+                            Frame::Bulk(Bytes::from(r.client_name)),
+                        ])
+                    })
+                    .collect();
+                Pending::Ready(Frame::Array(entries).to_bytes(self.proto))
+            }
+            (b"len", 2) => Pending::Ready(resp::integer(log.len() as i64)),
+            (b"reset", 2) if !self.admin => super::no_admin("slowlog|reset"),
+            (b"reset", 2) => {
+                log.reset();
+                super::ok()
+            }
+            (b"help", 2) => Pending::Ready(
+                Frame::Array(
+                    [
+                        "SLOWLOG <subcommand> [<arg> ...]. Subcommands are:",
+                        "GET [<count>]",
+                        "    Return top <count> entries from the slowlog (default: 10, -1 mean all).",
+                        "    Entries are made of: id, timestamp, time in microseconds, arguments array,",
+                        "    client IP and port, client name.",
+                        "    Only one command in slowlog_sample_rate is timed by the proxy.",
+                        "LEN",
+                        "    Return the length of the slowlog.",
+                        "RESET",
+                        "    Reset the slowlog.",
+                    ]
+                    .iter()
+                    .map(|l| Frame::Simple((*l).into()))
+                    .collect(),
+                )
+                .to_bytes(self.proto),
+            ),
+            (b"get" | b"len" | b"reset" | b"help", _) | (_, 1) => {
+                err(&format!("ERR wrong number of arguments for 'slowlog|{}' command", String::from_utf8_lossy(&sub)))
+            }
+            _ => err(&format!(
+                "ERR unknown subcommand '{}'. Try SLOWLOG HELP.",
+                String::from_utf8_lossy(&sub).chars().take(64).collect::<String>()
+            )),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -136,6 +136,11 @@ impl Subscriptions {
         !self.channels.is_empty() || !self.patterns.is_empty() || !self.shard.is_empty()
     }
 
+    /// Channels, patterns and shard channels subscribed (`CLIENT LIST`'s sub/psub/ssub).
+    pub(super) fn counts(&self) -> (usize, usize, usize) {
+        (self.channels.len(), self.patterns.len(), self.shard.len())
+    }
+
     fn classic_count(&self) -> i64 {
         (self.channels.len() + self.patterns.len()) as i64
     }

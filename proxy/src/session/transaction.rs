@@ -39,6 +39,13 @@ pub(super) struct Multi {
     aborted: Option<String>,
 }
 
+impl Multi {
+    /// Commands queued so far.
+    pub(super) fn queued_count(&self) -> usize {
+        self.queued.len()
+    }
+}
+
 /// Commands that act at once even inside `MULTI` (Redis queues everything else).
 fn runs_inside_multi(name: &[u8]) -> bool {
     [&b"exec"[..], b"discard", b"multi", b"watch", b"quit", b"unwatch"].iter().any(|n| name.eq_ignore_ascii_case(n))
@@ -210,6 +217,7 @@ impl Session {
             // Only keyless commands (or none): nothing ties them to a node; run them on any.
             return self.exec_anywhere(multi.queued);
         };
+        self.last_write = super::LastWrite::Node(target.node.clone());
         let reuse = if watching.is_some() { Reuse::Existing } else { Reuse::OrConnect };
         let exchange = self.dedicated_exchange(target.node.clone(), reuse);
         let state = self.state.clone();
