@@ -1,0 +1,145 @@
+//! The writing half of a client connection: replies in request order, coalesced into as few
+//! writes as possible, with pub/sub pushes between them.
+
+use super::{Pending, PushItem};
+use crate::backend::ReplyResult;
+use crate::resp;
+use crate::state::ProxyState;
+use bytes::BytesMut;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
+
+async fn flush<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut BytesMut) -> std::io::Result<()> {
+    if !out.is_empty() {
+        wr.write_all(out).await?;
+        out.clear();
+        if out.capacity() > 1024 * 1024 {
+            *out = BytesMut::with_capacity(16 * 1024);
+        }
+    }
+    Ok(())
+}
+
+/// Awaits `fut` while writing the pushes that come meanwhile (they go between two replies, so
+/// after everything already in `out`). `None`: the connection is to be closed.
+async fn with_pushes<W: AsyncWrite + Unpin, F: Future>(
+    wr: &mut W,
+    out: &mut BytesMut,
+    pushes: &mut mpsc::Receiver<PushItem>,
+    fut: F,
+) -> Option<F::Output> {
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            // Pushes first: a subscription's confirmation is queued before its command's
+            // (empty) reply completes, and must be written before anything after it.
+            biased;
+            push = pushes.recv() => match push {
+                Some(PushItem::Message(b)) => {
+                    out.extend_from_slice(&b);
+                    flush(wr, out).await.ok()?;
+                }
+                Some(PushItem::Close(b)) => {
+                    out.extend_from_slice(&b);
+                    let _ = flush(wr, out).await;
+                    let _ = wr.shutdown().await;
+                    return None;
+                }
+                None => return Some(fut.await),
+            },
+            v = &mut fut => return Some(v),
+        }
+    }
+}
+
+pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::Receiver<Pending>,
+    mut pushes: mpsc::Receiver<PushItem>,
+    mut closing: watch::Receiver<bool>,
+    state: Arc<ProxyState>,
+) {
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    loop {
+        let item = match rx.try_recv() {
+            Ok(item) => item,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                if flush(&mut wr, &mut out).await.is_err() {
+                    return;
+                }
+                match with_pushes(&mut wr, &mut out, &mut pushes, rx.recv()).await {
+                    Some(Some(item)) => item,
+                    Some(None) => break,
+                    None => return,
+                }
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+        };
+        let mut close = false;
+        let reply = match item {
+            Pending::Ready(b) => b,
+            Pending::Close(b) => {
+                close = true;
+                b
+            }
+            Pending::Backend { mut rx, sample, _guard } => {
+                let result: Option<ReplyResult> = match rx.try_recv() {
+                    Ok(r) => Some(r),
+                    Err(oneshot::error::TryRecvError::Empty) => {
+                        if flush(&mut wr, &mut out).await.is_err() {
+                            return;
+                        }
+                        match with_pushes(&mut wr, &mut out, &mut pushes, rx).await {
+                            Some(r) => r.ok(),
+                            None => return,
+                        }
+                    }
+                    Err(oneshot::error::TryRecvError::Closed) => None,
+                };
+                if let Some(s) = sample {
+                    state.slowlog.finish(*s, Instant::now());
+                }
+                match result {
+                    Some(Ok(b)) => b,
+                    Some(Err(e)) => resp::error(&e.to_string()),
+                    None => resp::error(
+                        "ERR backend connection broke before the reply arrived; the command may or may not have been executed",
+                    ),
+                }
+            }
+            Pending::Task(fut) => {
+                if flush(&mut wr, &mut out).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    b = with_pushes(&mut wr, &mut out, &mut pushes, fut) => match b {
+                        Some(b) => b,
+                        None => return,
+                    },
+                    _ = closing.wait_for(|c| *c) => return,
+                }
+            }
+        };
+        if reply.len() >= 32 * 1024 {
+            if flush(&mut wr, &mut out).await.is_err() || wr.write_all(&reply).await.is_err() {
+                return;
+            }
+        } else {
+            out.extend_from_slice(&reply);
+        }
+        if close || out.len() >= 64 * 1024 {
+            if flush(&mut wr, &mut out).await.is_err() {
+                return;
+            }
+            if close {
+                let _ = wr.shutdown().await;
+                return;
+            }
+        }
+    }
+    let _ = flush(&mut wr, &mut out).await;
+    let _ = wr.shutdown().await;
+}
