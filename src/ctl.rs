@@ -18,7 +18,8 @@ pub const USAGE: &str = "moonraft ctl — administer a moonraft broker group ove
 USAGE:
     moonraft ctl [--broker ADDR[,ADDR...]] [--json] <COMMAND> [ARGS]
 
-    --broker   brokers' gRPC addresses (grpc_address), tried in order
+    --broker   brokers' gRPC addresses (grpc_address), tried in order, or their
+               HTTP /api/v3 addresses (the gRPC ones are learnt from them)
                (default: $MOONRAFT_BROKER, else 127.0.0.1:7800)
     --json     print JSON instead of tables
     --token    the brokers' admin_token, or read_token for reads only
@@ -247,8 +248,9 @@ fn flag<'a>(words: &[&'a str], name: &str) -> Option<&'a str> {
 
 impl Ctl {
     async fn connect(brokers: &[String], json: bool, token: BearerToken, tls: &crate::tls::ClientTls) -> Result<Ctl> {
+        let brokers = crate::broker_addr::resolve(brokers, tls).await.map_err(|e| anyhow!(e))?;
         let mut last = None;
-        for b in brokers {
+        for b in &brokers {
             let endpoint = tls.endpoint(b, Duration::from_secs(2)).map_err(|e| anyhow!(e))?;
             match endpoint.connect().await {
                 Ok(channel) => return Ok(Ctl { channel, address: b.clone(), json, token }),

@@ -2,6 +2,7 @@
 
 mod auth;
 mod broker;
+mod broker_addr;
 mod coordinator;
 mod ctl;
 mod demo;
@@ -150,7 +151,7 @@ fn coordinator(args: &[String]) -> Result<()> {
     use coordinator::config::{CoordinatorConfig, COORDINATOR_KEYS};
     let cli = settings::parse_cli(args, COORDINATOR_KEYS)?;
     if cli.help {
-        println!("moonraft coordinator [CONFIG.toml] [--<key> <value>]...\n\nKeys (see shared spec failover-and-coordinator.md §1; broker_address lists the brokers' gRPC addresses):");
+        println!("moonraft coordinator [CONFIG.toml] [--<key> <value>]...\n\nKeys (broker_address lists the brokers' gRPC addresses, default port 7800, or their HTTP /api/v3 addresses, default port 7799, from which the gRPC ones are learnt):");
         for key in COORDINATOR_KEYS {
             println!("    --{:<30} MOONRAFT_{}", key.replace('_', "-"), key.to_ascii_uppercase());
         }

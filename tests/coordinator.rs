@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn port(addr: &str) -> u16 {
     addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("host:port")
@@ -290,4 +290,69 @@ fn bad_proxies_and_a_lost_broker_stall_nobody() {
     assert_eq!(admin.cmd(&["CONFIG", "SET", "brokers", &live.join(",")]), simple("OK"));
     change(&s, "set_get_only");
     assert!(synced(&s, &members), "{}", s.logs());
+}
+
+/// Runs `moonraft <args>` and returns its exit success and stderr; killed (and failed) if it
+/// is still running after `limit`.
+fn run_bounded(args: &[&str], limit: Duration) -> (bool, String, Duration) {
+    let started = Instant::now();
+    let mut child = std::process::Command::new(BIN)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn moonraft");
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut err = String::new();
+            use std::io::Read;
+            let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut err));
+            return (status.success(), err, started.elapsed());
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("moonraft {args:?} still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An undermoon-style configuration names the brokers' HTTP `/api/v3` addresses: the
+/// coordinator (and `moonraft ctl`) learns their gRPC addresses from one of them and works;
+/// an address that answers as neither (a Redis port) stops start-up at once, naming both ports.
+#[test]
+fn http_broker_addresses_are_resolved_and_a_wrong_port_fails_fast() {
+    let mut s = Stack::start(2, 0, &[]);
+    let http = s.brokers.members[1].http.clone();
+    s.coordinators.push(Coordinator::start(&http, &s.dir.0, "co-http", &[]));
+    let r = s.brokers.call("POST", "/clusters/meta/c", Some(r#"{"node_number": 4}"#));
+    assert_eq!(r.status, 200);
+    let cluster = s.cluster("c");
+    let epoch = cluster["epoch"].as_u64().unwrap();
+    let synced = eventually(Duration::from_secs(15), || {
+        proxies(&cluster).iter().all(|p| proxy_epoch(port(p)).is_some_and(|e| e >= epoch))
+    });
+    assert!(synced, "metadata did not reach the proxies:\n{}", s.logs());
+    let log = s.coordinators[0].log_text();
+    assert!(log.contains("is an HTTP /api/v3 address"), "{log}");
+    // all three members' gRPC addresses were learnt, so losing the one named does not matter
+    for m in &s.brokers.members {
+        assert!(log.contains(&m.grpc), "{} not learnt: {log}", m.grpc);
+    }
+
+    // ctl with an HTTP address
+    let (ok, err, _) = run_bounded(&["ctl", "--broker", &http, "clusters"], Duration::from_secs(30));
+    assert!(ok, "{err}");
+
+    // a Redis port is neither: start-up fails at once with a message naming the right ports
+    let redis = Redis::start();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let (ok, err, took) =
+        run_bounded(&["coordinator", "--address", &admin, "--broker-address", &redis.addr()], Duration::from_secs(30));
+    assert!(!ok, "a coordinator given a Redis port as broker started: {err}");
+    assert!(err.contains(&redis.addr()) && err.contains("7800") && err.contains("7799"), "{err}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let (ok, err, _) = run_bounded(&["ctl", "--broker", &redis.addr(), "clusters"], Duration::from_secs(30));
+    assert!(!ok && err.contains("7800") && err.contains("7799"), "{err}");
 }

@@ -402,6 +402,9 @@ pub fn other_members(b: &Broker) -> Vec<String> {
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct RaftStatus {
     pub node_id: u64,
+    /// This member's gRPC address (`advertise_grpc_address`): where coordinators and
+    /// `moonraft ctl` reach it. Each member's `raft_address` is its gRPC address too.
+    pub grpc_address: String,
     pub state: String,
     pub current_term: u64,
     pub leader_id: Option<u64>,
@@ -432,6 +435,7 @@ pub fn raft_status(b: &Broker) -> RaftStatus {
         .collect();
     RaftStatus {
         node_id: b.node_id(),
+        grpc_address: b.config.advertise_grpc_address.clone(),
         state: format!("{:?}", m.state),
         current_term: m.current_term,
         leader_id: m.current_leader,

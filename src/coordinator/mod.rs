@@ -691,6 +691,8 @@ async fn watch_loop(co: Arc<Coordinator>) {
 
 pub async fn run(mut config: CoordinatorConfig) -> anyhow::Result<()> {
     config.finish().map_err(anyhow::Error::msg)?;
+    config.brokers =
+        crate::broker_addr::resolve(&config.brokers, &config.broker_tls).await.map_err(anyhow::Error::msg)?;
     let brokers =
         Brokers::new(&config.brokers, config.token.as_ref(), config.broker_tls.clone()).map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(&config.address)
