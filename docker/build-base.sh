@@ -19,6 +19,9 @@ ROOTFS="$(mktemp -d /var/tmp/moonraft-rootfs.XXXXXX)"
 trap 'rm -rf "$ROOTFS"' EXIT
 debootstrap --variant=minbase --include=redis-server,redis-tools,curl,jq,ca-certificates \
     bookworm "$ROOTFS" "$MIRROR" >/dev/null
-rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/*
+# What a server image never reads: package caches, documentation, manuals and translations
+# (about 50 MB of the 140).
+rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/cache/debconf/*-old \
+    "$ROOTFS"/usr/share/doc/* "$ROOTFS"/usr/share/man/* "$ROOTFS"/usr/share/info/* "$ROOTFS"/usr/share/locale/*
 tar -C "$ROOTFS" -c . | docker import - "$IMAGE" >/dev/null
 echo "built $IMAGE ($(docker image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}'))"

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Throughput of one moonraft proxy versus the redis-server behind it, with redis-benchmark.
-# Not a test: it prints numbers. Runs direct and proxied alternately, ROUNDS times per case,
-# and reports the median requests/s and the ratio proxy/direct.
+# Throughput of one moonraft proxy versus the redis-server behind it, with redis-benchmark,
+# and of haproxy in TCP mode (the reference "dumb hop", same thread count) in the same rounds.
+# Not a test: it prints numbers. Runs direct, proxy and haproxy one after the other, ROUNDS
+# times per case, and reports the median requests/s and the ratios proxy/direct,
+# haproxy/direct and proxy/haproxy. haproxy comes from Debian packages (installed if missing
+# and running as root; otherwise its column is skipped).
 #   ROUNDS=3 REQUESTS=200000 PROXY_THREADS=1 scripts/bench-proxy.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +16,11 @@ REQUESTS="${REQUESTS:-200000}"
 CLIENTS="${CLIENTS:-50}"
 PROXY_THREADS="${PROXY_THREADS:-1}"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-RPORT=$(free_port); PPORT=$(free_port)
+RPORT=$(free_port); PPORT=$(free_port); HPORT=$(free_port)
+if ! command -v haproxy >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null 2>&1 || true
+fi
+HAPROXY=""; command -v haproxy >/dev/null 2>&1 && HAPROXY=haproxy
 DIR=$(mktemp -d /tmp/moonraft-bench.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$DIR"; }
@@ -27,11 +34,32 @@ for _ in $(seq 100); do
     redis-cli -p "$PPORT" ping >/dev/null 2>&1 && redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break
     sleep 0.05
 done
+if [ -n "$HAPROXY" ]; then
+    cat > "$DIR/haproxy.cfg" <<EOF
+global
+    maxconn 4000
+    nbthread $PROXY_THREADS
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 120s
+    timeout server 120s
+listen redis
+    bind 127.0.0.1:$HPORT
+    server redis 127.0.0.1:$RPORT
+EOF
+    haproxy -f "$DIR/haproxy.cfg" -db >"$DIR/haproxy.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 100); do redis-cli -p "$HPORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
+    if ! redis-cli -p "$HPORT" ping >/dev/null 2>&1; then
+        echo "haproxy did not start (its column is skipped):" >&2; tail -3 "$DIR/haproxy.log" >&2; HAPROXY=""
+    fi
+fi
 redis-cli -p "$PPORT" UMCTL SETCLUSTER v2 1 NOFLAG bench "127.0.0.1:$RPORT" 1 0-16383 >/dev/null
 
 # rps for one run: "<test> <rps> <p50 ms>" lines from redis-benchmark's CSV output
 run() { # port pipeline clients tests
-    redis-benchmark -p "$1" -P "$2" -c "$3" -n "$REQUESTS" -r 100000 -t "$4" --csv 2>/dev/null \
+    timeout 300 redis-benchmark -p "$1" -P "$2" -c "$3" -n "$REQUESTS" -r 100000 -t "$4" --csv 2>/dev/null \
         | awk -F, 'NR>1 {gsub(/"/,""); print $1, $2, $5}'
 }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
@@ -39,24 +67,31 @@ median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a
 declare -A res
 for pipe in 1 16; do
     for round in $(seq "$ROUNDS"); do
-        for target in direct proxy; do
-            port=$RPORT; [ "$target" = proxy ] && port=$PPORT
+        for target in direct proxy ${HAPROXY:+haproxy}; do
+            case $target in direct) port=$RPORT ;; proxy) port=$PPORT ;; haproxy) port=$HPORT ;; esac
             while read -r t rps p50; do
                 res["$t,$pipe,$target"]+="$rps "
             done < <(run "$port" "$pipe" "$CLIENTS" set,get)
         done
     done
 done
-lat() { redis-benchmark -p "$1" -c 1 -n 20000 -t get --csv 2>/dev/null | awk -F, 'NR>1 {gsub(/"/,""); print $5}'; }
-p50_direct=$(lat "$RPORT"); p50_proxy=$(lat "$PPORT")
+lat() { timeout 120 redis-benchmark -p "$1" -c 1 -n 20000 -t get --csv 2>/dev/null | awk -F, 'NR>1 {gsub(/"/,""); print $5}'; }
+p50_direct=$(lat "$RPORT"); p50_proxy=$(lat "$PPORT"); p50_haproxy=-
+[ -n "$HAPROXY" ] && p50_haproxy=$(lat "$HPORT")
 
 echo "moonraft proxy vs direct redis: redis-benchmark -c $CLIENTS -n $REQUESTS, median of $ROUNDS, proxy threads $PROXY_THREADS, $(nproc) cores"
-printf "%-6s %-4s %14s %14s %7s\n" test -P direct_rps proxy_rps ratio
+printf "%-6s %-4s %12s %12s %12s %13s %15s %15s\n" test -P direct_rps proxy_rps haproxy_rps proxy/direct haproxy/direct proxy/haproxy
 for pipe in 1 16; do
     for t in SET GET; do
         d=$(echo ${res["$t,$pipe,direct"]} | tr ' ' '\n' | median)
         p=$(echo ${res["$t,$pipe,proxy"]} | tr ' ' '\n' | median)
-        printf "%-6s %-4s %14.0f %14.0f %7.2f\n" "$t" "$pipe" "$d" "$p" "$(echo "$p / $d" | bc -l)"
+        if [ -n "$HAPROXY" ]; then
+            h=$(echo ${res["$t,$pipe,haproxy"]} | tr ' ' '\n' | median)
+            printf "%-6s %-4s %12.0f %12.0f %12.0f %13.2f %15.2f %15.2f\n" "$t" "$pipe" "$d" "$p" "$h" \
+                "$(echo "$p / $d" | bc -l)" "$(echo "$h / $d" | bc -l)" "$(echo "$p / $h" | bc -l)"
+        else
+            printf "%-6s %-4s %12.0f %12.0f %12s %13.2f %15s %15s\n" "$t" "$pipe" "$d" "$p" - "$(echo "$p / $d" | bc -l)" - -
+        fi
     done
 done
-echo "p50 latency, 1 client, GET: direct ${p50_direct} ms, proxy ${p50_proxy} ms"
+echo "p50 latency, 1 client, GET: direct ${p50_direct} ms, proxy ${p50_proxy} ms, haproxy ${p50_haproxy} ms"

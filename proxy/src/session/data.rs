@@ -51,7 +51,11 @@ impl Session {
             let installed = self.state.installed.load();
             match installed.table.route(slot, asking) {
                 Route::Local(node) => {
-                    let addr = installed.table.nodes[node].clone();
+                    let addr = &installed.table.nodes[node];
+                    // Copied only when it changes: no allocation per command.
+                    if !spec.is_read_only() && !matches!(&self.last_write, LastWrite::Node(n) if n == addr) {
+                        self.last_write = LastWrite::Node(addr.clone());
+                    }
                     let mut migration = MigrationPath::None;
                     if let Some(task) = installed.table.task_for_slot(slot) {
                         if task.importing {
@@ -74,9 +78,10 @@ impl Session {
                         }
                     }
                     if spec.is_blocking(args) {
-                        Ok((None, addr, migration))
+                        Ok((None, addr.clone(), migration))
                     } else {
-                        Ok((installed.pool(node, self.proto, &self.state.registry), addr, migration))
+                        // The node's address is only needed for blocking commands.
+                        Ok((installed.pool(node, self.proto, &self.state.registry), String::new(), migration))
                     }
                 }
                 // Replica reads: like a Redis Cluster replica, this proxy serves reads of its
@@ -109,9 +114,6 @@ impl Session {
                 return self.forward(&peer, req).await;
             }
         };
-        if !spec.is_read_only() && !matches!(&self.last_write, LastWrite::Node(n) if *n == node) {
-            self.last_write = LastWrite::Node(node.clone());
-        }
         let guard = match migration {
             MigrationPath::None => None,
             MigrationPath::Source(g) => Some(g),

@@ -49,6 +49,10 @@ use tracing::debug;
 
 /// Requests dispatched but not yet answered, per client; the reader waits beyond this.
 const MAX_PENDING_REPLIES: usize = 1024;
+/// A connection's read and write buffers to start with.
+const START_BUFFER: usize = 4 * 1024;
+/// Read and write buffers bigger than this are replaced by small ones once empty.
+const MAX_IDLE_BUFFER: usize = 64 * 1024;
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 type ReplyFuture = Pin<Box<dyn Future<Output = Bytes> + Send>>;
@@ -228,7 +232,9 @@ impl Session {
         let state = self.state.clone();
         let cfg = &state.config;
         let mut parser = RequestParser::new(cfg.proto_max_bulk_len, cfg.client_query_buffer_limit);
-        let mut buf = BytesMut::with_capacity(16 * 1024);
+        // Small to start with (many connections are idle), grown by 16 KB steps when a client
+        // sends more, and given back after a burst (below).
+        let mut buf = BytesMut::with_capacity(START_BUFFER);
         let idle = (cfg.session_timeout > 0).then(|| Duration::from_millis(cfg.session_timeout));
         let info = self.info.clone();
         // The command's name as `CLIENT LIST` shows it, stored only when it changed (a client
@@ -268,7 +274,11 @@ impl Session {
                     }
                 }
             }
-            if buf.capacity() - buf.len() < 4096 {
+            if buf.is_empty() && buf.capacity() > MAX_IDLE_BUFFER {
+                // After a burst of big requests, give the memory back: an idle connection keeps
+                // at most a small buffer (the old one is freed once its requests are answered).
+                buf = BytesMut::with_capacity(START_BUFFER);
+            } else if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(16 * 1024);
             }
             let read = async {

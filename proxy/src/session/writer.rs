@@ -16,8 +16,8 @@ async fn flush<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut BytesMut) -> std::io
     if !out.is_empty() {
         wr.write_all(out).await?;
         out.clear();
-        if out.capacity() > 1024 * 1024 {
-            *out = BytesMut::with_capacity(16 * 1024);
+        if out.capacity() > super::MAX_IDLE_BUFFER {
+            *out = BytesMut::with_capacity(super::START_BUFFER);
         }
     }
     Ok(())
@@ -62,7 +62,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     mut closing: watch::Receiver<bool>,
     state: Arc<ProxyState>,
 ) {
-    let mut out = BytesMut::with_capacity(16 * 1024);
+    let mut out = BytesMut::with_capacity(super::START_BUFFER);
     loop {
         let item = match rx.try_recv() {
             Ok(item) => item,
