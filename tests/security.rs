@@ -572,7 +572,12 @@ fn proxies_serve_tls_and_migrate_over_tls() {
     // redis-cli -c also prints a "-> Redirected to slot …" line when it follows a MOVED.
     let replies: Vec<String> =
         replies.join().unwrap().into_iter().filter(|l| !l.starts_with("-> Redirected")).collect();
-    assert_eq!(replies.len(), sent, "one reply per write");
+    assert_eq!(
+        replies.len(),
+        sent,
+        "one reply per write; not OK: {:?}",
+        replies.iter().filter(|r| *r != "OK").collect::<Vec<_>>()
+    );
     assert!(replies.iter().all(|r| r == "OK"), "{:?}", replies.iter().find(|r| *r != "OK"));
     let pulled: u64 = s.hosts.iter().map(|h| pulled_in_log(&h.proxy.log_text())).sum();
     assert!(pulled > 0, "no key was pulled between proxies ({sent} writes during the migration):\n{}", s.logs());
