@@ -15,7 +15,8 @@ fn format_ranges(ranges: &[SlotRange], out: &mut String) {
     }
 }
 
-/// `CLUSTER NODES` text (`proxy.md` §7.1): this proxy first, then peers by address.
+/// `CLUSTER NODES` text (`docs/protocol.md`, "Cluster output"): this proxy first, then peers
+/// by address.
 pub fn cluster_nodes(table: &ClusterTable, announce: &str, v2: bool) -> String {
     let bus = if v2 { "@5299" } else { "" };
     let mut out = String::new();
@@ -136,7 +137,7 @@ fn shown_ranges(table: &ClusterTable, announce: &str, with_replicas: bool) -> Ve
     first_seen
 }
 
-/// `CLUSTER SLOTS` reply (`proxy.md` §7.2): each range with its serving proxy and, for a client
+/// `CLUSTER SLOTS` reply (`docs/protocol.md`): each range with its serving proxy and, for a client
 /// that sent `READONLY` (`with_replicas`: it wants to read from replicas), the proxies that
 /// serve reads of it from a replica node. Other clients see masters only, as in undermoon.
 pub fn cluster_slots(table: &ClusterTable, announce: &str, with_replicas: bool) -> Result<Frame, String> {

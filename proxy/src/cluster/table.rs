@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-/// Migration task states (`migration.md` §5.1). Importing tasks use PreCheck, PreSwitch and
+/// Migration task states (`docs/migration.md`, "Task states"). Importing tasks use PreCheck, PreSwitch and
 /// SwitchCommitted only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
@@ -172,7 +172,8 @@ impl ClusterTable {
             }
         };
         // Peers first, by priority, so that local ranges overwrite them: a peer's MIGRATING
-        // range loses to anyone's IMPORTING range for the same slots (undermoon weak point 23).
+        // range loses to anyone's IMPORTING range for the same slots (`docs/migration.md`, "Whose
+        // range wins").
         let mut peer_order: Vec<&(String, RangeEntry)> = meta.peers.iter().collect();
         peer_order.sort_by_key(|(_, e)| match e.tag {
             RangeTag::Migrating(_) => 0,
@@ -242,7 +243,7 @@ impl ClusterTable {
 
     /// Routing decision for `slot` (pure). `asking`: the client sent ASKING just before.
     ///
-    /// Migration rules (`migration.md` §5): the source serves its migrating slots until the
+    /// Routing rules (`docs/migration.md`): the source serves its migrating slots until the
     /// switch, holds them back while switching (TRYAGAIN, which cluster clients retry) and
     /// sends clients to the destination with MOVED once the destination has taken over. A
     /// destination that has not switched yet answers `ASK` to the source: the slot already
@@ -277,7 +278,8 @@ impl ClusterTable {
         }
     }
 
-    /// Ranges this proxy shows as its own (`proxy.md` §7.1 visibility rules), merged.
+    /// Ranges this proxy shows as its own (`docs/migration.md`, what `CLUSTER NODES/SLOTS` show),
+    /// merged.
     pub fn visible_local_ranges(&self) -> Vec<SlotRange> {
         let mut out = Vec::new();
         for (_, entry) in &self.meta.local {
