@@ -112,6 +112,25 @@ impl ClientInfo {
         self.text.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The user it authenticated as (`AUTH admin …`, or the default one).
+    pub fn user(&self) -> &'static str {
+        if self.admin.load(Ordering::Relaxed) {
+            "admin"
+        } else {
+            "default"
+        }
+    }
+
+    /// Whether it is of `CLIENT LIST/KILL TYPE <kind>` (lower case); a proxy has no
+    /// `master`/`replica` clients.
+    pub fn is_type(&self, kind: &[u8]) -> bool {
+        match kind {
+            b"pubsub" => self.is_pubsub(),
+            b"normal" => !self.is_pubsub(),
+            _ => false,
+        }
+    }
+
     pub fn is_pubsub(&self) -> bool {
         self.channels.load(Ordering::Relaxed)
             + self.patterns.load(Ordering::Relaxed)
@@ -145,7 +164,6 @@ impl ClientInfo {
             flags.push('N');
         }
         let name = t.name.as_ref().map(|n| String::from_utf8_lossy(n).into_owned()).unwrap_or_default();
-        let user = if self.admin.load(Ordering::Relaxed) { "admin" } else { "default" };
         let mut out = String::with_capacity(256);
         let _ = write!(
             out,
@@ -163,7 +181,7 @@ impl ClientInfo {
             self.shard_channels.load(Ordering::Relaxed),
             self.multi.load(Ordering::Relaxed),
             if t.last_command.is_empty() { "NULL" } else { &t.last_command },
-            user,
+            self.user(),
             self.proto.load(Ordering::Relaxed),
             t.lib_name,
             t.lib_ver,
@@ -290,18 +308,12 @@ impl KillFilter {
         if self.skip_me && c.id == me {
             return false;
         }
-        let user = if c.admin.load(Ordering::Relaxed) { "admin" } else { "default" };
         self.id.is_none_or(|id| id == c.id)
             && self.addr.as_ref().is_none_or(|a| *a == c.addr)
             && self.laddr.as_ref().is_none_or(|a| *a == c.laddr)
-            && self.user.as_ref().is_none_or(|u| u == user)
+            && self.user.as_ref().is_none_or(|u| u == c.user())
             && self.max_age.is_none_or(|age| c.age_secs() >= age)
-            && match self.kind.as_deref() {
-                None => true,
-                Some("pubsub") => c.is_pubsub(),
-                Some("normal") => !c.is_pubsub(),
-                Some(_) => false,
-            }
+            && self.kind.as_deref().is_none_or(|k| c.is_type(k.as_bytes()))
     }
 }
 

@@ -350,22 +350,30 @@ fn parse_replicas(it: &mut Tokens<'_>) -> Result<Vec<ReplicaEntry>, ParseErrorKi
         it.pos += 1;
         let proxy = utf8(tok)?;
         let node = utf8(it.need()?)?;
-        let count = parse_u64(it.need()?).ok_or(ParseErrorKind::InvalidArgs)?;
-        if count > SLOT_COUNT as u64 {
-            return Err(ParseErrorKind::InvalidArgs);
-        }
-        let mut ranges = Vec::with_capacity(count as usize);
-        for _ in 0..count {
-            let r = SlotRange::parse(it.need()?).ok_or(ParseErrorKind::InvalidArgs)?;
-            slots_named += (r.end - r.start) as u64 + 1;
-            if slots_named > MAX_SLOTS_PER_SECTION {
-                return Err(ParseErrorKind::InvalidArgs);
-            }
-            ranges.push(r);
-        }
+        let count = it.need()?;
+        let ranges = parse_ranges(it, count, &mut slots_named)?;
         out.push(ReplicaEntry { proxy, node, ranges });
     }
     Ok(out)
+}
+
+/// `<count> <range>…` of one entry; `slots_named` counts the slots of the whole section, which
+/// may name each slot at most twice (a bound on what one SETCLUSTER can make the proxy build).
+fn parse_ranges(it: &mut Tokens<'_>, count: &[u8], slots_named: &mut u64) -> Result<Vec<SlotRange>, ParseErrorKind> {
+    let count = parse_u64(count).ok_or(ParseErrorKind::InvalidArgs)?;
+    if count > SLOT_COUNT as u64 {
+        return Err(ParseErrorKind::InvalidArgs);
+    }
+    let mut ranges = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let r = SlotRange::parse(it.need()?).ok_or(ParseErrorKind::InvalidArgs)?;
+        *slots_named += (r.end - r.start) as u64 + 1;
+        if *slots_named > MAX_SLOTS_PER_SECTION {
+            return Err(ParseErrorKind::InvalidArgs);
+        }
+        ranges.push(r);
+    }
+    Ok(ranges)
 }
 
 fn parse_entries(it: &mut Tokens<'_>) -> Result<Vec<(String, RangeEntry)>, ParseErrorKind> {
@@ -388,19 +396,7 @@ fn parse_entries(it: &mut Tokens<'_>) -> Result<Vec<(String, RangeEntry)>, Parse
         if tagged.is_some() {
             kind = it.need()?;
         }
-        let count = parse_u64(kind).ok_or(ParseErrorKind::InvalidArgs)?;
-        if count > SLOT_COUNT as u64 {
-            return Err(ParseErrorKind::InvalidArgs);
-        }
-        let mut ranges = Vec::with_capacity(count as usize);
-        for _ in 0..count {
-            let r = SlotRange::parse(it.need()?).ok_or(ParseErrorKind::InvalidArgs)?;
-            slots_named += (r.end - r.start) as u64 + 1;
-            if slots_named > MAX_SLOTS_PER_SECTION {
-                return Err(ParseErrorKind::InvalidArgs);
-            }
-            ranges.push(r);
-        }
+        let ranges = parse_ranges(it, kind, &mut slots_named)?;
         let tag = match tagged {
             None => RangeTag::None,
             Some(migrating) => {

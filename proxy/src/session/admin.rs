@@ -150,13 +150,7 @@ impl Session {
         }
         let mut out = String::new();
         for c in self.state.clients.all() {
-            let kind_ok = match kind.as_deref() {
-                None => true,
-                Some(b"pubsub") => c.is_pubsub(),
-                Some(b"normal") => !c.is_pubsub(),
-                Some(_) => false,
-            };
-            if kind_ok && ids.as_ref().is_none_or(|ids| ids.contains(&c.id)) {
+            if kind.as_deref().is_none_or(|k| c.is_type(k)) && ids.as_ref().is_none_or(|ids| ids.contains(&c.id)) {
                 out.push_str(&c.line());
                 out.push('\n');
             }
