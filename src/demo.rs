@@ -84,7 +84,8 @@ struct Running {
 impl Drop for Running {
     fn drop(&mut self) {
         let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        // Quietly: a child that already exited makes `kill` complain on our terminal.
+        let _ = Command::new("kill").args(["-TERM", &pid]).stderr(Stdio::null()).status();
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
@@ -246,8 +247,10 @@ fn spawn(role: &str, address: &str, cmd: &mut Command, log: &Path) -> Result<Run
         .append(true)
         .open(log)
         .with_context(|| format!("cannot open {}", log.display()))?;
+    // redis-server writes its log, and the reason it refuses to start, to stdout.
+    let stdout = file.try_clone().with_context(|| format!("cannot open {}", log.display()))?;
     let child = cmd
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(file)
         .stdin(Stdio::null())
         .spawn()
@@ -266,7 +269,10 @@ pub fn main(args: &[String]) -> Result<()> {
             "redis-server was not found: install it (Debian: apt-get install redis-server) or run ./scripts/setup.sh"
         );
     }
-    let dir = &o.data_dir;
+    // Absolute: redis-server changes into its `--dir` before it reads the `--include`d file,
+    // so a relative path (the default `moonraft-demo`) would name a file that is not there.
+    let dir = &std::path::absolute(&o.data_dir)
+        .with_context(|| format!("cannot resolve the data dir {}", o.data_dir.display()))?;
     let mark = dir.join("demo-version");
     // --fresh only ever wipes a demo data dir.
     if o.fresh && mark.exists() {

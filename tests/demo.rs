@@ -21,11 +21,15 @@ impl Drop for Demo {
     }
 }
 
+/// Started as the README does: from the directory holding the data dir, which is named relative
+/// to it (redis-server once could not find its included config file that way).
 fn start(dir: &std::path::Path, extra: &[&str]) -> Demo {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else { panic!("{} has no parent", dir.display()) };
     let child = Command::new(BIN)
+        .current_dir(parent)
         .arg("demo")
         .arg("--data-dir")
-        .arg(dir)
+        .arg(name)
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
