@@ -5,7 +5,9 @@
 # times per case, and reports the median requests/s and the ratios proxy/direct,
 # haproxy/direct and proxy/haproxy. haproxy comes from Debian packages (installed if missing
 # and running as root; otherwise its column is skipped).
-#   ROUNDS=3 REQUESTS=200000 PROXY_THREADS=1 scripts/bench-proxy.sh
+# METRICS=1 adds a second proxy with /metrics on (commands counted and timed) to the same
+# rounds and prints the ratio metrics-on/metrics-off.
+#   ROUNDS=3 REQUESTS=200000 PROXY_THREADS=1 METRICS=1 scripts/bench-proxy.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -15,8 +17,9 @@ ROUNDS="${ROUNDS:-3}"
 REQUESTS="${REQUESTS:-200000}"
 CLIENTS="${CLIENTS:-50}"
 PROXY_THREADS="${PROXY_THREADS:-1}"
+METRICS="${METRICS:-0}"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-RPORT=$(free_port); PPORT=$(free_port); HPORT=$(free_port)
+RPORT=$(free_port); PPORT=$(free_port); HPORT=$(free_port); MPORT=$(free_port); MHTTP=$(free_port)
 if ! command -v haproxy >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null 2>&1 || true
 fi
@@ -30,6 +33,13 @@ redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$
 pids+=($!)
 "$MOONRAFT_BIN" proxy --address "127.0.0.1:$PPORT" --thread-number "$PROXY_THREADS" --log warn 2>"$DIR/proxy.log" &
 pids+=($!)
+MTARGET=""
+if [ "$METRICS" = 1 ]; then
+    "$MOONRAFT_BIN" proxy --address "127.0.0.1:$MPORT" --metrics-address "127.0.0.1:$MHTTP" \
+        --thread-number "$PROXY_THREADS" --log warn 2>"$DIR/proxy-metrics.log" &
+    pids+=($!)
+    MTARGET=metrics
+fi
 for _ in $(seq 100); do
     redis-cli -p "$PPORT" ping >/dev/null 2>&1 && redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break
     sleep 0.05
@@ -56,6 +66,10 @@ EOF
     fi
 fi
 redis-cli -p "$PPORT" UMCTL SETCLUSTER v2 1 NOFLAG bench "127.0.0.1:$RPORT" 1 0-16383 >/dev/null
+if [ -n "$MTARGET" ]; then
+    for _ in $(seq 100); do redis-cli -p "$MPORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
+    redis-cli -p "$MPORT" UMCTL SETCLUSTER v2 1 NOFLAG bench "127.0.0.1:$RPORT" 1 0-16383 >/dev/null
+fi
 
 # rps for one run: "<test> <rps> <p50 ms>" lines from redis-benchmark's CSV output
 run() { # port pipeline clients tests
@@ -67,8 +81,8 @@ median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a
 declare -A res
 for pipe in 1 16; do
     for round in $(seq "$ROUNDS"); do
-        for target in direct proxy ${HAPROXY:+haproxy}; do
-            case $target in direct) port=$RPORT ;; proxy) port=$PPORT ;; haproxy) port=$HPORT ;; esac
+        for target in direct proxy ${HAPROXY:+haproxy} $MTARGET; do
+            case $target in direct) port=$RPORT ;; proxy) port=$PPORT ;; haproxy) port=$HPORT ;; metrics) port=$MPORT ;; esac
             while read -r t rps p50; do
                 res["$t,$pipe,$target"]+="$rps "
             done < <(run "$port" "$pipe" "$CLIENTS" set,get)
@@ -95,3 +109,15 @@ for pipe in 1 16; do
     done
 done
 echo "p50 latency, 1 client, GET: direct ${p50_direct} ms, proxy ${p50_proxy} ms, haproxy ${p50_haproxy} ms"
+if [ -n "$MTARGET" ]; then
+    echo "metrics on (a proxy with --metrics-address, every command counted and timed) vs off, same rounds:"
+    printf "%-6s %-4s %12s %12s %10s\n" test -P off_rps on_rps on/off
+    for pipe in 1 16; do
+        for t in SET GET; do
+            p=$(echo ${res["$t,$pipe,proxy"]} | tr ' ' '\n' | median)
+            m=$(echo ${res["$t,$pipe,metrics"]} | tr ' ' '\n' | median)
+            printf "%-6s %-4s %12.0f %12.0f %10.3f\n" "$t" "$pipe" "$p" "$m" "$(echo "$m / $p" | bc -l)"
+        done
+    done
+    echo "commands the metrics proxy counted: $(curl -s "127.0.0.1:$MHTTP/metrics" | awk '/^moonraft_proxy_commands_total/ {s += $NF} END {print s}')"
+fi

@@ -30,6 +30,11 @@ if ! python3 -c 'import redis' >/dev/null 2>&1; then
     echo "setup: installing redis-py from PyPI"
     python3 -m pip install -q redis 2>/dev/null || python3 -m pip install -q --break-system-packages redis
 fi
+# The metrics tests read /metrics with Prometheus's own parser (prometheus_client).
+if ! python3 -c 'import prometheus_client' >/dev/null 2>&1; then
+    echo "setup: installing prometheus_client from PyPI"
+    python3 -m pip install -q prometheus-client 2>/dev/null || python3 -m pip install -q --break-system-packages prometheus-client
+fi
 
 if ! command -v cargo >/dev/null 2>&1; then
     echo "setup: cargo not found; install the Rust toolchain (https://rustup.rs) and run again" >&2

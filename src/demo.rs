@@ -106,6 +106,12 @@ struct Layout {
     proxies: Vec<(String, [String; 2])>,
 }
 
+/// Where the proxy on `proxy` (127.0.0.1:600N) serves `/metrics`: 127.0.0.1:910N.
+fn metrics_address(proxy: &str) -> String {
+    let port: u16 = proxy.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(6000);
+    format!("127.0.0.1:{}", port + 3100)
+}
+
 fn layout(o: &Options) -> Layout {
     Layout {
         brokers: (1..=o.brokers)
@@ -302,6 +308,7 @@ pub fn main(args: &[String]) -> Result<()> {
     }
     for (p, nodes) in &l.proxies {
         check_free(p)?;
+        check_free(&metrics_address(p))?;
         for n in nodes {
             check_free(n)?;
         }
@@ -349,7 +356,7 @@ pub fn main(args: &[String]) -> Result<()> {
     for (p, _) in &l.proxies {
         let log = logs.join(format!("proxy{}.log", p.rsplit(':').next().unwrap_or_default()));
         let mut cmd = Command::new(&exe);
-        cmd.args(["proxy", "--address", p]).env_remove("RUST_LOG");
+        cmd.args(["proxy", "--address", p, "--metrics-address", &metrics_address(p)]).env_remove("RUST_LOG");
         secret_env(
             &mut cmd,
             &[
@@ -500,6 +507,14 @@ fn print_summary(o: &Options, l: &Layout, children: &[Running], ready: Duration,
         None => println!(
             "\nNo credentials (--insecure): anyone who reaches these ports controls them.\n\nTry:\n  curl http://127.0.0.1:7799/api/v3/proxies/addresses\n  curl -XPOST -H 'Content-Type: application/json' http://127.0.0.1:7799/api/v3/clusters/meta/mycluster -d '{{\"node_number\": 4}}'\n  redis-cli -c -p 6001 set a 1\n  moonraft ctl --broker 127.0.0.1:7800 clusters"
         ),
+    }
+    let token = if creds.is_some() { "-H \"Authorization: Bearer $MOONRAFT_READ_TOKEN\" " } else { "" };
+    println!("\nMetrics (Prometheus):");
+    for (_, h, _) in &l.brokers {
+        println!("  broker  curl {token}http://{h}/metrics");
+    }
+    for (p, _) in &l.proxies {
+        println!("  proxy   curl http://{}/metrics", metrics_address(p));
     }
     println!("\nPids are in {}. Ctrl-C stops everything.", demo_json.display());
 }

@@ -6,6 +6,7 @@ mod broker_addr;
 mod coordinator;
 mod ctl;
 mod demo;
+mod metrics_http;
 mod settings;
 mod tls;
 
@@ -104,8 +105,18 @@ fn proxy(args: &[String]) -> Result<()> {
     .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let address = config.address.clone();
+        let metrics = match config.metrics_address.as_str() {
+            "" => None,
+            a => Some(metrics_http::bind(a).await?),
+        };
+        let started = move |state: &std::sync::Arc<moonraft_proxy::state::ProxyState>| {
+            if let Some(listener) = metrics {
+                let registry = moonraft_proxy::metrics::registry(state);
+                metrics_http::spawn(listener, std::sync::Arc::new(move || moonraft_proxy::metrics::render(&registry)));
+            }
+        };
         tokio::select! {
-            r = moonraft_proxy::server::run(config) => r.with_context(|| format!("proxy on {address} failed")),
+            r = moonraft_proxy::server::run_with(config, started) => r.with_context(|| format!("proxy on {address} failed")),
             _ = shutdown_signal() => Ok(()),
         }
     })

@@ -138,6 +138,23 @@ fn demo_starts_serves_resumes_and_cleans_up() {
         cluster["cluster"]["nodes"][0]["proxy_address"].as_str().unwrap().rsplit(':').next().unwrap().to_owned();
     assert!(eventually(Duration::from_secs(10), || creds.cli(&["-c", "-p", &proxy, "SET", "a", "1"]) == "OK"));
     assert_eq!(creds.cli(&["-c", "-p", "6001", "GET", "a"]), "1");
+    // Every proxy serves /metrics on 9100 + its number; one of them answered the SET.
+    let sets: f64 = (9101..=9106)
+        .map(|port| {
+            let r = http(&format!("127.0.0.1:{port}"), "GET", "/metrics", None).expect("proxy /metrics");
+            assert_eq!(r.status, 200);
+            let text = String::from_utf8_lossy(&r.body).into_owned();
+            text.lines()
+                .filter(|l| l.starts_with(r#"moonraft_proxy_commands_total{command="set",result="ok"}"#))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        })
+        .sum();
+    assert!(sets >= 1.0, "no proxy counted the SET");
+    // The brokers' /metrics takes the read token like any other read.
+    assert_eq!(http("127.0.0.1:7799", "GET", "/metrics", None).unwrap().status, 401);
+    let broker = creds.http("127.0.0.1:7899", "GET", "/metrics", None);
+    assert!(String::from_utf8_lossy(&broker.body).contains("moonraft_broker_raft_leader_id"));
     assert!(redis_cli(&["-c", "-p", "6001", "GET", "a"]).starts_with("NOAUTH"));
     let out = Command::new(BIN).args(["demo", "--data-dir"]).arg(dir.0.join("other")).output().unwrap();
     assert!(!out.status.success());

@@ -9,6 +9,8 @@ use std::net::ToSocketAddrs;
 pub struct ProxyConfig {
     pub address: String,
     pub announce_address: String,
+    /// Where `GET /metrics` (Prometheus) is served; empty: not served.
+    pub metrics_address: String,
     pub slowlog_len: usize,
     pub slowlog_log_slower_than: i64,
     pub slowlog_sample_rate: u64,
@@ -83,6 +85,7 @@ impl Default for ProxyConfig {
         ProxyConfig {
             address: "127.0.0.1:5299".into(),
             announce_address: String::new(),
+            metrics_address: String::new(),
             slowlog_len: 1024,
             slowlog_log_slower_than: 50000,
             slowlog_sample_rate: 1000,
@@ -119,6 +122,7 @@ impl Default for ProxyConfig {
 pub const PROXY_KEYS: &[&str] = &[
     "address",
     "announce_address",
+    "metrics_address",
     "slowlog_len",
     "slowlog_log_slower_than",
     "slowlog_sample_rate",
@@ -196,6 +200,12 @@ impl ProxyConfig {
                     check_address(value)?;
                 }
                 self.announce_address = value.to_owned();
+            }
+            "metrics_address" => {
+                if !value.is_empty() {
+                    check_address(value)?;
+                }
+                self.metrics_address = value.to_owned();
             }
             "slowlog_len" => self.slowlog_len = positive(value)?,
             "slowlog_log_slower_than" => self.slowlog_log_slower_than = number(value)?,

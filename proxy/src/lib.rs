@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod lease;
+pub mod metrics;
 pub mod migrate;
 pub mod replication;
 pub mod resp;

@@ -192,7 +192,13 @@ fn bulk_items(f: Frame) -> Vec<Bytes> {
 /// Copies one big key element by element into a temporary key at the destination, then
 /// renames it into place (keeping the destination's copy if it has one) and unlinks the
 /// source. Returns false for types it does not chunk (the caller DUMPs those).
-async fn chunked_copy(src: &NodePool, dst: &NodePool, key: &Bytes, task: &MigrationTask) -> Result<bool, String> {
+async fn chunked_copy(
+    state: &ProxyState,
+    src: &NodePool,
+    dst: &NodePool,
+    key: &Bytes,
+    task: &MigrationTask,
+) -> Result<bool, String> {
     let kind = match call(src, &req(&[b"TYPE", key])).await? {
         Frame::Simple(t) => t,
         other => return Err(format!("TYPE: {other}")),
@@ -301,8 +307,7 @@ async fn chunked_copy(src: &NodePool, dst: &NodePool, key: &Bytes, task: &Migrat
     }
     call(src, &req(&[b"UNLINK", key])).await?;
     info!(key = %String::from_utf8_lossy(key), bytes = moved_bytes, "big {kind} key copied in chunks");
-    task.shared.keys_moved.fetch_add(1, Ordering::Relaxed);
-    task.shared.bytes_moved.fetch_add(moved_bytes, Ordering::Relaxed);
+    count_moved(state, task, 1, moved_bytes);
     Ok(true)
 }
 
@@ -331,7 +336,7 @@ async fn copy_keys(
     for (k, size) in keys.iter().zip(sizes) {
         let size = size.await.map_err(|_| "source connection lost".to_owned())?.map_err(|e| e.to_string())?;
         let big = matches!(Frame::parse(&size), Ok(Some((Frame::Integer(n), _))) if n > BIG_KEY_BYTES);
-        if !big || !chunked_copy(src, dst, k, task).await? {
+        if !big || !chunked_copy(state, src, dst, k, task).await? {
             small.push(k.clone());
         }
     }
@@ -379,8 +384,7 @@ async fn copy_keys(
             return Err(format!("RESTORE {}: {text}", String::from_utf8_lossy(k)));
         }
     }
-    task.shared.keys_moved.fetch_add(present.len() as u64, Ordering::Relaxed);
-    task.shared.bytes_moved.fetch_add(bytes, Ordering::Relaxed);
+    count_moved(state, task, present.len() as u64, bytes);
     delete_at_source(state, src, &present, task).await;
     Ok(())
 }
@@ -450,7 +454,7 @@ async fn pull_one(
             let before = task.shared.keys_moved.load(Ordering::Relaxed);
             copy_keys(state, src, dst, std::slice::from_ref(key), task).await?;
             if task.shared.keys_moved.load(Ordering::Relaxed) != before {
-                task.shared.keys_pulled.fetch_add(1, Ordering::Relaxed);
+                count_pulled(state, task);
             }
             return Ok(Vec::new());
         }
@@ -464,7 +468,7 @@ async fn pull_one(
     let payload = match value {
         Some(Frame::Bulk(p)) => p,
         Some(Frame::Integer(1)) => {
-            if !chunked_copy(src, dst, key, task).await? {
+            if !chunked_copy(state, src, dst, key, task).await? {
                 copy_keys(state, src, dst, std::slice::from_ref(key), task).await?;
             }
             return Ok(Vec::new());
@@ -481,9 +485,8 @@ async fn pull_one(
         Frame::Error(e) => return Err(format!("RESTORE {}: {e}", String::from_utf8_lossy(key))),
         other => return Err(format!("RESTORE {}: unexpected reply {other}", String::from_utf8_lossy(key))),
     }
-    task.shared.keys_moved.fetch_add(1, Ordering::Relaxed);
-    task.shared.keys_pulled.fetch_add(1, Ordering::Relaxed);
-    task.shared.bytes_moved.fetch_add(bytes, Ordering::Relaxed);
+    count_moved(state, task, 1, bytes);
+    count_pulled(state, task);
     Ok(vec![key.clone()])
 }
 
@@ -517,6 +520,19 @@ impl Drop for Claim {
             busy.remove(k);
         }
     }
+}
+
+/// Counts moved keys for the task's progress and the proxy's metrics.
+fn count_moved(state: &ProxyState, task: &MigrationTask, keys: u64, bytes: u64) {
+    task.shared.keys_moved.fetch_add(keys, Ordering::Relaxed);
+    task.shared.bytes_moved.fetch_add(bytes, Ordering::Relaxed);
+    state.metrics.migration_keys.fetch_add(keys, Ordering::Relaxed);
+    state.metrics.migration_bytes.fetch_add(bytes, Ordering::Relaxed);
+}
+
+fn count_pulled(state: &ProxyState, task: &MigrationTask) {
+    task.shared.keys_pulled.fetch_add(1, Ordering::Relaxed);
+    state.metrics.migration_pulls.fetch_add(1, Ordering::Relaxed);
 }
 
 fn set_error(task: &MigrationTask, e: Option<String>) {
@@ -589,6 +605,7 @@ async fn scan(state: &ProxyState, cluster: &str, task: &MigrationTask, config: &
         };
         if let Err(e) = copied {
             warn!(cluster = %cluster, "copy paused: {e}; retrying the batch");
+            state.metrics.migration_copy_errors.fetch_add(1, Ordering::Relaxed);
             set_error(task, Some(e));
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));

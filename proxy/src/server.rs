@@ -10,9 +10,16 @@ use tracing::{info, warn};
 /// Binds the listen address and serves clients until `UMCTL SHUTDOWN` (or the returned
 /// state's shutdown signal) stops it.
 pub async fn run(config: ProxyConfig) -> std::io::Result<()> {
+    run_with(config, |_| {}).await
+}
+
+/// Like `run`, calling `started` with the proxy's state once it listens (the binary starts its
+/// `/metrics` listener there).
+pub async fn run_with(config: ProxyConfig, started: impl FnOnce(&Arc<ProxyState>)) -> std::io::Result<()> {
     let tls = config.tls_server().map_err(std::io::Error::other)?;
     let listener = TcpListener::bind(&config.address).await?;
     let state = ProxyState::new(config);
+    started(&state);
     info!(address = %state.config.address, announce = %state.announce, tls = tls.is_some(), "proxy listening");
     serve_with(listener, state, tls).await
 }

@@ -91,6 +91,9 @@ pub struct ProxyState {
     /// Pools kept for the nodes `UMCTL HEALTH` pings (replicas have no other pool); replaced
     /// by each probe's node list, so it stays as small as that list.
     pub health_pools: Mutex<std::collections::HashMap<String, Arc<crate::backend::NodePool>>>,
+    /// Counters for `/metrics`.
+    pub metrics: crate::metrics::ProxyMetrics,
+    pub started: std::time::Instant,
 }
 
 impl ProxyState {
@@ -114,6 +117,7 @@ impl ProxyState {
         let registry = BackendRegistry::new(settings, config.backend_conn_num);
         let installed = Installed::new(ClusterTable::empty(), &registry, "");
         let (shutdown, _) = tokio::sync::watch::channel(false);
+        let metrics = crate::metrics::ProxyMetrics::new(!config.metrics_address.is_empty());
         Arc::new(ProxyState {
             announce: config.announce().to_owned(),
             slowlog: SlowLog::new(config.slowlog_len, config.slowlog_log_slower_than, config.slowlog_sample_rate),
@@ -129,6 +133,8 @@ impl ProxyState {
             total_commands: AtomicU64::new(0),
             total_connections: AtomicU64::new(0),
             clients: crate::clients::Clients::default(),
+            metrics,
+            started: std::time::Instant::now(),
             lease: crate::lease::Lease::default(),
             health_pools: Mutex::new(std::collections::HashMap::new()),
         })

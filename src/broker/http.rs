@@ -28,8 +28,18 @@ type Shared = State<Arc<Broker>>;
 pub fn router(broker: Arc<Broker>) -> Router {
     let limit = broker.config.max_body_bytes;
     let api = operations().route(OPENAPI_PATH, get(openapi_document));
+    let registry = Arc::new(super::metrics::registry(&broker));
+    let metrics = get(move || {
+        let registry = registry.clone();
+        async move {
+            let body = moonraft_proxy::metrics::render(&registry);
+            ([(header::CONTENT_TYPE, crate::metrics_http::CONTENT_TYPE_OPENMETRICS)], body).into_response()
+        }
+    });
     Router::new()
         .nest("/api/v3", api)
+        // Outside /api/v3: answered by this member itself (not forwarded to the leader).
+        .route("/metrics", metrics)
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(middleware::from_fn_with_state(broker.clone(), forward_to_leader))
         .layer(middleware::from_fn(json_errors))

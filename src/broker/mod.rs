@@ -6,6 +6,7 @@ pub mod config;
 pub mod grpc;
 pub mod grpc_api;
 pub mod http;
+pub mod metrics;
 pub mod openapi;
 pub mod service;
 

@@ -229,6 +229,11 @@ impl ClusterTable {
             .sum()
     }
 
+    /// How many slots the local nodes hold (stable and migrating ranges).
+    pub fn local_slot_count(&self) -> u64 {
+        self.nodes.iter().map(|n| self.node_slot_count(n)).sum()
+    }
+
     /// The migration task owning `slot`, if any.
     pub fn task_for_slot(&self, slot: u16) -> Option<&MigrationTask> {
         match self.slots.get(slot as usize) {

@@ -30,6 +30,7 @@ use writer::write_loop;
 use crate::backend::ReplyResult;
 use crate::clients::{ClientInfo, LastCommand};
 use crate::command;
+use crate::metrics::Meter;
 use crate::resp::{self, Frame, Request, RequestParser};
 use crate::slowlog::Sample;
 use crate::state::ProxyState;
@@ -40,7 +41,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -228,7 +229,7 @@ where
 }
 
 impl Session {
-    async fn read_loop<R: AsyncRead + Unpin + Send>(&mut self, mut rd: R, tx: mpsc::Sender<Pending>) {
+    async fn read_loop<R: AsyncRead + Unpin + Send>(&mut self, mut rd: R, tx: mpsc::Sender<(Pending, Meter)>) {
         let state = self.state.clone();
         let cfg = &state.config;
         let mut parser = RequestParser::new(cfg.proto_max_bulk_len, cfg.client_query_buffer_limit);
@@ -248,10 +249,11 @@ impl Session {
                             shown = LastCommand::of(&req.args);
                             info.set_last_command(&shown);
                         }
+                        let meter = state.metrics.meter(req.name(), Instant::now());
                         let pending = self.handle(req).await;
                         self.mirror();
                         let close = matches!(pending, Pending::Close(_));
-                        if tx.send(pending).await.is_err() || close {
+                        if tx.send((pending, meter)).await.is_err() || close {
                             return;
                         }
                         if let Some(done) = self.blocked.take() {
@@ -269,7 +271,8 @@ impl Session {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        let _ = tx.send(Pending::Close(resp::error(&format!("ERR {e}")))).await;
+                        let meter = state.metrics.meter(b"", Instant::now());
+                        let _ = tx.send((Pending::Close(resp::error(&format!("ERR {e}"))), meter)).await;
                         return;
                     }
                 }
@@ -294,7 +297,10 @@ impl Session {
             };
             match read {
                 Some(Ok(0)) | Some(Err(_)) => return,
-                Some(Ok(_)) => info.touch(),
+                Some(Ok(n)) => {
+                    state.metrics.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                    info.touch()
+                }
                 // Like Redis's `timeout`: a subscriber waiting for messages is not idle.
                 None if tx.capacity() == MAX_PENDING_REPLIES && !self.subs.active() => return,
                 None => {}

@@ -3,18 +3,21 @@
 
 use super::{Pending, PushItem};
 use crate::backend::ReplyResult;
+use crate::metrics::{Meter, ProxyMetrics};
 use crate::resp;
 use crate::state::ProxyState;
 use bytes::BytesMut;
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
-async fn flush<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut BytesMut) -> std::io::Result<()> {
+async fn flush<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut BytesMut, metrics: &ProxyMetrics) -> std::io::Result<()> {
     if !out.is_empty() {
         wr.write_all(out).await?;
+        metrics.bytes_out.fetch_add(out.len() as u64, Ordering::Relaxed);
         out.clear();
         if out.capacity() > super::MAX_IDLE_BUFFER {
             *out = BytesMut::with_capacity(super::START_BUFFER);
@@ -29,6 +32,7 @@ async fn with_pushes<W: AsyncWrite + Unpin, F: Future>(
     wr: &mut W,
     out: &mut BytesMut,
     pushes: &mut mpsc::Receiver<PushItem>,
+    metrics: &ProxyMetrics,
     fut: F,
 ) -> Option<F::Output> {
     tokio::pin!(fut);
@@ -40,11 +44,11 @@ async fn with_pushes<W: AsyncWrite + Unpin, F: Future>(
             push = pushes.recv() => match push {
                 Some(PushItem::Message(b)) => {
                     out.extend_from_slice(&b);
-                    flush(wr, out).await.ok()?;
+                    flush(wr, out, metrics).await.ok()?;
                 }
                 Some(PushItem::Close(b)) => {
                     out.extend_from_slice(&b);
-                    let _ = flush(wr, out).await;
+                    let _ = flush(wr, out, metrics).await;
                     let _ = wr.shutdown().await;
                     return None;
                 }
@@ -57,7 +61,7 @@ async fn with_pushes<W: AsyncWrite + Unpin, F: Future>(
 
 pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
-    mut rx: mpsc::Receiver<Pending>,
+    mut rx: mpsc::Receiver<(Pending, Meter)>,
     mut pushes: mpsc::Receiver<PushItem>,
     mut closing: watch::Receiver<bool>,
     state: Arc<ProxyState>,
@@ -67,10 +71,10 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
         let item = match rx.try_recv() {
             Ok(item) => item,
             Err(mpsc::error::TryRecvError::Empty) => {
-                if flush(&mut wr, &mut out).await.is_err() {
+                if flush(&mut wr, &mut out, &state.metrics).await.is_err() {
                     return;
                 }
-                match with_pushes(&mut wr, &mut out, &mut pushes, rx.recv()).await {
+                match with_pushes(&mut wr, &mut out, &mut pushes, &state.metrics, rx.recv()).await {
                     Some(Some(item)) => item,
                     Some(None) => break,
                     None => return,
@@ -78,6 +82,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
             }
             Err(mpsc::error::TryRecvError::Disconnected) => break,
         };
+        let (item, meter) = item;
         let mut close = false;
         let reply = match item {
             Pending::Ready(b) => b,
@@ -89,10 +94,10 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                 let result: Option<ReplyResult> = match rx.try_recv() {
                     Ok(r) => Some(r),
                     Err(oneshot::error::TryRecvError::Empty) => {
-                        if flush(&mut wr, &mut out).await.is_err() {
+                        if flush(&mut wr, &mut out, &state.metrics).await.is_err() {
                             return;
                         }
-                        match with_pushes(&mut wr, &mut out, &mut pushes, rx).await {
+                        match with_pushes(&mut wr, &mut out, &mut pushes, &state.metrics, rx).await {
                             Some(r) => r.ok(),
                             None => return,
                         }
@@ -111,11 +116,11 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                 }
             }
             Pending::Task(fut) => {
-                if flush(&mut wr, &mut out).await.is_err() {
+                if flush(&mut wr, &mut out, &state.metrics).await.is_err() {
                     return;
                 }
                 tokio::select! {
-                    b = with_pushes(&mut wr, &mut out, &mut pushes, fut) => match b {
+                    b = with_pushes(&mut wr, &mut out, &mut pushes, &state.metrics, fut) => match b {
                         Some(b) => b,
                         None => return,
                     },
@@ -123,15 +128,17 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                 }
             }
         };
+        state.metrics.record(meter, &reply, Instant::now());
         if reply.len() >= 32 * 1024 {
-            if flush(&mut wr, &mut out).await.is_err() || wr.write_all(&reply).await.is_err() {
+            if flush(&mut wr, &mut out, &state.metrics).await.is_err() || wr.write_all(&reply).await.is_err() {
                 return;
             }
+            state.metrics.bytes_out.fetch_add(reply.len() as u64, Ordering::Relaxed);
         } else {
             out.extend_from_slice(&reply);
         }
         if close || out.len() >= 64 * 1024 {
-            if flush(&mut wr, &mut out).await.is_err() {
+            if flush(&mut wr, &mut out, &state.metrics).await.is_err() {
                 return;
             }
             if close {
@@ -140,6 +147,6 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
             }
         }
     }
-    let _ = flush(&mut wr, &mut out).await;
+    let _ = flush(&mut wr, &mut out, &state.metrics).await;
     let _ = wr.shutdown().await;
 }

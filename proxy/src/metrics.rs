@@ -1,0 +1,394 @@
+//! The proxy's Prometheus metrics (`GET /metrics` on `metrics_address`, served by the binary).
+//!
+//! Counted on the hot path with plain relaxed atomic adds into fixed arrays — one slot per
+//! command of the command table, one per result kind, one per latency bucket — so a command
+//! costs no lock, no hashing of label sets and no allocation; the label sets and the text are
+//! made only when someone scrapes. `prometheus-client` does the encoding (a `Collector` that
+//! reads the arrays), so the output follows the OpenMetrics text format that Prometheus reads.
+
+use crate::command::{self, CommandSpec};
+use crate::state::ProxyState;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+/// How a command ended, from the first bytes of its reply.
+pub const RESULTS: [&str; 6] = ["ok", "error", "moved", "ask", "tryagain", "crossslot"];
+
+/// Upper bounds of the latency buckets, in microseconds (the last bucket is +Inf).
+const BUCKETS_US: [u64; 12] = [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000];
+
+/// Commands the proxy answers itself or routes specially (not in the data command table).
+const CONTROL_COMMANDS: &[&str] = &[
+    "ping",
+    "echo",
+    "quit",
+    "auth",
+    "hello",
+    "select",
+    "asking",
+    "readonly",
+    "readwrite",
+    "publish",
+    "wait",
+    "pubsub",
+    "reset",
+    "multi",
+    "exec",
+    "discard",
+    "watch",
+    "unwatch",
+    "cluster",
+    "config",
+    "command",
+    "info",
+    "client",
+    "umctl",
+    "umforward",
+    "umpublish",
+    "umread",
+    "umsync",
+    "subscribe",
+    "psubscribe",
+    "unsubscribe",
+    "punsubscribe",
+    "ssubscribe",
+    "sunsubscribe",
+    "keys",
+    "scan",
+    "dbsize",
+    "flushall",
+    "flushdb",
+    "script",
+    "function",
+    "slowlog",
+    "memory",
+    "randomkey",
+    "lastsave",
+    "time",
+    "role",
+    "debug",
+];
+
+/// Counters of one command name.
+#[derive(Default)]
+struct CommandCounters {
+    results: [AtomicU64; RESULTS.len()],
+    /// Per bucket (not cumulative), the last one for anything slower than the last bound.
+    buckets: [AtomicU64; BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+/// Which command a reply belongs to and when the proxy read it.
+#[derive(Clone, Copy)]
+pub struct Meter {
+    command: u16,
+    start: Instant,
+}
+
+pub struct ProxyMetrics {
+    /// Off when no `metrics_address` is set: commands are then neither timed nor counted.
+    enabled: bool,
+    /// Data commands in table order, then `CONTROL_COMMANDS`, then one for everything else.
+    commands: Box<[CommandCounters]>,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub migration_keys: AtomicU64,
+    pub migration_bytes: AtomicU64,
+    pub migration_pulls: AtomicU64,
+    pub migration_copy_errors: AtomicU64,
+}
+
+impl Default for ProxyMetrics {
+    fn default() -> Self {
+        ProxyMetrics::new(true)
+    }
+}
+
+impl ProxyMetrics {
+    pub fn new(enabled: bool) -> Self {
+        let n = command::DATA_COMMANDS.len() + CONTROL_COMMANDS.len() + 1;
+        ProxyMetrics {
+            enabled,
+            commands: (0..n).map(|_| CommandCounters::default()).collect(),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            migration_keys: AtomicU64::new(0),
+            migration_bytes: AtomicU64::new(0),
+            migration_pulls: AtomicU64::new(0),
+            migration_copy_errors: AtomicU64::new(0),
+        }
+    }
+}
+
+fn command_name(index: usize) -> &'static str {
+    let data = command::DATA_COMMANDS.len();
+    if index < data {
+        command::DATA_COMMANDS[index].name
+    } else {
+        CONTROL_COMMANDS.get(index - data).copied().unwrap_or("other")
+    }
+}
+
+/// The position of a table entry in `DATA_COMMANDS` (entries are `'static` items of that slice).
+fn data_index(spec: &CommandSpec) -> Option<usize> {
+    let base = command::DATA_COMMANDS.as_ptr() as usize;
+    let offset = (spec as *const CommandSpec as usize).checked_sub(base)?;
+    let index = offset / std::mem::size_of::<CommandSpec>();
+    (index < command::DATA_COMMANDS.len()).then_some(index)
+}
+
+fn classify(reply: &[u8]) -> usize {
+    if reply.first() != Some(&b'-') {
+        return 0;
+    }
+    let rest = &reply[1..];
+    if rest.starts_with(b"MOVED ") {
+        2
+    } else if rest.starts_with(b"ASK ") {
+        3
+    } else if rest.starts_with(b"TRYAGAIN") {
+        4
+    } else if rest.starts_with(b"CROSSSLOT") {
+        5
+    } else {
+        1
+    }
+}
+
+impl ProxyMetrics {
+    /// Starts timing a command named `name` (as the client sent it).
+    pub fn meter(&self, name: &[u8], now: Instant) -> Meter {
+        if !self.enabled {
+            return Meter { command: u16::MAX, start: now };
+        }
+        let index = match command::lookup(name).and_then(data_index) {
+            Some(i) => i,
+            None => {
+                let data = command::DATA_COMMANDS.len();
+                let control = CONTROL_COMMANDS.iter().position(|c| c.as_bytes().eq_ignore_ascii_case(name));
+                data + control.unwrap_or(CONTROL_COMMANDS.len())
+            }
+        };
+        Meter { command: index as u16, start: now }
+    }
+
+    /// Counts a command's reply: its result kind and how long the proxy took to answer it.
+    pub fn record(&self, meter: Meter, reply: &[u8], now: Instant) {
+        if meter.command == u16::MAX {
+            return;
+        }
+        let Some(c) = self.commands.get(usize::from(meter.command)) else { return };
+        c.results[classify(reply)].fetch_add(1, Ordering::Relaxed);
+        let us = now.saturating_duration_since(meter.start).as_micros().min(u128::from(u64::MAX)) as u64;
+        let bucket = BUCKETS_US.iter().position(|b| us <= *b).unwrap_or(BUCKETS_US.len());
+        c.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        c.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Commands answered so far, whatever their result (for tests and INFO).
+    pub fn commands_total(&self) -> u64 {
+        self.commands.iter().flat_map(|c| c.results.iter()).map(|r| r.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// Reads the proxy's state on each scrape. Holds the state weakly: a registry outliving the
+/// proxy reports nothing rather than keeping it alive.
+#[derive(Debug)]
+struct ProxyCollector {
+    state: Weak<ProxyState>,
+}
+
+fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(value);
+    c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(value);
+    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+impl Collector for ProxyCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(state) = self.state.upgrade() else { return Ok(()) };
+        let m = &state.metrics;
+        {
+            let mut family = encoder.encode_descriptor(
+                "moonraft_proxy_commands",
+                "Commands answered, by command and result (ok, error, moved, ask, tryagain, crossslot).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (i, c) in m.commands.iter().enumerate() {
+                for (r, result) in RESULTS.iter().enumerate() {
+                    let v = c.results[r].load(Ordering::Relaxed);
+                    if v > 0 {
+                        let labels = [("command", command_name(i)), ("result", *result)];
+                        ConstCounter::new(v).encode(family.encode_family(&labels)?)?;
+                    }
+                }
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "moonraft_proxy_command_duration_seconds",
+                "Time from reading a command to having its reply ready to write, by command.",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (i, c) in m.commands.iter().enumerate() {
+                let counts: Vec<u64> = c.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+                let count: u64 = counts.iter().sum();
+                if count == 0 {
+                    continue;
+                }
+                let buckets: Vec<(f64, u64)> =
+                    BUCKETS_US.iter().map(|us| *us as f64 / 1e6).chain([f64::MAX]).zip(counts).collect();
+                let sum = c.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+                let labels = [("command", command_name(i))];
+                family.encode_family(&labels)?.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+            }
+        }
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter(&mut encoder, "moonraft_proxy_received_bytes", "Bytes read from clients.", load(&m.bytes_in))?;
+        counter(&mut encoder, "moonraft_proxy_sent_bytes", "Bytes written to clients.", load(&m.bytes_out))?;
+        counter(
+            &mut encoder,
+            "moonraft_proxy_connections_accepted",
+            "Client connections accepted.",
+            load(&state.total_connections),
+        )?;
+        gauge(
+            &mut encoder,
+            "moonraft_proxy_client_connections",
+            "Client connections open now.",
+            state.connected_clients.load(Ordering::Relaxed) as i64,
+        )?;
+        counter(
+            &mut encoder,
+            "moonraft_proxy_migration_keys_moved",
+            "Keys this proxy copied to a migration's destination (scan and pulls).",
+            load(&m.migration_keys),
+        )?;
+        counter(
+            &mut encoder,
+            "moonraft_proxy_migration_bytes_moved",
+            "DUMP payload bytes (compressed as Redis stores them) copied for migrations.",
+            load(&m.migration_bytes),
+        )?;
+        counter(
+            &mut encoder,
+            "moonraft_proxy_migration_pulls",
+            "Keys moved ahead of the copy because a client at the destination needed them.",
+            load(&m.migration_pulls),
+        )?;
+        counter(
+            &mut encoder,
+            "moonraft_proxy_migration_copy_errors",
+            "Times a migration copy paused on an error (retried).",
+            load(&m.migration_copy_errors),
+        )?;
+        let installed = state.installed.load();
+        let table = &installed.table;
+        gauge(&mut encoder, "moonraft_proxy_epoch", "Epoch of the installed cluster metadata.", table.epoch as i64)?;
+        {
+            let (mut stable, mut migrating, mut importing) = (0i64, 0i64, 0i64);
+            for task in table.tasks.iter() {
+                let n: i64 = task.ranges.iter().map(|r| i64::from(r.end - r.start) + 1).sum();
+                if task.importing {
+                    importing += n;
+                } else {
+                    migrating += n;
+                }
+            }
+            stable += table.local_slot_count() as i64 - migrating;
+            let mut family = encoder.encode_descriptor(
+                "moonraft_proxy_slots",
+                "Slots this proxy serves, by state (stable, migrating away, importing).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (kind, v) in [("stable", stable.max(0)), ("migrating", migrating), ("importing", importing)] {
+                ConstGauge::new(v).encode(family.encode_family(&[("state", kind)])?)?;
+            }
+        }
+        gauge(
+            &mut encoder,
+            "moonraft_proxy_migration_tasks",
+            "Migration tasks in the installed metadata (both directions).",
+            table.tasks.len() as i64,
+        )?;
+        gauge(
+            &mut encoder,
+            "moonraft_proxy_lease_valid",
+            "1 while the coordinators' write lease is valid (or leases are off), else 0.",
+            i64::from(!state.lease.expired()),
+        )?;
+        let uptime = state.started.elapsed();
+        gauge(
+            &mut encoder,
+            "moonraft_proxy_uptime_seconds",
+            "Seconds since the proxy started.",
+            uptime.as_secs() as i64,
+        )?;
+        Ok(())
+    }
+}
+
+/// A registry for the proxy's `/metrics`.
+pub fn registry(state: &Arc<ProxyState>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(ProxyCollector { state: Arc::downgrade(state) }));
+    registry
+}
+
+/// The text for `GET /metrics`.
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn classifies_redirections_and_errors() {
+        assert_eq!(classify(b"+OK\r\n"), 0);
+        assert_eq!(classify(b"$1\r\na\r\n"), 0);
+        assert_eq!(classify(b"-MOVED 1 127.0.0.1:1\r\n"), 2);
+        assert_eq!(classify(b"-ASK 1 127.0.0.1:1\r\n"), 3);
+        assert_eq!(classify(b"-TRYAGAIN x\r\n"), 4);
+        assert_eq!(classify(b"-CROSSSLOT x\r\n"), 5);
+        assert_eq!(classify(b"-ERR x\r\n"), 1);
+    }
+
+    #[test]
+    fn every_data_command_has_its_own_counter() {
+        for (i, spec) in command::DATA_COMMANDS.iter().enumerate() {
+            assert_eq!(data_index(spec), Some(i));
+        }
+        let m = ProxyMetrics::default();
+        let now = Instant::now();
+        assert_eq!(command_name(m.meter(b"SET", now).command.into()), "set");
+        assert_eq!(command_name(m.meter(b"Ping", now).command.into()), "ping");
+        assert_eq!(command_name(m.meter(b"nosuchcommand", now).command.into()), "other");
+        m.record(m.meter(b"get", now), b"$-1\r\n", now + Duration::from_micros(300));
+        m.record(m.meter(b"get", now), b"-MOVED 1 a:1\r\n", now + Duration::from_secs(2));
+        assert_eq!(m.commands_total(), 2);
+        let get = &m.commands[data_index(command::lookup(b"get").unwrap()).unwrap()];
+        assert_eq!(get.buckets[2].load(Ordering::Relaxed), 1, "300 µs falls in the ≤ 500 µs bucket");
+        assert_eq!(get.buckets[BUCKETS_US.len()].load(Ordering::Relaxed), 1, "2 s is past the last bound");
+        assert_eq!(get.results[2].load(Ordering::Relaxed), 1);
+    }
+}

@@ -1,0 +1,177 @@
+//! `/metrics` read with Prometheus's own parser (`tests/py/scrape_metrics.py`, which also
+//! checks every histogram is well formed): the counters move with the traffic a test sends.
+
+mod common;
+
+use common::*;
+use moonraft_proxy::resp::Frame;
+use serde_json::Value;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Every sample of one scrape, as (name, labels, value).
+fn scrape(addr: &str) -> Vec<Value> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/scrape_metrics.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(format!("http://{addr}/metrics"))
+        .output()
+        .expect("python3 must be installed");
+    assert!(
+        out.status.success(),
+        "scraping {addr} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
+}
+
+/// The value of the sample `name` whose labels include `labels` (0 if there is none: a counter
+/// that never moved is not listed).
+fn value(samples: &[Value], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s["name"] == name)
+        .filter(|s| labels.iter().all(|(k, v)| s["labels"][*k] == *v))
+        .map(|s| s["value"].as_f64().unwrap_or(0.0))
+        .sum()
+}
+
+#[test]
+fn proxy_metrics_follow_the_traffic() {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let s = SingleProxy::start(&["--metrics-address", &metrics]);
+    let before = scrape(&metrics);
+    let mut c = s.proxy.conn();
+    const N: usize = 300;
+    for i in 0..N {
+        c.send(&["SET", &format!("key:{i}"), "value"]);
+    }
+    for _ in 0..N {
+        assert_eq!(c.read(), simple("OK"));
+    }
+    assert!(error_text(&c.cmd(&["NOSUCHCOMMAND"])).contains("not supported"));
+    assert!(error_text(&c.cmd(&["GET"])).contains("wrong number of arguments"));
+    // Half of the slots go to another proxy: a key there is MOVED.
+    let r = c.cmd(&[
+        "UMCTL",
+        "SETCLUSTER",
+        "v2",
+        "2",
+        "NOFLAG",
+        "test",
+        &s.a.addr(),
+        "1",
+        "0-8191",
+        "PEER",
+        "127.0.0.1:1",
+        "1",
+        "8192-16383",
+    ]);
+    assert_eq!(r, simple("OK"));
+    // "b" is in slot 3300, "a" in 15495.
+    assert!(error_text(&c.cmd(&["GET", "a"])).starts_with("MOVED 15495 127.0.0.1:1"));
+    assert_eq!(c.cmd(&["GET", "b"]), Frame::Null);
+
+    let after = scrape(&metrics);
+    let delta = |name: &str, labels: &[(&str, &str)]| value(&after, name, labels) - value(&before, name, labels);
+    let commands = "moonraft_proxy_commands_total";
+    assert_eq!(delta(commands, &[("command", "set"), ("result", "ok")]), N as f64);
+    assert_eq!(delta(commands, &[("command", "other"), ("result", "error")]), 1.0);
+    assert_eq!(delta(commands, &[("command", "get"), ("result", "error")]), 1.0);
+    assert_eq!(delta(commands, &[("command", "get"), ("result", "moved")]), 1.0);
+    assert_eq!(delta(commands, &[("command", "get"), ("result", "ok")]), 1.0);
+    assert_eq!(delta(commands, &[("command", "umctl"), ("result", "ok")]), 1.0);
+    // Every SET is in the histogram, none of them slower than the +Inf bound.
+    let hist = "moonraft_proxy_command_duration_seconds";
+    assert_eq!(delta(&format!("{hist}_count"), &[("command", "set")]), N as f64);
+    assert_eq!(delta(&format!("{hist}_bucket"), &[("command", "set"), ("le", "+Inf")]), N as f64);
+    assert!(delta(&format!("{hist}_sum"), &[("command", "set")]) > 0.0);
+    // Each SET is `*3\r\n$3\r\nSET\r\n$…\r\nkey:…\r\n$5\r\nvalue\r\n`: at least 30 bytes.
+    assert!(delta("moonraft_proxy_received_bytes_total", &[]) >= (N * 30) as f64);
+    assert!(delta("moonraft_proxy_sent_bytes_total", &[]) >= (N * 5) as f64);
+    assert!(value(&after, "moonraft_proxy_client_connections", &[]) >= 1.0);
+    assert_eq!(value(&after, "moonraft_proxy_epoch", &[]), 2.0);
+    assert_eq!(value(&after, "moonraft_proxy_slots", &[("state", "stable")]), 8192.0);
+    assert_eq!(value(&after, "moonraft_proxy_lease_valid", &[]), 1.0);
+}
+
+#[test]
+fn a_metrics_address_that_cannot_be_used_fails_start_up() {
+    let taken = Redis::start();
+    let mut child = Command::new(BIN)
+        .args(["proxy", "--address", &format!("127.0.0.1:{}", free_port()), "--metrics-address", &taken.addr()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn moonraft proxy");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let status = status.expect("the proxy kept running with its metrics address taken");
+    assert!(!status.success());
+    let mut stderr = String::new();
+    use std::io::Read;
+    let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut stderr));
+    assert!(stderr.contains("metrics_address"), "{stderr}");
+}
+
+#[test]
+fn broker_metrics_show_the_raft_state_and_the_store_on_every_member() {
+    let mut group = BrokerGroup::start(3);
+    let leader = group.wait_leader(Duration::from_secs(10)).expect("a leader");
+    let scrape_all = |group: &BrokerGroup| -> Vec<(u64, Vec<Value>)> {
+        group.members.iter().filter(|m| m.proc.child.is_some()).map(|m| (m.id, scrape(&m.http))).collect()
+    };
+    let before = scrape_all(&group);
+    let term = value(&before[0].1, "moonraft_broker_raft_term", &[]);
+    for (id, s) in &before {
+        assert_eq!(value(s, "moonraft_broker_raft_leader_id", &[]), leader as f64, "member {id}");
+        assert_eq!(value(s, "moonraft_broker_raft_node_id", &[]), *id as f64);
+        assert_eq!(value(s, "moonraft_broker_raft_is_leader", &[]), f64::from(*id == leader));
+        assert_eq!(value(s, "moonraft_broker_raft_term", &[]), term, "member {id}");
+        assert_eq!(value(s, "moonraft_broker_raft_voters", &[]), 3.0);
+        assert_eq!(value(s, "moonraft_broker_proxies", &[]), 0.0);
+    }
+    let epoch = value(&before[0].1, "moonraft_broker_global_epoch_total", &[]);
+    for i in 0..2 {
+        let body = format!(r#"{{"proxy_address": "p{i}:6000", "nodes": ["p{i}:7000", "p{i}:7001"]}}"#);
+        assert_eq!(group.call("POST", "/proxies/meta", Some(&body)).status, 200);
+    }
+    // Every member applies the two registrations; its log and applied index move with them.
+    let applied = eventually(Duration::from_secs(10), || {
+        scrape_all(&group).iter().all(|(_, s)| value(s, "moonraft_broker_proxies", &[]) == 2.0)
+    });
+    assert!(applied, "not every member reports the two proxies:\n{:?}", scrape_all(&group));
+    for ((id, b), (_, a)) in before.iter().zip(scrape_all(&group)) {
+        let grew = |name: &str| value(&a, name, &[]) - value(b, name, &[]);
+        assert!(grew("moonraft_broker_raft_applied_index") >= 2.0, "member {id}");
+        assert!(grew("moonraft_broker_raft_last_log_index") >= 2.0, "member {id}");
+        assert!(value(&a, "moonraft_broker_global_epoch_total", &[]) > epoch, "member {id}");
+    }
+    // A leader kill: the survivors name a new leader in a later term.
+    group.members.iter_mut().find(|m| m.id == leader).expect("the leader").proc.kill();
+    let mut new_leader = leader;
+    let elected = eventually(Duration::from_secs(20), || {
+        new_leader = group.wait_leader(Duration::from_millis(200)).unwrap_or(leader);
+        new_leader != leader
+    });
+    assert!(elected, "the survivors did not elect a new leader:\n{}", group.logs());
+    let after = scrape_all(&group);
+    assert_eq!(after.len(), 2);
+    for (id, s) in &after {
+        assert_eq!(value(s, "moonraft_broker_raft_leader_id", &[]), new_leader as f64, "member {id}");
+        assert!(value(s, "moonraft_broker_raft_term", &[]) > term, "member {id}");
+    }
+    let leaders: f64 = after.iter().map(|(_, s)| value(s, "moonraft_broker_raft_is_leader", &[])).sum();
+    assert_eq!(leaders, 1.0);
+}
