@@ -106,9 +106,10 @@ struct Layout {
     proxies: Vec<(String, [String; 2])>,
 }
 
-/// Where the proxy on `proxy` (127.0.0.1:600N) serves `/metrics`: 127.0.0.1:910N.
-fn metrics_address(proxy: &str) -> String {
-    let port: u16 = proxy.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(6000);
+/// Where the process listening on `address` serves `/metrics`: 3100 ports up (proxies
+/// 6001… → 9101…, coordinators 6699/6698 → 9799/9798).
+fn metrics_address(address: &str) -> String {
+    let port: u16 = address.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(6000);
     format!("127.0.0.1:{}", port + 3100)
 }
 
@@ -305,6 +306,7 @@ pub fn main(args: &[String]) -> Result<()> {
     }
     for c in &l.coordinators {
         check_free(c)?;
+        check_free(&metrics_address(c))?;
     }
     for (p, nodes) in &l.proxies {
         check_free(p)?;
@@ -403,6 +405,8 @@ pub fn main(args: &[String]) -> Result<()> {
             &grpc,
             "--reporter-id",
             &format!("coordinator{}", i + 1),
+            "--metrics-address",
+            &metrics_address(c),
         ])
         .env_remove("RUST_LOG");
         secret_env(
@@ -511,10 +515,13 @@ fn print_summary(o: &Options, l: &Layout, children: &[Running], ready: Duration,
     let token = if creds.is_some() { "-H \"Authorization: Bearer $MOONRAFT_READ_TOKEN\" " } else { "" };
     println!("\nMetrics (Prometheus):");
     for (_, h, _) in &l.brokers {
-        println!("  broker  curl {token}http://{h}/metrics");
+        println!("  broker       curl {token}http://{h}/metrics");
+    }
+    for c in &l.coordinators {
+        println!("  coordinator  curl http://{}/metrics", metrics_address(c));
     }
     for (p, _) in &l.proxies {
-        println!("  proxy   curl http://{}/metrics", metrics_address(p));
+        println!("  proxy        curl http://{}/metrics", metrics_address(p));
     }
     println!("\nPids are in {}. Ctrl-C stops everything.", demo_json.display());
 }

@@ -151,6 +151,10 @@ fn demo_starts_serves_resumes_and_cleans_up() {
         })
         .sum();
     assert!(sets >= 1.0, "no proxy counted the SET");
+    for port in [9799, 9798] {
+        let r = http(&format!("127.0.0.1:{port}"), "GET", "/metrics", None).expect("coordinator /metrics");
+        assert!(String::from_utf8_lossy(&r.body).contains("moonraft_coordinator_sync_pushes_total"));
+    }
     // The brokers' /metrics takes the read token like any other read.
     assert_eq!(http("127.0.0.1:7799", "GET", "/metrics", None).unwrap().status, 401);
     let broker = creds.http("127.0.0.1:7899", "GET", "/metrics", None);

@@ -175,3 +175,43 @@ fn broker_metrics_show_the_raft_state_and_the_store_on_every_member() {
     let leaders: f64 = after.iter().map(|(_, s)| value(s, "moonraft_broker_raft_is_leader", &[])).sum();
     assert_eq!(leaders, 1.0);
 }
+
+#[test]
+fn coordinator_metrics_count_pushes_and_a_failover_with_its_duration() {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut s = Stack::start(3, 1, &["--metrics-address", &metrics]);
+    assert_eq!(s.brokers.call("POST", "/clusters/meta/c", Some(r#"{"node_number": 4}"#)).status, 200);
+    let before = scrape(&metrics);
+    let followed = eventually(Duration::from_secs(10), || {
+        let m = scrape(&metrics);
+        value(&m, "moonraft_coordinator_proxies", &[]) == 3.0
+            && value(&m, "moonraft_coordinator_proxies_reached", &[]) == 3.0
+            && value(&m, "moonraft_coordinator_sync_pushes_total", &[]) >= 2.0
+    });
+    assert!(followed, "the coordinator does not report its 3 proxies synced:\n{:?}", scrape(&metrics));
+    let cluster = s.cluster("c");
+    let victim = cluster["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["repl"]["role"] == "master"))
+        .and_then(|n| n["proxy_address"].as_str())
+        .expect("a master proxy")
+        .to_owned();
+    let started = Instant::now();
+    s.host(&victim).proxy.proc.kill();
+    let failed_over = eventually(Duration::from_secs(30), || {
+        value(&scrape(&metrics), "moonraft_coordinator_failovers_total", &[]) >= 1.0
+    });
+    assert!(failed_over, "no failover counted:\n{}", s.logs());
+    let elapsed = started.elapsed().as_secs_f64();
+    let after = scrape(&metrics);
+    let delta = |name: &str| value(&after, name, &[]) - value(&before, name, &[]);
+    assert_eq!(delta("moonraft_coordinator_failovers_total"), 1.0);
+    assert!(delta("moonraft_coordinator_failures_reported_total") >= 1.0);
+    assert!(delta("moonraft_coordinator_probe_failures_total") >= 1.0);
+    assert!(value(&after, "moonraft_coordinator_watch_events_total", &[]) >= 1.0);
+    let hist = "moonraft_coordinator_failover_duration_seconds";
+    assert_eq!(value(&after, &format!("{hist}_count"), &[]), 1.0);
+    let took = value(&after, &format!("{hist}_sum"), &[]);
+    // From the first failed probe: after the kill, and no longer than the test waited.
+    assert!(took > 0.0 && took <= elapsed, "failover took {took} s by the metric, {elapsed} s by the test");
+}

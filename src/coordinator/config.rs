@@ -7,6 +7,8 @@ use moonraft_proxy::config::{boolean, check_address};
 pub struct CoordinatorConfig {
     /// Admin port (Redis protocol, §8).
     pub address: String,
+    /// Where `GET /metrics` (Prometheus) is served; empty: not served.
+    pub metrics_address: String,
     /// The brokers' gRPC addresses (`grpc_address`); any member answers, the list is tried in
     /// turn when one is down.
     pub brokers: Vec<String>,
@@ -59,6 +61,7 @@ impl Default for CoordinatorConfig {
     fn default() -> Self {
         CoordinatorConfig {
             address: "127.0.0.1:6699".into(),
+            metrics_address: String::new(),
             brokers: vec!["127.0.0.1:7800".into()],
             reporter_id: String::new(),
             thread_number: 2,
@@ -87,6 +90,7 @@ impl Default for CoordinatorConfig {
 
 pub const COORDINATOR_KEYS: &[&str] = &[
     "address",
+    "metrics_address",
     "broker_address",
     "reporter_id",
     "thread_number",
@@ -151,6 +155,12 @@ impl CoordinatorConfig {
             "address" => {
                 check_address(value)?;
                 self.address = value.to_owned();
+            }
+            "metrics_address" => {
+                if !value.is_empty() {
+                    check_address(value)?;
+                }
+                self.metrics_address = value.to_owned();
             }
             "broker_address" => self.brokers = parse_addresses(value)?,
             "reporter_id" => self.reporter_id = value.to_owned(),

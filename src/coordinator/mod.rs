@@ -19,6 +19,7 @@ pub mod admin;
 pub mod clients;
 pub mod config;
 pub mod detect;
+mod metrics;
 pub mod migration;
 pub mod push;
 
@@ -94,6 +95,14 @@ pub struct Coordinator {
     pub failovers: AtomicU64,
     /// Failed proxies returned to the pool after answering healthily again.
     pub recoveries: AtomicU64,
+    /// Seconds from this coordinator's first failed probe of a proxy to the brokers'
+    /// acknowledgement of its failover.
+    pub failover_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// Probes that found a proxy down (not counting probes this coordinator could not make).
+    pub probe_failures: AtomicU64,
+    /// Watch stream events received, and how often the stream had to be opened again.
+    pub watch_events: AtomicU64,
+    pub watch_reconnects: AtomicU64,
 }
 
 /// What the latest probe of a proxy said, for "does this coordinator reach anyone?".
@@ -112,6 +121,8 @@ struct AgentState {
     /// `REACH_*` of the latest probe that said anything about the proxy.
     reach: AtomicU8,
     resolved: ResolvedAddress,
+    /// When the current run of failed probes began (`None` while the proxy answers).
+    failing_since: Mutex<Option<std::time::Instant>>,
     /// Epoch of the last view fetched from the broker: what `UMCTL HEALTH` expects.
     expected_epoch: AtomicU64,
     nodes: Mutex<Vec<String>>,
@@ -138,6 +149,21 @@ impl Coordinator {
 
     fn reporter_id(&self) -> String {
         self.config.read().unwrap_or_else(|e| e.into_inner()).reporter_id.clone()
+    }
+
+    /// When this coordinator's probes of `address` began to fail, if they are failing.
+    fn failing_since(&self, address: &str) -> Option<std::time::Instant> {
+        let agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+        let agent = agents.get(address)?;
+        let since = *agent.state.failing_since.lock().unwrap_or_else(|e| e.into_inner());
+        since
+    }
+
+    /// Proxies this coordinator follows, and how many of them answer its probes.
+    pub fn agent_counts(&self) -> (usize, usize) {
+        let agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+        let reached = agents.values().filter(|a| a.state.reach.load(Ordering::Relaxed) == REACH_YES).count();
+        (agents.len(), reached)
     }
 
     /// One line per agent, for `UMCTL DEBUG FUTURE`.
@@ -176,6 +202,7 @@ impl Coordinator {
             resolved: ResolvedAddress::default(),
             expected_epoch: AtomicU64::new(0),
             nodes: Mutex::new(Vec::new()),
+            failing_since: Mutex::new(None),
             sync: tx,
         });
         let tasks = [
@@ -401,8 +428,19 @@ async fn probe_task(co: Arc<Coordinator>, agent: Arc<AgentState>) {
         args.extend(agent.nodes.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned());
         let probe = probe_once(&agent, &mut conn, &args, &t, &mut stamp).await;
         match &probe {
-            Probe::Healthy => agent.reach.store(REACH_YES, Ordering::Relaxed),
-            Probe::Down(_) => agent.reach.store(REACH_NO, Ordering::Relaxed),
+            Probe::Healthy => {
+                agent.reach.store(REACH_YES, Ordering::Relaxed);
+                *agent.failing_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            }
+            Probe::Down(_) => {
+                agent.reach.store(REACH_NO, Ordering::Relaxed);
+                co.probe_failures.fetch_add(1, Ordering::Relaxed);
+                agent
+                    .failing_since
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert_with(std::time::Instant::now);
+            }
             Probe::Local(_) => {}
         }
         let ctx = Context {
@@ -623,6 +661,9 @@ async fn failure_handler(co: Arc<Coordinator>) {
                     changed = true;
                     if let Some(p) = reply.proxy {
                         co.failovers.fetch_add(1, Ordering::Relaxed);
+                        if let Some(since) = co.failing_since(&address) {
+                            co.failover_seconds.observe(since.elapsed().as_secs_f64());
+                        }
                         info!(proxy = %address, replacement = %p.address, cluster = ?p.cluster_name, "failed over");
                     }
                 }
@@ -657,9 +698,11 @@ async fn watch_loop(co: Arc<Coordinator>) {
                 Ok(stream) => {
                     let mut stream = stream.into_inner();
                     info!(broker = %address, "watching metadata changes");
+                    co.watch_reconnects.fetch_add(1, Ordering::Relaxed);
                     loop {
                         match stream.message().await {
                             Ok(Some(change)) => {
+                                co.watch_events.fetch_add(1, Ordering::Relaxed);
                                 if change.resync {
                                     co.reconcile_now.notify_one();
                                     continue;
@@ -698,6 +741,10 @@ pub async fn run(mut config: CoordinatorConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&config.address)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on address {}: {e}", config.address))?;
+    let metrics = match config.metrics_address.as_str() {
+        "" => None,
+        a => Some(crate::metrics_http::bind(a).await?),
+    };
     info!(address = %config.address, reporter_id = %config.reporter_id, brokers = ?config.brokers, "coordinator started");
     if config.admin_password.is_none() {
         warn!(
@@ -718,7 +765,17 @@ pub async fn run(mut config: CoordinatorConfig) -> anyhow::Result<()> {
         withdrawals: AtomicU64::new(0),
         failovers: AtomicU64::new(0),
         recoveries: AtomicU64::new(0),
+        failover_seconds: prometheus_client::metrics::histogram::Histogram::new(
+            [0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0].into_iter(),
+        ),
+        probe_failures: AtomicU64::new(0),
+        watch_events: AtomicU64::new(0),
+        watch_reconnects: AtomicU64::new(0),
     });
+    if let Some(listener) = metrics {
+        let registry = metrics::registry(&co);
+        crate::metrics_http::spawn(listener, Arc::new(move || moonraft_proxy::metrics::render(&registry)));
+    }
     tokio::spawn(watch_loop(co.clone()));
     tokio::spawn(reconcile_loop(co.clone()));
     tokio::spawn(failure_handler(co.clone()));
