@@ -765,9 +765,9 @@ pub async fn run(mut config: CoordinatorConfig) -> anyhow::Result<()> {
         withdrawals: AtomicU64::new(0),
         failovers: AtomicU64::new(0),
         recoveries: AtomicU64::new(0),
-        failover_seconds: prometheus_client::metrics::histogram::Histogram::new(
-            [0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0].into_iter(),
-        ),
+        failover_seconds: prometheus_client::metrics::histogram::Histogram::new([
+            0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0,
+        ]),
         probe_failures: AtomicU64::new(0),
         watch_events: AtomicU64::new(0),
         watch_reconnects: AtomicU64::new(0),
