@@ -553,7 +553,7 @@ fn umctl_info_and_slowlog_and_config() {
     assert_eq!(c.cmd(&["UMCTL", "READY"]), Frame::Integer(1));
     assert_eq!(c.cmd(&["UMCTL", "INFOMGR"]), Frame::Array(vec![]));
     assert!(format!("{}", c.cmd(&["UMCTL", "INFO"])).contains("epoch: 1"));
-    assert!(format!("{}", c.cmd(&["UMCTL", "STATS"])).contains("importing_src_failed: 0"));
+    assert!(format!("{}", c.cmd(&["UMCTL", "STATS"])).contains("migration_keys_moved: 0"));
     assert_eq!(error_text(&c.cmd(&["UMCTL"])), "Missing sub command");
     assert_eq!(error_text(&c.cmd(&["UMCTL", "NOPE"])), "Invalid sub command");
     match c.cmd(&["INFO"]) {
@@ -838,4 +838,21 @@ fn client_list_kill_slowlog_and_wait() {
     // a write on node b, which has no replica
     assert_eq!(c1.cmd(&["SET", "a", "1"]), simple("OK")); // slot 15495: node b
     assert_eq!(c1.cmd(&["WAIT", "1", "100"]), Frame::Integer(0));
+}
+
+#[test]
+fn hello_and_info_report_the_nodes_redis_version() {
+    let s = SingleProxy::start(&[]);
+    let info = match s.a.conn().cmd(&["INFO", "server"]) {
+        Frame::Bulk(b) => String::from_utf8_lossy(&b).into_owned(),
+        other => panic!("{other:?}"),
+    };
+    let version =
+        info.lines().find_map(|l| l.trim_end().strip_prefix("redis_version:")).expect("redis_version").to_owned();
+    let port = s.proxy.port.to_string();
+    let learned = eventually(Duration::from_secs(10), || redis_cli(&["-p", &port, "HELLO", "3"]).contains(&version));
+    assert!(learned, "HELLO does not say {version}: {}", redis_cli(&["-p", &port, "HELLO", "3"]));
+    let proxy_info = redis_cli(&["-p", &port, "INFO"]);
+    assert!(proxy_info.contains(&format!("redis_version:{version}")), "{proxy_info}");
+    assert!(!proxy_info.contains("flush_size"), "{proxy_info}");
 }

@@ -94,6 +94,9 @@ pub struct ProxyState {
     /// Counters for `/metrics`.
     pub metrics: crate::metrics::ProxyMetrics,
     pub started: std::time::Instant,
+    /// `redis_version` of the Redis nodes behind this proxy, learned from the first local node
+    /// after each routing table is installed (`None` until one answered).
+    pub redis_version: Mutex<Option<String>>,
 }
 
 impl ProxyState {
@@ -135,6 +138,7 @@ impl ProxyState {
             clients: crate::clients::Clients::default(),
             metrics,
             started: std::time::Instant::now(),
+            redis_version: Mutex::new(None),
             lease: crate::lease::Lease::default(),
             health_pools: Mutex::new(std::collections::HashMap::new()),
         })
@@ -187,4 +191,26 @@ impl ProxyState {
         repl.apply(cmd, interval, login);
         Ok(())
     }
+}
+
+/// The Redis version this proxy reports (HELLO, INFO): the nodes' own once learned; before any
+/// node has answered, the oldest Redis the proxy supports.
+pub fn redis_version(state: &ProxyState) -> String {
+    state.redis_version.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_else(|| "7.0.0".to_owned())
+}
+
+/// Asks the first local node for its `redis_version` (in the background; a node that does not
+/// answer leaves the previous value).
+pub fn learn_redis_version(state: &Arc<ProxyState>) {
+    let Some(node) = state.installed.load().table.nodes.first().cloned() else { return };
+    let state = state.clone();
+    tokio::spawn(async move {
+        let pool = state.registry.pool(&node, 2);
+        let req = crate::resp::Request::from_strs(&["INFO", "server"]);
+        let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(5), pool.call(&req)).await else { return };
+        let text = String::from_utf8_lossy(&reply);
+        if let Some(v) = text.lines().find_map(|l| l.trim_end().strip_prefix("redis_version:")) {
+            *state.redis_version.lock().unwrap_or_else(|e| e.into_inner()) = Some(v.to_owned());
+        }
+    });
 }

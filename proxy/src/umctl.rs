@@ -83,9 +83,16 @@ pub fn handle(state: &ProxyState, args: &[Bytes], proto: u8) -> Bytes {
                 format!("total_commands_processed: {}", state.total_commands.load(Ordering::Relaxed)),
                 "# Migration".to_string(),
             ];
-            for counter in MIGRATION_COUNTERS {
-                v.push(format!("{counter}: 0"));
+            let m = &state.metrics;
+            for (name, counter) in [
+                ("migration_keys_moved", &m.migration_keys),
+                ("migration_bytes_moved", &m.migration_bytes),
+                ("migration_pulls", &m.migration_pulls),
+                ("migration_copy_errors", &m.migration_copy_errors),
+            ] {
+                v.push(format!("{name}: {}", counter.load(Ordering::Relaxed)));
             }
+            v.push(format!("migration_tasks: {}", state.installed.load().table.tasks.len()));
             lines(v).to_bytes(proto)
         }
         "SLOWLOG" => slowlog(state, rest, proto),
@@ -118,31 +125,6 @@ fn meta_error(e: MetaError) -> Bytes {
         MetaError::NotMyMeta => resp::error("ERR_NOT_MY_META"),
     }
 }
-
-const MIGRATION_COUNTERS: &[&str] = &[
-    "migrating_src_redis_conn",
-    "migrating_dst_redis_conn",
-    "migrating_active_sync_lock_success",
-    "migrating_active_sync_lock_failed",
-    "migrating_scan_lock_success",
-    "migrating_scan_lock_failed",
-    "importing_blocking_migration_commands",
-    "importing_non_blocking_migration_commands",
-    "importing_umsync_lock_success",
-    "importing_umsync_lock_failed",
-    "importing_umsync_lock_failed_again",
-    "importing_umsync_failed",
-    "importing_dst_key_existed",
-    "importing_dst_key_not_existed",
-    "importing_lock_success",
-    "importing_lock_failed",
-    "importing_resend_exists",
-    "importing_resend_exists_failed",
-    "importing_lock_loop_retry",
-    "importing_src_key_existed",
-    "importing_src_key_not_existed",
-    "importing_src_failed",
-];
 
 fn slowlog(state: &ProxyState, rest: &[Bytes], proto: u8) -> Bytes {
     let sub = rest.first().map(|s| s.to_ascii_uppercase());

@@ -319,13 +319,14 @@ impl Session {
         let s = &self.state;
         let installed = s.installed.load();
         format!(
-            "version:{VERSION}\r\n\r\n# Stats\r\nflush_size:0\r\nflush_interval:0\r\n\
+            "version:{VERSION}\r\n\r\n# Stats\r\n\
              total_connections_received:{}\r\ntotal_commands_processed:{}\r\n\r\n\
-             # Server\r\nredis_version:7.0.0\r\nmoonraft_version:{VERSION}\r\nredis_mode:cluster\r\n\r\n\
+             # Server\r\nredis_version:{}\r\nmoonraft_version:{VERSION}\r\nredis_mode:cluster\r\n\r\n\
              # Clients\r\nconnected_clients:{}\r\n\r\n\
              # Cluster\r\ncluster_enabled:1\r\ncluster_name:{}\r\nepoch:{}\r\n",
             s.total_connections.load(Ordering::Relaxed),
             s.total_commands.load(Ordering::Relaxed),
+            crate::state::redis_version(s),
             s.connected_clients.load(Ordering::Relaxed),
             installed.table.meta.name,
             installed.table.epoch,

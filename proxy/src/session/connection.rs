@@ -120,7 +120,7 @@ impl Session {
         }
         let reply = Frame::Map(vec![
             (Frame::bulk_str("server"), Frame::bulk_str("redis")),
-            (Frame::bulk_str("version"), Frame::bulk_str("7.0.0")),
+            (Frame::bulk_str("version"), Frame::bulk_str(&crate::state::redis_version(&self.state))),
             (Frame::bulk_str("proto"), Frame::Integer(proto as i64)),
             (Frame::bulk_str("id"), Frame::Integer(self.id as i64)),
             (Frame::bulk_str("mode"), Frame::bulk_str("cluster")),

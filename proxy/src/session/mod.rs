@@ -418,6 +418,7 @@ impl Session {
                 let reply = umctl::handle(&self.state, &args[1..], self.proto);
                 if args.get(1).is_some_and(|a| a.eq_ignore_ascii_case(b"setcluster")) {
                     crate::migrate::start_tasks(&self.state);
+                    crate::state::learn_redis_version(&self.state);
                 }
                 Pending::Ready(reply)
             }
