@@ -50,7 +50,7 @@ fn run(args: &[String]) -> Result<()> {
             Ok(())
         }
         Some("--version") | Some("-V") | Some("version") => {
-            println!("moonraft {}", env!("CARGO_PKG_VERSION"));
+            println!("moonraft {}", env!("MOONRAFT_BUILD_VERSION"));
             Ok(())
         }
         Some("-h") | Some("--help") | Some("help") | None => {

@@ -74,7 +74,22 @@ fn epoch(api: &Api) -> u64 {
 
 /// The conformance suite: every endpoint, success and documented errors.
 fn conformance(api: &Api) {
-    assert_eq!(api.ok("GET", "/version", None).body, env!("CARGO_PKG_VERSION").as_bytes());
+    // The package version and, built from a git checkout, the commit it was built from.
+    let version = String::from_utf8_lossy(&api.ok("GET", "/version", None).body).into_owned();
+    let out = std::process::Command::new(BIN).arg("--version").output().expect("moonraft --version");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("moonraft {version}"));
+    let commit = std::process::Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).output().ok();
+    match commit.filter(|c| c.status.success()) {
+        Some(c) => assert!(
+            version.starts_with(&format!(
+                "{}+{}",
+                env!("CARGO_PKG_VERSION"),
+                String::from_utf8_lossy(&c.stdout).trim()
+            )),
+            "{version}"
+        ),
+        None => assert_eq!(version, env!("CARGO_PKG_VERSION")),
+    }
     // register the walkthrough's six proxies
     for i in 1..=6 {
         assert_eq!(register(api, i).status, 200);

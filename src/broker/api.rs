@@ -24,7 +24,7 @@ pub fn page<T: Clone>(items: &[T], offset: Option<usize>, limit: Option<usize>) 
 }
 
 pub fn version() -> &'static str {
-    env!("CARGO_PKG_VERSION")
+    env!("MOONRAFT_BUILD_VERSION")
 }
 
 pub async fn metadata(b: &Broker) -> Result<Store, ApiError> {
