@@ -62,12 +62,17 @@ fn run(args: &[String]) -> Result<()> {
 }
 
 /// Sets up logging, then logs the warnings found while reading the configuration.
-fn init_logging(filter: &str, warnings: &[String]) {
+fn init_logging(filter: &str, format: &str, warnings: &[String]) {
     let filter = std::env::var("RUST_LOG").ok().filter(|f| !f.trim().is_empty()).unwrap_or_else(|| filter.to_owned());
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        // One object per line: time, level, target, the message and every span and event field.
+        builder.json().with_current_span(true).with_span_list(true).try_init()
+    } else {
+        builder.try_init()
+    };
     for w in warnings {
         tracing::warn!("{w}");
     }
@@ -76,7 +81,7 @@ fn init_logging(filter: &str, warnings: &[String]) {
 fn proxy(args: &[String]) -> Result<()> {
     let cli = settings::parse_cli(args, PROXY_KEYS)?;
     if cli.help {
-        println!("moonraft proxy [CONFIG.toml] [--<key> <value>]...\n\nKeys (see shared spec proxy.md §1):");
+        println!("moonraft proxy [CONFIG.toml] [--<key> <value>]...\n\nKeys (README, section `moonraft proxy`):");
         let defaults = ProxyConfig::default();
         for key in PROXY_KEYS {
             println!("    --{:<30} MOONRAFT_{}", key.replace('_', "-"), key.to_ascii_uppercase());
@@ -87,7 +92,7 @@ fn proxy(args: &[String]) -> Result<()> {
     let mut config = ProxyConfig::default();
     let warnings = settings::apply(&cli, PROXY_KEYS, |k, v| config.set(k, v))?;
     config.validate().map_err(anyhow::Error::msg)?;
-    init_logging(&config.log, &warnings);
+    init_logging(&config.log, &config.log_format, &warnings);
     if config.admin_password.is_none() {
         tracing::warn!("no admin_password: anyone who reaches {} can change its routing with UMCTL and read keys with UMREAD (set admin_password to close it)", config.address);
     }
@@ -127,7 +132,7 @@ fn broker(args: &[String]) -> Result<()> {
     let keys: Vec<&str> = BROKER_KEYS.iter().chain(IGNORED_KEYS).copied().collect();
     let cli = settings::parse_cli(args, &keys)?;
     if cli.help {
-        println!("moonraft broker [CONFIG.toml] [--<key> <value>]...\n\nKeys (see shared spec raft-broker.md §3):");
+        println!("moonraft broker [CONFIG.toml] [--<key> <value>]...\n\nKeys (README, section `moonraft broker`):");
         for key in BROKER_KEYS {
             println!("    --{:<30} MOONRAFT_{}", key.replace('_', "-"), key.to_ascii_uppercase());
         }
@@ -143,7 +148,7 @@ fn broker(args: &[String]) -> Result<()> {
         config.set(k, v)
     })?;
     warnings.extend(ignored);
-    init_logging(&config.log, &warnings);
+    init_logging(&config.log, &config.log_format, &warnings);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("broker")
@@ -170,7 +175,7 @@ fn coordinator(args: &[String]) -> Result<()> {
     }
     let mut config = CoordinatorConfig::default();
     let warnings = settings::apply(&cli, COORDINATOR_KEYS, |k, v| config.set(k, v))?;
-    init_logging(&config.log, &warnings);
+    init_logging(&config.log, &config.log_format, &warnings);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.thread_number)
         .thread_name("coordinator")

@@ -856,3 +856,24 @@ fn hello_and_info_report_the_nodes_redis_version() {
     assert!(proxy_info.contains(&format!("redis_version:{version}")), "{proxy_info}");
     assert!(!proxy_info.contains("flush_size"), "{proxy_info}");
 }
+
+#[test]
+fn log_format_json_writes_one_object_per_line() {
+    let p = Proxy::start(&["--log-format", "json"]);
+    let log = p.log_text();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for l in &lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["timestamp"].is_string() && v["level"].is_string(), "{l}");
+    }
+    let listening = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["message"] == "proxy listening")
+        .expect("the start-up line");
+    assert_eq!(listening["fields"]["address"], p.addr());
+    let bad = std::process::Command::new(BIN).args(["proxy", "--log-format", "xml"]).output().expect("moonraft proxy");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("expected text or json"));
+}

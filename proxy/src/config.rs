@@ -56,6 +56,8 @@ pub struct ProxyConfig {
     pub migration_copy_nice: i32,
     /// Log filter (tracing `EnvFilter` syntax).
     pub log: String,
+    /// `text` (the default) or `json`: one JSON object per log line, for log collectors.
+    pub log_format: String,
 }
 
 impl std::fmt::Debug for ProxyConfig {
@@ -114,6 +116,7 @@ impl Default for ProxyConfig {
             coordinator_lease: true,
             migration_copy_nice: 19,
             log: "info".into(),
+            log_format: "text".into(),
         }
     }
 }
@@ -151,6 +154,7 @@ pub const PROXY_KEYS: &[&str] = &[
     "coordinator_lease",
     "migration_copy_nice",
     "log",
+    "log_format",
 ];
 
 fn positive<T: std::str::FromStr + PartialOrd + Default>(v: &str) -> Result<T, String> {
@@ -249,6 +253,10 @@ impl ProxyConfig {
                 n => return Err(format!("expected a nice value from 0 to 19, got {n}")),
             },
             "log" => self.log = value.to_owned(),
+            "log_format" => match value {
+                "text" | "json" => self.log_format = value.to_owned(),
+                _ => return Err(format!("expected text or json, got {value:?}")),
+            },
             _ => return Err(format!("unknown key {key:?}")),
         }
         Ok(())

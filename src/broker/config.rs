@@ -110,6 +110,8 @@ pub struct BrokerConfig {
     /// `tls_ca`: what this member verifies the other members against (required with TLS).
     pub client_tls: crate::tls::ClientTls,
     pub log: String,
+    /// `text` (the default) or `json`: one JSON object per log line, for log collectors.
+    pub log_format: String,
 }
 
 impl Default for BrokerConfig {
@@ -151,6 +153,7 @@ impl Default for BrokerConfig {
             tls_key: None,
             client_tls: crate::tls::ClientTls::default(),
             log: "info".into(),
+            log_format: "text".into(),
         }
     }
 }
@@ -199,6 +202,7 @@ pub const BROKER_KEYS: &[&str] = &[
     "tls_key",
     "tls_ca",
     "log",
+    "log_format",
 ];
 
 /// mem-broker keys that no longer apply: accepted with a warning.
@@ -333,6 +337,10 @@ impl BrokerConfig {
                 self.client_tls = crate::tls::ClientTls::load(ca)?;
             }
             "log" => self.log = value.to_owned(),
+            "log_format" => match value {
+                "text" | "json" => self.log_format = value.to_owned(),
+                _ => return Err(format!("expected text or json, got {value:?}")),
+            },
             // Accepted (start-up reports them once logging is set up).
             k if IGNORED_KEYS.contains(&k) => {}
             _ => return Err(format!("unknown key {key:?}")),

@@ -55,6 +55,8 @@ pub struct CoordinatorConfig {
     /// serve TLS; unset: plain TCP.
     pub proxy_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     pub log: String,
+    /// `text` (the default) or `json`: one JSON object per log line, for log collectors.
+    pub log_format: String,
 }
 
 impl Default for CoordinatorConfig {
@@ -84,6 +86,7 @@ impl Default for CoordinatorConfig {
             broker_tls: crate::tls::ClientTls::default(),
             proxy_tls: None,
             log: "info".into(),
+            log_format: "text".into(),
         }
     }
 }
@@ -117,6 +120,7 @@ pub const COORDINATOR_KEYS: &[&str] = &[
     "tls_ca",
     "proxy_tls_ca",
     "log",
+    "log_format",
 ];
 
 fn num(v: &str) -> Result<u64, String> {
@@ -195,6 +199,10 @@ impl CoordinatorConfig {
             }
             "proxy_tls_ca" => self.proxy_tls = crate::auth::proxy_tls(value)?,
             "log" => self.log = value.to_owned(),
+            "log_format" => match value {
+                "text" | "json" => self.log_format = value.to_owned(),
+                _ => return Err(format!("expected text or json, got {value:?}")),
+            },
             other => return Err(format!("unknown key {other}")),
         }
         Ok(())
