@@ -24,57 +24,13 @@ pub const RESULTS: [&str; 6] = ["ok", "error", "moved", "ask", "tryagain", "cros
 /// Upper bounds of the latency buckets, in microseconds (the last bucket is +Inf).
 const BUCKETS_US: [u64; 12] = [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000];
 
-/// Commands the proxy answers itself or routes specially (not in the data command table).
-const CONTROL_COMMANDS: &[&str] = &[
-    "ping",
-    "echo",
-    "quit",
-    "auth",
-    "hello",
-    "select",
-    "asking",
-    "readonly",
-    "readwrite",
-    "publish",
-    "wait",
-    "pubsub",
-    "reset",
-    "multi",
-    "exec",
-    "discard",
-    "watch",
-    "unwatch",
-    "cluster",
-    "config",
-    "command",
-    "info",
-    "client",
-    "umctl",
-    "umforward",
-    "umpublish",
-    "umread",
-    "umsync",
-    "subscribe",
-    "psubscribe",
-    "unsubscribe",
-    "punsubscribe",
-    "ssubscribe",
-    "sunsubscribe",
-    "keys",
-    "scan",
-    "dbsize",
-    "flushall",
-    "flushdb",
-    "script",
-    "function",
-    "slowlog",
-    "memory",
-    "randomkey",
-    "lastsave",
-    "time",
-    "role",
-    "debug",
-];
+/// Commands between proxies, besides `command::LOCAL_COMMANDS` (answered by the proxy itself).
+const PEER_COMMANDS: &[&str] = &["umforward", "umpublish", "umread", "umsync"];
+
+/// The names counted besides the data commands, in counter order (then `other`).
+fn control_commands() -> impl Iterator<Item = &'static str> {
+    command::LOCAL_COMMANDS.iter().chain(PEER_COMMANDS).copied()
+}
 
 /// Counters of one command name.
 #[derive(Default)]
@@ -95,7 +51,7 @@ pub struct Meter {
 pub struct ProxyMetrics {
     /// Off when no `metrics_address` is set: commands are then neither timed nor counted.
     enabled: bool,
-    /// Data commands in table order, then `CONTROL_COMMANDS`, then one for everything else.
+    /// Data commands in table order, then `control_commands()`, then one for everything else.
     commands: Box<[CommandCounters]>,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
@@ -113,7 +69,7 @@ impl Default for ProxyMetrics {
 
 impl ProxyMetrics {
     pub fn new(enabled: bool) -> Self {
-        let n = command::DATA_COMMANDS.len() + CONTROL_COMMANDS.len() + 1;
+        let n = command::DATA_COMMANDS.len() + control_commands().count() + 1;
         ProxyMetrics {
             enabled,
             commands: (0..n).map(|_| CommandCounters::default()).collect(),
@@ -132,7 +88,7 @@ fn command_name(index: usize) -> &'static str {
     if index < data {
         command::DATA_COMMANDS[index].name
     } else {
-        CONTROL_COMMANDS.get(index - data).copied().unwrap_or("other")
+        control_commands().nth(index - data).unwrap_or("other")
     }
 }
 
@@ -172,8 +128,8 @@ impl ProxyMetrics {
             Some(i) => i,
             None => {
                 let data = command::DATA_COMMANDS.len();
-                let control = CONTROL_COMMANDS.iter().position(|c| c.as_bytes().eq_ignore_ascii_case(name));
-                data + control.unwrap_or(CONTROL_COMMANDS.len())
+                let control = control_commands().position(|c| c.as_bytes().eq_ignore_ascii_case(name));
+                data + control.unwrap_or_else(|| control_commands().count())
             }
         };
         Meter { command: index as u16, start: now }
@@ -205,12 +161,14 @@ struct ProxyCollector {
     state: Weak<ProxyState>,
 }
 
-fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
+/// Writes one unlabelled counter (for the other roles' collectors too).
+pub fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
     let c = ConstCounter::new(value);
     c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)
 }
 
-fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> Result<(), std::fmt::Error> {
+/// Writes one unlabelled gauge.
+pub fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> Result<(), std::fmt::Error> {
     let g = ConstGauge::new(value);
     g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
 }

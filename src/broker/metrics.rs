@@ -4,10 +4,9 @@
 //! can be scraped and compared.
 
 use super::service::Broker;
+use moonraft_proxy::metrics::{counter, gauge};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 use std::sync::{Arc, Weak};
 
@@ -20,16 +19,6 @@ impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Broker").field("node_id", &self.node_id()).finish()
     }
-}
-
-fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> Result<(), std::fmt::Error> {
-    let g = ConstGauge::new(value);
-    g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
-}
-
-fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
-    let c = ConstCounter::new(value);
-    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
 }
 
 impl Collector for BrokerCollector {
