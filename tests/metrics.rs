@@ -215,3 +215,46 @@ fn coordinator_metrics_count_pushes_and_a_failover_with_its_duration() {
     // From the first failed probe: after the kill, and no longer than the test waited.
     assert!(took > 0.0 && took <= elapsed, "failover took {took} s by the metric, {elapsed} s by the test");
 }
+
+/// Every metric `examples/grafana/moonraft.json` queries is in a scrape of a running proxy,
+/// broker group and coordinator (a renamed metric would leave a panel empty without notice).
+#[test]
+fn the_grafana_dashboard_queries_only_metrics_that_exist() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/grafana/moonraft.json");
+    let dashboard: Value = serde_json::from_slice(&std::fs::read(path).expect("the dashboard")).expect("JSON");
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_owned))
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    let queried: std::collections::BTreeSet<String> = exprs
+        .iter()
+        .flat_map(|e| {
+            let mut names = Vec::new();
+            let mut rest = e.as_str();
+            while let Some(i) = rest.find("moonraft_") {
+                let tail = &rest[i..];
+                let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+                names.push(tail[..end].to_owned());
+                rest = &tail[end..];
+            }
+            names
+        })
+        .collect();
+
+    let proxy_metrics = format!("127.0.0.1:{}", free_port());
+    let proxy = SingleProxy::start(&["--metrics-address", &proxy_metrics]);
+    assert_eq!(proxy.proxy.conn().cmd(&["SET", "a", "1"]), simple("OK"));
+    let coordinator_metrics = format!("127.0.0.1:{}", free_port());
+    let stack = Stack::start(1, 1, &["--metrics-address", &coordinator_metrics]);
+    let mut scraped: Vec<Value> = scrape(&proxy_metrics);
+    scraped.extend(scrape(&coordinator_metrics));
+    scraped.extend(scrape(&stack.brokers.members[0].http));
+    let names: std::collections::BTreeSet<&str> = scraped.iter().filter_map(|s| s["name"].as_str()).collect();
+    let missing: Vec<&String> = queried.iter().filter(|q| !names.contains(q.as_str())).collect();
+    assert!(missing.is_empty(), "the dashboard queries metrics no role serves: {missing:?}");
+    assert!(queried.len() >= 20, "{queried:?}");
+}

@@ -354,7 +354,9 @@ async fn commit_migration(State(b): Shared, body: Bytes) -> ApiResult {
 /// `If-Match: "<epoch>"` only while the cluster is at that epoch (else 412).
 #[utoipa::path(patch, path = "/clusters/config/{name}", tag = "clusters", params(ClusterName, IfMatch),
     request_body(content = BTreeMap<String, String>, description = "Config keys and their new values"),
-    responses((status = 200, description = "Changed")))]
+    responses((status = 200, description = "Changed"),
+        (status = 412, description = "EPOCH_MISMATCH: the cluster is no longer at the If-Match epoch (the body says the current one)",
+            body = super::openapi::ErrorBody)))]
 async fn change_config(State(b): Shared, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> ApiResult {
     let run = async {
         let expected = if_match_epoch(&headers)?;

@@ -292,6 +292,9 @@ mod tests {
         }
         // One per handler in http.rs's `api_operations!` list.
         assert_eq!(operations, 39);
+        // The conditional write says how it refuses a stale epoch.
+        let conditional = &doc["paths"]["/clusters/config/{name}"]["patch"]["responses"]["412"];
+        assert_eq!(conditional["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ErrorBody");
         let mut all = Vec::new();
         refs(&doc, &mut all);
         assert!(!all.is_empty());
