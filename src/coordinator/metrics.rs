@@ -3,10 +3,9 @@
 //! took from its first failed probe), read from its counters on each scrape.
 
 use super::Coordinator;
+use moonraft_proxy::metrics::{counter, gauge};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -68,17 +67,21 @@ impl Collector for CoordinatorCollector {
             ),
         ];
         for (name, help, v) in counters {
-            let c = ConstCounter::new(v.load(Ordering::Relaxed));
-            c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)?;
+            counter(&mut e, name, help, v.load(Ordering::Relaxed))?;
         }
         let (followed, reached) = co.agent_counts();
-        for (name, help, v) in [
-            ("moonraft_coordinator_proxies", "Proxies this coordinator keeps in sync and probes.", followed),
-            ("moonraft_coordinator_proxies_reached", "Of those, the ones whose latest probe succeeded.", reached),
-        ] {
-            let g = ConstGauge::new(v as i64);
-            g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)?;
-        }
+        gauge(
+            &mut e,
+            "moonraft_coordinator_proxies",
+            "Proxies this coordinator keeps in sync and probes.",
+            followed as i64,
+        )?;
+        gauge(
+            &mut e,
+            "moonraft_coordinator_proxies_reached",
+            "Of those, the ones whose latest probe succeeded.",
+            reached as i64,
+        )?;
         Ok(())
     }
 }
