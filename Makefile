@@ -4,9 +4,11 @@ TARGET_DIR ?= /var/tmp/moonraft-target
 
 .PHONY: docker-image docker-up docker-down docker-walkthrough-test docker-build-test-image docker-mem-broker docker-mem-broker-example
 
-# Base image (debootstrap, no registry needed) + the release binary in the moonraft image.
+# Base image (debootstrap, no registry needed) + the release binary in the moonraft image;
+# the Prometheus server's image (Debian's package on the same base).
 docker-image:
 	./docker/build-base.sh
+	docker build -q -t moonraft-prometheus:latest docker/prometheus >/dev/null
 	. scripts/env.sh && cargo build --release --bin moonraft
 	mkdir -p $(TARGET_DIR)/docker-context
 	cp $(TARGET_DIR)/release/moonraft docker/Dockerfile $(TARGET_DIR)/docker-context/

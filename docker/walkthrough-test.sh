@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The docker-compose walkthrough as a test: builds the images, brings the stack up from
-# nothing, runs the walkthrough's commands with a check on each output, stops the broker
-# container that is the Raft leader mid-run, and tears everything down (also on failure).
+# nothing, runs the walkthrough's commands with a check on each output, asks Prometheus that it
+# scrapes every role and counted the writes, stops the broker container that is the Raft leader
+# mid-run, and tears everything down (also on failure).
 # Needs a docker engine, docker-compose, curl, jq, redis-cli, and the /etc/hosts lines of
 # examples/mem-broker/hosts.sh (added here when missing and writable).
 set -euo pipefail
@@ -61,7 +62,7 @@ fi
 
 t0=$SECONDS
 # Containers of an earlier run (any project) hold the fixed container names.
-docker rm -f broker1 broker2 broker3 coordinator1 coordinator2 \
+docker rm -f broker1 broker2 broker3 coordinator1 coordinator2 prometheus \
     $(for n in 1 2 3 4 5 6; do echo server_proxy$n; done) $(for n in $(seq 1 12); do echo redis$n; done) >/dev/null 2>&1 || true
 make -s docker-image >/dev/null
 echo "images built in $((SECONDS - t0)) s"
@@ -86,8 +87,25 @@ second=$(echo "$proxies" | tail -1)
 # redis-cli prints error replies on stderr.
 expect "get a → slot 15495" "$(redis-cli -h "$host" -p "$port" get a 2>&1)" "MOVED 15495 $second"
 expect "get b → slot 3300" "$(redis-cli -h "${second%:*}" -p "${second#*:}" get b 2>&1)" "MOVED 3300 $first"
+# Prometheus (localhost:9090) scrapes every role: the proxies' count of successful SETs, before
+# and after the walkthrough's 201 writes.
+prom_sets() {
+    curl -s -m 5 http://localhost:9090/api/v1/query \
+        --data-urlencode 'query=sum(moonraft_proxy_commands_total{command="set",result="ok"})' \
+        | jq -r '.data.result[0].value[1] // "0"'
+}
+sets_before=$(prom_sets)
 for i in $(seq 1 200); do echo "SET key$i value$i"; done | redis-cli -c -h "$host" -p "$port" >/dev/null
 expect "set b" "$(redis-cli -c -h "$host" -p "$port" set b 1)" OK
+prom_targets() { curl -s -m 5 http://localhost:9090/api/v1/targets | jq -c '[.data.activeTargets[] | [.labels.job, .labels.instance, .health, .lastError]]'; }
+all_up() { [ "$(prom_targets | jq '[.[] | select(.[2] == "up")] | length')" = 11 ]; }
+if ! eventually 60 all_up; then echo "FAILED: not every target is up in Prometheus: $(prom_targets)" >&2; exit 1; fi
+expect "Prometheus scrapes 3 brokers, 2 coordinators, 6 proxies" \
+    "$(prom_targets | jq -c 'map(.[0]) | group_by(.) | map([.[0], length])')" \
+    '[["moonraft-broker",3],["moonraft-coordinator",2],["moonraft-proxy",6]]'
+sets_grew() { [ "$(prom_sets)" = "$((sets_before + 201))" ]; }
+eventually 30 sets_grew || true
+expect "Prometheus counted the 201 SETs" "$(prom_sets)" "$((sets_before + 201))"
 
 # The Raft leader's container stops mid-run; everything after it must still work.
 leader=$(api GET /raft/status | jq -r .leader_id)

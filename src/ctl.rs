@@ -50,6 +50,8 @@ COMMANDS:
     proxy recover ADDRESS                return a failed proxy to the pool (coordinators do
                                          this by themselves once it answers again)
     epoch                                the global epoch
+    epoch recover                        move the epoch past every registered proxy's (after
+                                         a restore)
     raft status                          the group's members, leader and log
     raft add-learner ID RAFT_ADDRESS HTTP_ADDRESS
     raft membership ID... [--remove]     make exactly these members voters
@@ -321,6 +323,16 @@ impl Ctl {
                     .collect();
                 print_table(&["REPORTER_ID", "LAST HEARTBEAT", "STATE"], &rows);
                 println!("failure quorum: {} report(s)", r.failure_quorum);
+                Ok(())
+            }
+            ("epoch", Some("recover")) => {
+                let r = self.api().recover_epoch(request(pb::Empty {}, LONG_CALL)).await.map_err(api_failure)?;
+                let failed = r.into_inner().failed_addresses;
+                let e = self.api().get_epoch(request(pb::Empty {}, CALL)).await.map_err(api_failure)?;
+                println!("epoch {}", e.into_inner().epoch);
+                if !failed.is_empty() {
+                    eprintln!("could not ask these proxies for their epoch: {}", failed.join(", "));
+                }
                 Ok(())
             }
             ("epoch", _) => {

@@ -108,6 +108,7 @@ fn proxy(args: &[String]) -> Result<()> {
             .build()
     }
     .context("cannot start the async runtime")?;
+    moonraft_proxy::set_build_version(env!("MOONRAFT_BUILD_VERSION"));
     runtime.block_on(async move {
         let address = config.address.clone();
         let metrics = match config.metrics_address.as_str() {

@@ -783,3 +783,47 @@ fn a_proposal_that_times_out_says_its_outcome_is_unknown() {
     let r = http(&leader_http, "POST", "/api/v3/proxies/meta", Some(&body.to_string())).expect("an answer");
     assert_eq!((r.status, r.json()), (409, json!({"error": "RETRY", "outcome": "unknown"})));
 }
+
+/// A request's id (the caller's `X-Moonraft-Request-Id`, or one the broker makes) comes back in
+/// the response and is in the log lines of the member that took it and of the leader it was
+/// forwarded to.
+#[test]
+fn a_request_id_follows_a_forwarded_request_into_the_leaders_log() {
+    let group = BrokerGroup::start(3);
+    let leader = group.wait_leader(Duration::from_secs(10)).expect("a leader");
+    let follower = group.members.iter().find(|m| m.id != leader).expect("a follower");
+    let body = r#"{"proxy_address": "traced:6000", "nodes": ["traced:7000", "traced:7001"]}"#;
+    let mut answered = None;
+    for _ in 0..50 {
+        let r = http_with(
+            &follower.http,
+            "POST",
+            "/api/v3/proxies/meta",
+            Some(body),
+            &[("X-Moonraft-Request-Id", "trace-me-42")],
+        )
+        .expect("the follower answers");
+        if r.status == 200 {
+            answered = Some(r);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = answered.expect("the registration succeeded through the follower");
+    assert_eq!(r.header("x-moonraft-request-id"), Some("trace-me-42"));
+    let log_of = |id: u64| {
+        std::fs::read_to_string(&group.members.iter().find(|m| m.id == id).expect("member").log).unwrap_or_default()
+    };
+    let logged = eventually(Duration::from_secs(5), || {
+        log_of(leader).contains("trace-me-42") && log_of(follower.id).contains("trace-me-42")
+    });
+    assert!(logged, "the id is not in both logs:\n{}", group.logs());
+    // Without one, the member makes one; an unusable one (too long) is replaced.
+    let own = follower.http("GET", "/api/v3/proxies/addresses", None).expect("answer");
+    let id = own.header("x-moonraft-request-id").expect("an id").to_owned();
+    assert!(id.starts_with(&format!("{}-", follower.id)), "{id}");
+    let long = "x".repeat(65);
+    let r = http_with(&follower.http, "GET", "/api/v3/proxies/addresses", None, &[("X-Moonraft-Request-Id", &long)])
+        .expect("answer");
+    assert_ne!(r.header("x-moonraft-request-id"), Some(long.as_str()));
+}

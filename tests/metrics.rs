@@ -50,6 +50,24 @@ fn proxy_metrics_follow_the_traffic() {
     for _ in 0..N {
         assert_eq!(c.read(), simple("OK"));
     }
+    // Every SET made one round trip to node a or b, over a connection that is still open.
+    let sets_done = scrape(&metrics);
+    let trips = |samples: &[Value], suffix: &str| -> f64 {
+        [s.a.addr(), s.b.addr()]
+            .iter()
+            .map(|a| {
+                let name = format!("moonraft_proxy_backend_round_trip_seconds_{suffix}");
+                value(samples, &name, &[("address", a.as_str()), ("kind", "node")])
+            })
+            .sum()
+    };
+    assert!(trips(&sets_done, "count") - trips(&before, "count") >= N as f64, "{sets_done:?}");
+    assert!(trips(&sets_done, "sum") > trips(&before, "sum"));
+    for node in [s.a.addr(), s.b.addr()] {
+        let labels = [("address", node.as_str()), ("kind", "node")];
+        assert!(value(&sets_done, "moonraft_proxy_backend_connections", &labels) >= 1.0, "{node}");
+        assert_eq!(value(&sets_done, "moonraft_proxy_backend_connection_failures_total", &labels), 0.0);
+    }
     assert!(error_text(&c.cmd(&["NOSUCHCOMMAND"])).contains("not supported"));
     assert!(error_text(&c.cmd(&["GET"])).contains("wrong number of arguments"));
     // Half of the slots go to another proxy: a key there is MOVED.
@@ -157,7 +175,38 @@ fn broker_metrics_show_the_raft_state_and_the_store_on_every_member() {
         assert!(grew("moonraft_broker_raft_applied_index") >= 2.0, "member {id}");
         assert!(grew("moonraft_broker_raft_last_log_index") >= 2.0, "member {id}");
         assert!(value(&a, "moonraft_broker_global_epoch_total", &[]) > epoch, "member {id}");
+        // Followers hear from the leader over gRPC (AppendEntries), and say so.
+        let appends = [("method", "/moonraft.raft.RaftInternal/AppendEntries"), ("code", "Ok")];
+        if *id != leader {
+            assert!(value(&a, "moonraft_broker_grpc_requests_total", &appends) >= 1.0, "member {id}");
+        }
+        assert!(value(&a, "moonraft_broker_snapshot_bytes", &[]) >= 0.0);
     }
+    let after = scrape_all(&group);
+    let on_leader = &after.iter().find(|(id, _)| *id == leader).expect("the leader").1;
+    let before_leader = &before.iter().find(|(id, _)| *id == leader).expect("the leader").1;
+    // The two registrations were proposed on the leader, each committed and timed.
+    let proposals = "moonraft_broker_proposal_duration_seconds_count";
+    assert!(value(on_leader, proposals, &[]) - value(before_leader, proposals, &[]) >= 2.0);
+    // Each POST was answered 200 by the member it reached (and by the leader, if forwarded).
+    let posts = [("method", "POST"), ("route", "/api/v3/proxies/meta"), ("status", "200")];
+    let answered: f64 = after.iter().map(|(_, s)| value(s, "moonraft_broker_http_requests_total", &posts)).sum();
+    assert!(answered >= 2.0, "{answered}");
+    let timed: f64 = after
+        .iter()
+        .map(|(_, s)| {
+            value(
+                s,
+                "moonraft_broker_http_request_duration_seconds_count",
+                &[("method", "POST"), ("route", "/api/v3/proxies/meta")],
+            )
+        })
+        .sum();
+    assert_eq!(timed, answered);
+    // RocksDB holds the log: live data in table files or in memtables.
+    let stored = value(on_leader, "moonraft_broker_rocksdb_live_data_bytes", &[])
+        + value(on_leader, "moonraft_broker_rocksdb_memtable_bytes", &[]);
+    assert!(stored > 0.0, "{on_leader:?}");
     // A leader kill: the survivors name a new leader in a later term.
     group.members.iter_mut().find(|m| m.id == leader).expect("the leader").proc.kill();
     let mut new_leader = leader;
@@ -209,6 +258,16 @@ fn coordinator_metrics_count_pushes_and_a_failover_with_its_duration() {
     assert!(delta("moonraft_coordinator_failures_reported_total") >= 1.0);
     assert!(delta("moonraft_coordinator_probe_failures_total") >= 1.0);
     assert!(value(&after, "moonraft_coordinator_watch_events_total", &[]) >= 1.0);
+    assert!(value(&after, "moonraft_coordinator_proxy_probe_failures_total", &[("proxy", &victim)]) >= 1.0);
+    // Every acknowledged push is timed from the request that led to it.
+    assert!(value(&after, "moonraft_coordinator_sync_push_duration_seconds_count", &[]) >= 3.0);
+    let calls = "moonraft_coordinator_broker_calls_total";
+    assert!(value(&after, calls, &[("call", "GetProxy"), ("result", "ok")]) >= 3.0);
+    assert!(value(&after, calls, &[("call", "ReportFailure"), ("result", "ok")]) >= 1.0, "{after:?}");
+    // The coordinator's watch stream is open on one of the brokers.
+    let watching: f64 =
+        s.brokers.members.iter().map(|m| value(&scrape(&m.http), "moonraft_broker_watch_subscribers", &[])).sum();
+    assert!(watching >= 1.0, "{watching}");
     let hist = "moonraft_coordinator_failover_duration_seconds";
     assert_eq!(value(&after, &format!("{hist}_count"), &[]), 1.0);
     let took = value(&after, &format!("{hist}_sum"), &[]);

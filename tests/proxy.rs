@@ -855,6 +855,10 @@ fn hello_and_info_report_the_nodes_redis_version() {
     let proxy_info = redis_cli(&["-p", &port, "INFO"]);
     assert!(proxy_info.contains(&format!("redis_version:{version}")), "{proxy_info}");
     assert!(!proxy_info.contains("flush_size"), "{proxy_info}");
+    // The proxy's own version is the binary's build stamp, as `moonraft --version` prints it.
+    let out = std::process::Command::new(BIN).arg("--version").output().expect("moonraft --version");
+    let stamp = String::from_utf8_lossy(&out.stdout).trim().trim_start_matches("moonraft ").to_owned();
+    assert!(proxy_info.contains(&format!("moonraft_version:{stamp}")), "{proxy_info}");
 }
 
 #[test]
@@ -876,4 +880,41 @@ fn log_format_json_writes_one_object_per_line() {
     let bad = std::process::Command::new(BIN).args(["proxy", "--log-format", "xml"]).output().expect("moonraft proxy");
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("expected text or json"));
+}
+
+/// The health `CLUSTER SHARDS` gives for the proxy answering it: one entry per field of the
+/// proxy's own node maps, read from a live reply.
+fn own_shard_entry(c: &mut Conn, port: u16) -> (i64, String) {
+    let Frame::Array(shards) = c.cmd(&["CLUSTER", "SHARDS"]) else { panic!("CLUSTER SHARDS is an array") };
+    for shard in shards {
+        let Frame::Array(fields) = shard else { panic!("a shard is a field list in RESP2") };
+        let Some(Frame::Array(nodes)) = fields.get(3).cloned() else { panic!("nodes") };
+        for node in nodes {
+            let Frame::Array(f) = node else { panic!("a node is a field list") };
+            let field = |k: &str| f.iter().position(|x| *x == Frame::bulk_str(k)).and_then(|i| f.get(i + 1)).cloned();
+            if field("port") == Some(Frame::Integer(i64::from(port))) {
+                let Some(Frame::Integer(offset)) = field("replication-offset") else { panic!("offset") };
+                let Some(Frame::Bulk(health)) = field("health") else { panic!("health") };
+                return (offset, String::from_utf8_lossy(&health).into_owned());
+            }
+        }
+    }
+    panic!("the proxy's own entry is missing")
+}
+
+#[test]
+fn cluster_shards_says_whether_this_proxys_nodes_answer() {
+    let mut s = SingleProxy::start(&[]);
+    let mut c = s.proxy.conn();
+    let port = s.proxy.port;
+    let (offset, health) = own_shard_entry(&mut c, port);
+    assert_eq!(health, "online");
+    assert!(offset >= 0);
+    s.b.proc.kill();
+    let mut last = String::new();
+    let failed = eventually(Duration::from_secs(10), || {
+        last = own_shard_entry(&mut c, port).1;
+        last == "failed"
+    });
+    assert!(failed, "health stayed {last} with a node down");
 }

@@ -8,13 +8,14 @@
 //! connection. While a node cannot be reached, its commands fail at once and other nodes are
 //! unaffected; reconnects back off from 100 ms to 2 s.
 
+use crate::latency::LatencyHistogram;
 use crate::resp::{ReplyScanner, Request};
 use crate::tls::Stream;
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -71,6 +72,22 @@ impl Default for BackendSettings {
         }
     }
 }
+
+/// What the proxy measured of its traffic with one Redis node or one other proxy, for
+/// `/metrics`. Shared by every connection to that address (client pools of both protocols and
+/// the migration copy's private pools) while any of them lives.
+#[derive(Default, Debug)]
+pub struct NodeStats {
+    /// Connections open now.
+    pub connected: AtomicI64,
+    /// From writing a command (with the batch it went in) to reading its reply.
+    pub round_trip: LatencyHistogram,
+    /// Connection attempts that failed and connections that broke.
+    pub failures: AtomicU64,
+}
+
+/// Where a node's stats are kept: by (address, is another proxy).
+type StatsMap = HashMap<(String, bool), Weak<NodeStats>>;
 
 struct Conn {
     tx: mpsc::Sender<BackendCommand>,
@@ -133,11 +150,47 @@ pub struct BackendRegistry {
     conns_per_node: usize,
     /// By (address, protocol, is another proxy).
     pools: Mutex<HashMap<(String, u8, bool), Weak<NodePool>>>,
+    /// `None` when metrics are off: connections then neither time replies nor count.
+    stats: Option<Mutex<StatsMap>>,
 }
 
 impl BackendRegistry {
     pub fn new(settings: BackendSettings, conns_per_node: usize) -> Self {
-        BackendRegistry { settings, conns_per_node: conns_per_node.max(1), pools: Mutex::new(HashMap::new()) }
+        BackendRegistry {
+            settings,
+            conns_per_node: conns_per_node.max(1),
+            pools: Mutex::new(HashMap::new()),
+            stats: None,
+        }
+    }
+
+    /// Also measures every connection (`node_stats`).
+    pub fn with_stats(mut self) -> Self {
+        self.stats = Some(Mutex::new(HashMap::new()));
+        self
+    }
+
+    /// The stats of every address some pool still connects to: (address, is another proxy,
+    /// stats), sorted by address.
+    pub fn node_stats(&self) -> Vec<(String, bool, Arc<NodeStats>)> {
+        let Some(stats) = &self.stats else { return Vec::new() };
+        let mut stats = stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats.retain(|_, w| w.strong_count() > 0);
+        let mut all: Vec<_> =
+            stats.iter().filter_map(|((a, peer), w)| w.upgrade().map(|s| (a.clone(), *peer, s))).collect();
+        all.sort_by(|x, y| (&x.0, x.1).cmp(&(&y.0, y.1)));
+        all
+    }
+
+    fn stats_for(&self, address: &str, peer: bool) -> Option<Arc<NodeStats>> {
+        let mut stats = self.stats.as_ref()?.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (address.to_owned(), peer);
+        if let Some(s) = stats.get(&key).and_then(Weak::upgrade) {
+            return Some(s);
+        }
+        let s = Arc::new(NodeStats::default());
+        stats.insert(key, Arc::downgrade(&s));
+        Some(s)
     }
 
     pub fn settings(&self) -> &BackendSettings {
@@ -184,12 +237,13 @@ impl BackendRegistry {
         } else {
             (self.settings.node_auth.clone(), None)
         };
+        let stats = self.stats_for(address, peer);
         let conns = (0..conns)
             .map(|_| {
                 let (tx, rx) = mpsc::channel(self.settings.queue_len);
                 let failed = Arc::new(AtomicBool::new(false));
                 let target = Target { address: address.to_owned(), proto, auth: auth.clone(), tls: tls.clone() };
-                tokio::spawn(run_connection(target, rx, failed.clone(), self.settings.clone()));
+                tokio::spawn(run_connection(target, rx, failed.clone(), self.settings.clone(), stats.clone()));
                 Conn { tx, failed }
             })
             .collect();
@@ -289,8 +343,19 @@ async fn run_connection(
     mut rx: mpsc::Receiver<BackendCommand>,
     failed: Arc<AtomicBool>,
     settings: BackendSettings,
+    stats: Option<Arc<NodeStats>>,
 ) {
     let Target { address, proto, auth, tls } = target;
+    let connected = |delta: i64| {
+        if let Some(s) = &stats {
+            s.connected.fetch_add(delta, Ordering::Relaxed);
+        }
+    };
+    let failure = || {
+        if let Some(s) = &stats {
+            s.failures.fetch_add(1, Ordering::Relaxed);
+        }
+    };
     let mut backoff = Duration::from_millis(100);
     loop {
         match connect(&address, proto, settings.connect_timeout, settings.max_bulk_len, auth.as_ref(), tls.as_ref())
@@ -300,14 +365,19 @@ async fn run_connection(
                 failed.store(false, Ordering::Relaxed);
                 backoff = Duration::from_millis(100);
                 debug!(node = %address, proto, "backend connected");
-                match serve(stream, &mut rx, &address, &settings).await {
+                connected(1);
+                let ended = serve(stream, &mut rx, &address, &settings, stats.as_deref()).await;
+                connected(-1);
+                match ended {
                     Ended::QueueClosed => return,
                     Ended::Failed(_, why) => {
+                        failure();
                         warn!(node = %address, "backend connection lost: {why}")
                     }
                 }
             }
             Err(e) => {
+                failure();
                 failed.store(true, Ordering::Relaxed);
                 warn!(node = %address, "cannot connect to backend: {e}; retrying in {backoff:?}");
                 // Fail what is queued (and what arrives) until the next attempt.
@@ -332,16 +402,17 @@ async fn serve(
     rx: &mut mpsc::Receiver<BackendCommand>,
     address: &str,
     settings: &BackendSettings,
+    stats: Option<&NodeStats>,
 ) -> Ended {
     match stream {
         // Owned halves: no lock between the reader and the writer on the common path.
         Stream::Plain(tcp) => {
             let (rd, wr) = tcp.into_split();
-            serve_halves(rd, wr, rx, address, settings).await
+            serve_halves(rd, wr, rx, address, settings, stats).await
         }
         Stream::Tls(tls) => {
             let (rd, wr) = tokio::io::split(*tls);
-            serve_halves(rd, wr, rx, address, settings).await
+            serve_halves(rd, wr, rx, address, settings, stats).await
         }
     }
 }
@@ -352,12 +423,15 @@ async fn serve_halves<R, W>(
     rx: &mut mpsc::Receiver<BackendCommand>,
     address: &str,
     settings: &BackendSettings,
+    stats: Option<&NodeStats>,
 ) -> Ended
 where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
-    let (inflight_tx, mut inflight_rx) = mpsc::unbounded_channel::<oneshot::Sender<ReplyResult>>();
+    // Each in-flight command's reply slot and, when measuring, when its batch was written
+    // (one clock read per batch on this side, one per read on the other).
+    let (inflight_tx, mut inflight_rx) = mpsc::unbounded_channel::<(oneshot::Sender<ReplyResult>, Option<Instant>)>();
     let pending = AtomicUsize::new(0);
     // Set when the pool was dropped (queue closed): the reader then ends once the commands
     // already written have their replies, instead of dropping them (their clients would get
@@ -376,6 +450,7 @@ where
                 }
                 return std::future::pending().await;
             };
+            let written_at = stats.map(|_| Instant::now());
             let mut batch = Some(first);
             while let Some(cmd) = batch.take() {
                 pending.fetch_add(1, Ordering::SeqCst);
@@ -387,13 +462,13 @@ where
                         }
                         buf.clear();
                     }
-                    let _ = inflight_tx.send(cmd.reply);
+                    let _ = inflight_tx.send((cmd.reply, written_at));
                     if let Err(e) = wr.write_all(&cmd.raw).await {
                         return Ended::Failed(BackendError::Broken(address.into()), e.to_string());
                     }
                 } else {
                     buf.extend_from_slice(&cmd.raw);
-                    let _ = inflight_tx.send(cmd.reply);
+                    let _ = inflight_tx.send((cmd.reply, written_at));
                 }
                 if buf.len() < 256 * 1024 {
                     batch = rx.try_recv().ok();
@@ -414,13 +489,17 @@ where
     let reader = async {
         let mut buf = BytesMut::with_capacity(16 * 1024);
         let mut scanner = ReplyScanner::new(settings.max_bulk_len);
+        let mut read_at = Instant::now();
         loop {
             loop {
                 match scanner.scan(&buf) {
                     Ok(Some(n)) => {
                         let reply = buf.split_to(n).freeze();
                         match inflight_rx.try_recv() {
-                            Ok(sender) => {
+                            Ok((sender, written_at)) => {
+                                if let (Some(s), Some(w)) = (stats, written_at) {
+                                    s.round_trip.observe(read_at.saturating_duration_since(w));
+                                }
                                 let _ = sender.send(Ok(reply));
                                 if pending.fetch_sub(1, Ordering::SeqCst) == 1 && queue_closed.load(Ordering::SeqCst) {
                                     return Ended::QueueClosed;
@@ -443,7 +522,11 @@ where
             }
             match tokio::time::timeout(settings.timeout, rd.read_buf(&mut buf)).await {
                 Ok(Ok(0)) => return Ended::Failed(BackendError::Broken(address.into()), "closed by the node".into()),
-                Ok(Ok(_)) => {}
+                Ok(Ok(_)) => {
+                    if stats.is_some() {
+                        read_at = Instant::now();
+                    }
+                }
                 Ok(Err(e)) => return Ended::Failed(BackendError::Broken(address.into()), e.to_string()),
                 Err(_) => {
                     if pending.load(Ordering::Acquire) > 0 {
@@ -460,7 +543,7 @@ where
     };
     // In-flight commands: fail them explicitly (dropping the senders would do the same).
     if let Ended::Failed(err, _) = &ended {
-        while let Ok(s) = inflight_rx.try_recv() {
+        while let Ok((s, _)) = inflight_rx.try_recv() {
             let _ = s.send(Err(err.clone()));
         }
     }

@@ -6,6 +6,7 @@ pub mod clients;
 pub mod cluster;
 pub mod command;
 pub mod config;
+pub mod latency;
 pub mod lease;
 pub mod metrics;
 pub mod migrate;
@@ -20,3 +21,16 @@ pub mod tls;
 pub mod umctl;
 
 pub use config::ProxyConfig;
+
+static BUILD_VERSION: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// Sets the version `INFO` reports (the binary's build stamp, `<package>+<commit>`); the first
+/// call wins.
+pub fn set_build_version(version: &'static str) {
+    let _ = BUILD_VERSION.set(version);
+}
+
+/// The build stamp the binary set, else this crate's package version.
+pub fn build_version() -> &'static str {
+    BUILD_VERSION.get().copied().unwrap_or(env!("CARGO_PKG_VERSION"))
+}

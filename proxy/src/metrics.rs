@@ -6,10 +6,12 @@
 //! made only when someone scrapes. `prometheus-client` does the encoding (a `Collector` that
 //! reads the arrays), so the output follows the OpenMetrics text format that Prometheus reads.
 
+use crate::backend::NodeStats;
 use crate::command::{self, CommandSpec};
+use crate::latency::LatencyHistogram;
 use crate::state::ProxyState;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
@@ -20,9 +22,6 @@ use std::time::Instant;
 
 /// How a command ended, from the first bytes of its reply.
 pub const RESULTS: [&str; 6] = ["ok", "error", "moved", "ask", "tryagain", "crossslot"];
-
-/// Upper bounds of the latency buckets, in microseconds (the last bucket is +Inf).
-const BUCKETS_US: [u64; 12] = [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000];
 
 /// Commands between proxies, besides `command::LOCAL_COMMANDS` (answered by the proxy itself).
 const PEER_COMMANDS: &[&str] = &["umforward", "umpublish", "umread", "umsync"];
@@ -36,9 +35,7 @@ fn control_commands() -> impl Iterator<Item = &'static str> {
 #[derive(Default)]
 struct CommandCounters {
     results: [AtomicU64; RESULTS.len()],
-    /// Per bucket (not cumulative), the last one for anything slower than the last bound.
-    buckets: [AtomicU64; BUCKETS_US.len() + 1],
-    sum_us: AtomicU64,
+    latency: LatencyHistogram,
 }
 
 /// Which command a reply belongs to and when the proxy read it.
@@ -119,12 +116,13 @@ fn classify(reply: &[u8]) -> usize {
 }
 
 impl ProxyMetrics {
-    /// Starts timing a command named `name` (as the client sent it).
-    pub fn meter(&self, name: &[u8], now: Instant) -> Meter {
+    /// Starts timing a command named `name` (as the client sent it); `spec` is its entry in the
+    /// command table when it has one (looked up once by the session for routing and metering).
+    pub fn meter(&self, spec: Option<&'static CommandSpec>, name: &[u8], now: Instant) -> Meter {
         if !self.enabled {
             return Meter { command: u16::MAX, start: now };
         }
-        let index = match command::lookup(name).and_then(data_index) {
+        let index = match spec.and_then(data_index) {
             Some(i) => i,
             None => {
                 let data = command::DATA_COMMANDS.len();
@@ -142,10 +140,7 @@ impl ProxyMetrics {
         }
         let Some(c) = self.commands.get(usize::from(meter.command)) else { return };
         c.results[classify(reply)].fetch_add(1, Ordering::Relaxed);
-        let us = now.saturating_duration_since(meter.start).as_micros().min(u128::from(u64::MAX)) as u64;
-        let bucket = BUCKETS_US.iter().position(|b| us <= *b).unwrap_or(BUCKETS_US.len());
-        c.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        c.sum_us.fetch_add(us, Ordering::Relaxed);
+        c.latency.observe(now.saturating_duration_since(meter.start));
     }
 
     /// Commands answered so far, whatever their result (for tests and INFO).
@@ -202,18 +197,12 @@ impl Collector for ProxyCollector {
                 MetricType::Histogram,
             )?;
             for (i, c) in m.commands.iter().enumerate() {
-                let counts: Vec<u64> = c.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
-                let count: u64 = counts.iter().sum();
-                if count == 0 {
-                    continue;
+                if c.latency.count() > 0 {
+                    c.latency.encode(family.encode_family(&[("command", command_name(i))])?)?;
                 }
-                let buckets: Vec<(f64, u64)> =
-                    BUCKETS_US.iter().map(|us| *us as f64 / 1e6).chain([f64::MAX]).zip(counts).collect();
-                let sum = c.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-                let labels = [("command", command_name(i))];
-                family.encode_family(&labels)?.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
             }
         }
+        encode_backends(&mut encoder, &state.registry.node_stats())?;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         counter(&mut encoder, "moonraft_proxy_received_bytes", "Bytes read from clients.", load(&m.bytes_in))?;
         counter(&mut encoder, "moonraft_proxy_sent_bytes", "Bytes written to clients.", load(&m.bytes_out))?;
@@ -300,6 +289,47 @@ impl Collector for ProxyCollector {
     }
 }
 
+/// Per Redis node and per other proxy this proxy talks to (`kind` "node" or "proxy").
+fn encode_backends(encoder: &mut DescriptorEncoder, stats: &[(String, bool, Arc<NodeStats>)]) -> std::fmt::Result {
+    fn labels(address: &str, peer: bool) -> [(&'static str, &str); 2] {
+        [("address", address), ("kind", if peer { "proxy" } else { "node" })]
+    }
+    {
+        let mut family = encoder.encode_descriptor(
+            "moonraft_proxy_backend_connections",
+            "Connections open now to each Redis node (kind=node) and other proxy (kind=proxy).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (address, peer, s) in stats {
+            ConstGauge::new(s.connected.load(Ordering::Relaxed))
+                .encode(family.encode_family(&labels(address, *peer))?)?;
+        }
+    }
+    {
+        let mut family = encoder.encode_descriptor(
+            "moonraft_proxy_backend_connection_failures",
+            "Connection attempts that failed and connections that broke, per node or proxy.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (address, peer, s) in stats {
+            ConstCounter::new(s.failures.load(Ordering::Relaxed))
+                .encode(family.encode_family(&labels(address, *peer))?)?;
+        }
+    }
+    let mut family = encoder.encode_descriptor(
+        "moonraft_proxy_backend_round_trip_seconds",
+        "From writing a command to a node or proxy to reading its reply.",
+        None,
+        MetricType::Histogram,
+    )?;
+    for (address, peer, s) in stats {
+        s.round_trip.encode(family.encode_family(&labels(address, *peer))?)?;
+    }
+    Ok(())
+}
+
 /// A registry for the proxy's `/metrics`.
 pub fn registry(state: &Arc<ProxyState>) -> Registry {
     let mut registry = Registry::default();
@@ -338,15 +368,19 @@ mod tests {
         }
         let m = ProxyMetrics::default();
         let now = Instant::now();
-        assert_eq!(command_name(m.meter(b"SET", now).command.into()), "set");
-        assert_eq!(command_name(m.meter(b"Ping", now).command.into()), "ping");
-        assert_eq!(command_name(m.meter(b"nosuchcommand", now).command.into()), "other");
-        m.record(m.meter(b"get", now), b"$-1\r\n", now + Duration::from_micros(300));
-        m.record(m.meter(b"get", now), b"-MOVED 1 a:1\r\n", now + Duration::from_secs(2));
+        assert_eq!(command_name(m.meter(command::lookup(b"SET"), b"SET", now).command.into()), "set");
+        assert_eq!(command_name(m.meter(command::lookup(b"Ping"), b"Ping", now).command.into()), "ping");
+        assert_eq!(
+            command_name(m.meter(command::lookup(b"nosuchcommand"), b"nosuchcommand", now).command.into()),
+            "other"
+        );
+        m.record(m.meter(command::lookup(b"get"), b"get", now), b"$-1\r\n", now + Duration::from_micros(300));
+        m.record(m.meter(command::lookup(b"get"), b"get", now), b"-MOVED 1 a:1\r\n", now + Duration::from_secs(2));
         assert_eq!(m.commands_total(), 2);
         let get = &m.commands[data_index(command::lookup(b"get").unwrap()).unwrap()];
-        assert_eq!(get.buckets[2].load(Ordering::Relaxed), 1, "300 µs falls in the ≤ 500 µs bucket");
-        assert_eq!(get.buckets[BUCKETS_US.len()].load(Ordering::Relaxed), 1, "2 s is past the last bound");
+        let buckets = get.latency.bucket_counts();
+        assert_eq!(buckets[2], 1, "300 µs falls in the ≤ 500 µs bucket");
+        assert_eq!(buckets[buckets.len() - 1], 1, "2 s is past the last bound");
         assert_eq!(get.results[2].load(Ordering::Relaxed), 1);
     }
 }

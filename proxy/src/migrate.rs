@@ -24,7 +24,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 /// Starts a driver for every migrating task of the installed table that has none yet.
 pub fn start_tasks(state: &Arc<ProxyState>) {
@@ -32,7 +32,16 @@ pub fn start_tasks(state: &Arc<ProxyState>) {
     for task in installed.table.tasks.iter().filter(|t| !t.importing) {
         if !task.shared.started.swap(true, Ordering::AcqRel) {
             let cluster = installed.table.meta.name.clone();
-            tokio::spawn(run_source(state.clone(), cluster, task.clone()));
+            // Every log line of the task carries its cluster, slots and the two proxies.
+            let slots: Vec<String> = task.ranges.iter().map(|r| r.to_string()).collect();
+            let span = tracing::info_span!(
+                "migration",
+                cluster = %cluster,
+                slots = %slots.join(","),
+                src = %task.meta.src_proxy_address,
+                dst = %task.meta.dst_proxy_address,
+            );
+            tokio::spawn(run_source(state.clone(), cluster, task.clone()).instrument(span));
         }
     }
 }

@@ -117,10 +117,14 @@ impl ProxyState {
             }),
             ..BackendSettings::default()
         };
-        let registry = BackendRegistry::new(settings, config.backend_conn_num);
+        let measured = !config.metrics_address.is_empty();
+        let mut registry = BackendRegistry::new(settings, config.backend_conn_num);
+        if measured {
+            registry = registry.with_stats();
+        }
         let installed = Installed::new(ClusterTable::empty(), &registry, "");
         let (shutdown, _) = tokio::sync::watch::channel(false);
-        let metrics = crate::metrics::ProxyMetrics::new(!config.metrics_address.is_empty());
+        let metrics = crate::metrics::ProxyMetrics::new(measured);
         Arc::new(ProxyState {
             announce: config.announce().to_owned(),
             slowlog: SlowLog::new(config.slowlog_len, config.slowlog_log_slower_than, config.slowlog_sample_rate),

@@ -26,6 +26,7 @@ use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::{broadcast, watch};
 
@@ -308,6 +309,24 @@ pub struct StateMachine {
     changes: broadcast::Sender<Change>,
     /// Digest of the store as of the last applied entry (what the next change is compared to).
     digest: Arc<std::sync::Mutex<Digest>>,
+    /// Size of the snapshot stored now, and snapshots stored since start (for metrics).
+    snapshot_bytes: Arc<AtomicU64>,
+    snapshots: Arc<AtomicU64>,
+}
+
+/// What a member's storage holds, for its metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StorageStats {
+    /// The snapshot stored now (the store document and its metadata, as JSON).
+    pub snapshot_bytes: u64,
+    /// Snapshots built or installed since this process opened the data dir.
+    pub snapshots: u64,
+    /// RocksDB's estimate of the live data in its table files, all column families.
+    pub live_data_bytes: u64,
+    /// RocksDB's table files, all column families.
+    pub sst_bytes: u64,
+    /// RocksDB's memtables (written, not yet flushed to table files).
+    pub memtable_bytes: u64,
 }
 
 /// How many changes a slow watcher may fall behind before it is told to resync.
@@ -317,7 +336,9 @@ impl StateMachine {
     fn load(db: Arc<DB>) -> Result<StateMachine, serde_json::Error> {
         let mut data = StateMachineData::default();
         let cf = db.cf_handle(CF_SM).expect("column family created at open");
+        let mut snapshot_bytes = 0;
         if let Ok(Some(raw)) = db.get_cf(cf, KEY_SNAPSHOT) {
+            snapshot_bytes = raw.len() as u64;
             let snap: StoredSnapshot = serde_json::from_slice(&raw)?;
             data.store = serde_json::from_slice(&snap.data)?;
             data.last_applied = snap.meta.last_log_id;
@@ -331,7 +352,27 @@ impl StateMachine {
             applied: Arc::new(watch::channel(applied).0),
             changes: broadcast::channel(CHANGE_BUFFER).0,
             digest,
+            snapshot_bytes: Arc::new(AtomicU64::new(snapshot_bytes)),
+            snapshots: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// Sizes of the stored snapshot and of RocksDB's data (summed over the column families).
+    pub fn storage_stats(&self) -> StorageStats {
+        let property = |name: &str| -> u64 {
+            [CF_LOGS, CF_META, CF_SM]
+                .iter()
+                .filter_map(|cf| self.db.cf_handle(cf))
+                .filter_map(|cf| self.db.property_int_value_cf(cf, name).ok().flatten())
+                .sum()
+        };
+        StorageStats {
+            snapshot_bytes: self.snapshot_bytes.load(Ordering::Relaxed),
+            snapshots: self.snapshots.load(Ordering::Relaxed),
+            live_data_bytes: property("rocksdb.estimate-live-data-size"),
+            sst_bytes: property("rocksdb.total-sst-files-size"),
+            memtable_bytes: property("rocksdb.cur-size-all-mem-tables"),
+        }
     }
 
     /// Read access to the current state.
@@ -367,9 +408,13 @@ impl StateMachine {
     fn persist_snapshot(&self, snap: &StoredSnapshot) -> Result<(), StorageError> {
         let cf = self.db.cf_handle(CF_SM).expect("column family created at open");
         let bytes = serde_json::to_vec(snap).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let len = bytes.len() as u64;
         self.db
             .put_cf_opt(cf, KEY_SNAPSHOT, bytes, &sync_writes())
-            .map_err(|e| StorageIOError::write_snapshot(None, &e).into())
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        self.snapshot_bytes.store(len, Ordering::Relaxed);
+        self.snapshots.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 }
 

@@ -78,9 +78,14 @@ impl GrpcApi {
     fn forwarded<T>(&self, req: Request<T>, method: &str) -> Request<T> {
         // The caller's token goes along: the leader checks it again.
         let authorization = req.metadata().get("authorization").cloned();
+        // The same id on the leader: its log lines of this call can be found from ours.
+        let request_id = req.metadata().get(super::metrics::REQUEST_ID).cloned();
         let mut r = Request::new(req.into_inner());
         if let Some(v) = authorization {
             r.metadata_mut().insert("authorization", v);
+        }
+        if let Some(v) = request_id {
+            r.metadata_mut().insert(super::metrics::REQUEST_ID, v);
         }
         r.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
         r.set_timeout(self.broker.config.forward_wait(super::config::ForwardedCall::of_method(method)));
@@ -90,16 +95,20 @@ impl GrpcApi {
 
 /// A failure of the forwarding itself (not an answer of the leader) is a `RETRY` whose outcome
 /// is unknown: the leader may have received the call.
-fn forward_result<T>(r: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
-    r.map_err(|s| {
-        let answered = s.metadata().contains_key(ERROR_TRAILER)
-            || matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied);
-        if answered {
-            s
-        } else {
-            err(ApiError::RetryUnknown)
+fn forward_result<T>(broker: &Broker, r: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
+    let answered = match &r {
+        Ok(_) => true,
+        Err(s) => {
+            s.metadata().contains_key(ERROR_TRAILER)
+                || matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied)
         }
-    })
+    };
+    broker.metrics.forwarded(super::metrics::Surface::Grpc, answered);
+    if answered {
+        r
+    } else {
+        Err(err(ApiError::RetryUnknown))
+    }
 }
 
 /// Forwards the call to the leader when this member is not it, else evaluates `$local`.
@@ -108,7 +117,10 @@ macro_rules! on_leader {
         match $self.route(&$req)? {
             Some(channel) => {
                 let r = $self.forwarded($req, stringify!($method));
-                return forward_result($client::new(channel).max_decoding_message_size(usize::MAX).$method(r).await);
+                return forward_result(
+                    &$self.broker,
+                    $client::new(channel).max_decoding_message_size(usize::MAX).$method(r).await,
+                );
             }
             None => {
                 let $req = $req.into_inner();
@@ -585,14 +597,21 @@ impl pb::broker_api_server::BrokerApi for GrpcApi {
             })
         };
         let first = current(&b);
+        let subscription = super::metrics::WatchSubscription::new(b);
         tokio::spawn(async move {
+            let b = subscription.broker();
             if tx.send(Ok(first)).await.is_err() {
                 return;
             }
             loop {
-                let next = match changes.recv().await {
+                // A subscriber that went away ends the task now, not at the next change.
+                let received = tokio::select! {
+                    r = changes.recv() => r,
+                    _ = tx.closed() => return,
+                };
+                let next = match received {
                     Ok(c) => change(c),
-                    Err(RecvError::Lagged(_)) => current(&b),
+                    Err(RecvError::Lagged(_)) => current(b),
                     Err(RecvError::Closed) => return,
                 };
                 if tx.send(Ok(next)).await.is_err() {

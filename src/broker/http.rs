@@ -43,8 +43,10 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(middleware::from_fn_with_state(broker.clone(), forward_to_leader))
         .layer(middleware::from_fn(json_errors))
-        // Outermost: nothing is forwarded or parsed for a caller without the right token.
+        // Nothing is forwarded or parsed for a caller without the right token.
         .layer(middleware::from_fn_with_state(broker.clone(), authorize))
+        // Outermost: every request is counted, refused ones too.
+        .layer(middleware::from_fn_with_state(broker.clone(), measure))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(broker)
 }
@@ -618,6 +620,46 @@ async fn authorize(State(b): Shared, req: Request, next: Next) -> Response {
     }
 }
 
+/// Counts and times each request by method and route template (`/api/v3/clusters/meta/{name}`,
+/// never the path the client sent, so the label values stay bounded).
+async fn measure(State(b): Shared, mut req: Request, next: Next) -> Response {
+    use super::metrics::REQUEST_ID;
+    let started = std::time::Instant::now();
+    // The request's id goes into its span, into the request (a forward carries it to the
+    // leader) and into the response.
+    let id = b.metrics.request_id(b.node_id(), req.headers().get(REQUEST_ID).map(|v| v.as_bytes()));
+    let id_header = HeaderValue::from_str(&id).ok();
+    if let Some(v) = &id_header {
+        req.headers_mut().insert(REQUEST_ID, v.clone());
+    }
+    let method = match *req.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_owned());
+    let route = route.as_deref().unwrap_or("unmatched");
+    let span = tracing::info_span!("request", id = %id, method, route);
+    let mut resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    let (status, elapsed) = (resp.status().as_u16(), started.elapsed());
+    b.metrics.http_request(method, route, status, elapsed);
+    // Requests that may change metadata are logged (operators' changes are rare, and worth a
+    // line each), in the request's span: a forwarded one shows on the follower and the leader
+    // with the same id.
+    if !matches!(method, "GET" | "HEAD" | "OPTIONS") {
+        span.in_scope(|| tracing::info!(status, elapsed_ms = elapsed.as_millis() as u64, "answered"));
+    }
+    if let Some(v) = id_header {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    resp
+}
+
 /// Followers hand requests to the leader; the leader answers them itself.
 async fn forward_to_leader(State(b): Shared, req: Request, next: Next) -> Response {
     let path = req.uri().path();
@@ -638,7 +680,9 @@ async fn forward_to_leader(State(b): Shared, req: Request, next: Next) -> Respon
     let Some((_, leader)) = b.leader() else {
         return error_response(&ApiError::Retry, None);
     };
-    match super::grpc::forward(&b, &leader, req).await {
+    let forwarded = super::grpc::forward(&b, &leader, req).await;
+    b.metrics.forwarded(super::metrics::Surface::Http, forwarded.is_ok());
+    match forwarded {
         Ok(resp) => resp,
         Err(e) => {
             tracing::warn!(leader = %leader.raft_address, "forwarding to the leader failed: {e}");

@@ -146,6 +146,7 @@ pub async fn run(mut config: BrokerConfig) -> Result<()> {
         scale_lock: tokio::sync::Mutex::new(()),
         forward_channels: std::sync::Mutex::new(std::collections::HashMap::new()),
         identity,
+        metrics: metrics::BrokerMetrics::default(),
     });
     let router = http::router(broker.clone());
     // No Nagle on Raft and forwarding traffic either.
@@ -157,21 +158,30 @@ pub async fn run(mut config: BrokerConfig) -> Result<()> {
         grpc_server = grpc_server.tls_config(id.grpc()).context("grpc tls")?;
     }
     let grpc = grpc_server
-        .add_service(crate::auth::Guarded::new(
-            RaftInternalServer::new(grpc::RaftService { broker: broker.clone(), router: router.clone() })
-                .max_decoding_message_size(256 * 1024 * 1024)
-                .max_encoding_message_size(256 * 1024 * 1024),
-            credentials.clone(),
+        .add_service(metrics::Metered::new(
+            crate::auth::Guarded::new(
+                RaftInternalServer::new(grpc::RaftService { broker: broker.clone(), router: router.clone() })
+                    .max_decoding_message_size(256 * 1024 * 1024)
+                    .max_encoding_message_size(256 * 1024 * 1024),
+                credentials.clone(),
+            ),
+            broker.clone(),
         ))
-        .add_service(crate::auth::Guarded::new(
-            BrokerApiServer::new(grpc_api::GrpcApi { broker: broker.clone() })
-                .max_decoding_message_size(broker.config.max_body_bytes)
-                .max_encoding_message_size(256 * 1024 * 1024),
-            credentials.clone(),
+        .add_service(metrics::Metered::new(
+            crate::auth::Guarded::new(
+                BrokerApiServer::new(grpc_api::GrpcApi { broker: broker.clone() })
+                    .max_decoding_message_size(broker.config.max_body_bytes)
+                    .max_encoding_message_size(256 * 1024 * 1024),
+                credentials.clone(),
+            ),
+            broker.clone(),
         ))
-        .add_service(crate::auth::Guarded::new(
-            RaftAdminServer::new(grpc_api::GrpcApi { broker: broker.clone() }),
-            credentials.clone(),
+        .add_service(metrics::Metered::new(
+            crate::auth::Guarded::new(
+                RaftAdminServer::new(grpc_api::GrpcApi { broker: broker.clone() }),
+                credentials.clone(),
+            ),
+            broker.clone(),
         ))
         .serve_with_incoming(grpc_incoming);
     info!(

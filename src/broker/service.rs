@@ -104,6 +104,8 @@ pub struct Broker {
     pub forward_channels: std::sync::Mutex<std::collections::HashMap<String, tonic::transport::Channel>>,
     /// Which group this member's data dir belongs to.
     pub identity: std::sync::Arc<moonraft_raft::storage::GroupIdentity>,
+    /// What this member counted of its own work (`/metrics`).
+    pub metrics: super::metrics::BrokerMetrics,
 }
 
 impl Broker {
@@ -143,6 +145,19 @@ impl Broker {
         if !self.is_initialized() {
             return Err(ApiError::NotInitialized);
         }
+        let started = std::time::Instant::now();
+        let result = self.propose(cmd).await;
+        match &result {
+            // Committed and applied, whether the model accepted the command or not.
+            Ok(_) | Err(ApiError::Meta(_)) => self.metrics.proposals.observe(started.elapsed()),
+            Err(_) => {
+                self.metrics.proposal_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    async fn propose(&self, cmd: Command) -> Result<CommandOutput, ApiError> {
         match tokio::time::timeout(self.proposal_timeout(), self.raft.client_write(cmd)).await {
             // Proposed but not known to be committed: it may still be.
             Err(_) => Err(ApiError::RetryUnknown),

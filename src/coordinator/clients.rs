@@ -5,8 +5,9 @@ use crate::auth::{BearerToken, Secret};
 use bytes::BytesMut;
 use moonraft_proto::broker::broker_api_client::BrokerApiClient;
 use moonraft_proxy::resp::{Frame, Request};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -25,6 +26,8 @@ pub struct Brokers {
     current: AtomicUsize,
     token: BearerToken,
     tls: crate::tls::ClientTls,
+    /// Calls made, by (call, result): "ok" or the final gRPC code's name, for metrics.
+    calls: Mutex<BTreeMap<(&'static str, String), u64>>,
 }
 
 /// Errors worth trying the next broker for: transport failures, timeouts and `RETRY`.
@@ -38,7 +41,13 @@ impl Brokers {
             .iter()
             .map(|a| Ok((a.clone(), tls.endpoint(a, Duration::from_secs(1))?.connect_lazy())))
             .collect::<Result<Vec<_>, String>>()?;
-        Ok(Brokers { addresses: RwLock::new(list), current: AtomicUsize::new(0), token: BearerToken::new(token)?, tls })
+        Ok(Brokers {
+            addresses: RwLock::new(list),
+            current: AtomicUsize::new(0),
+            token: BearerToken::new(token)?,
+            tls,
+            calls: Mutex::new(BTreeMap::new()),
+        })
     }
 
     /// A client of `channel` that carries the token.
@@ -69,9 +78,28 @@ impl Brokers {
         Some(list[i].clone())
     }
 
+    /// Calls made so far: ((call, result), count), sorted.
+    pub fn call_counts(&self) -> Vec<((&'static str, String), u64)> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
     /// Calls `f` on the current broker; on a transport error, timeout or `RETRY` moves on to
     /// the next one (each broker at most once per call).
-    pub async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, Status>
+    pub async fn call<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, Status>
+    where
+        F: Fn(BrokerClient) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let result = self.call_any(what, f).await;
+        let outcome = match &result {
+            Ok(_) => "ok".to_owned(),
+            Err(s) => format!("{:?}", s.code()),
+        };
+        *self.calls.lock().unwrap_or_else(|e| e.into_inner()).entry((what, outcome)).or_default() += 1;
+        result
+    }
+
+    async fn call_any<T, F, Fut>(&self, what: &str, f: F) -> Result<T, Status>
     where
         F: Fn(BrokerClient) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,

@@ -5,7 +5,9 @@
 use super::Coordinator;
 use moonraft_proxy::metrics::{counter, gauge};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -23,7 +25,7 @@ impl std::fmt::Debug for CoordinatorCollector {
 impl Collector for CoordinatorCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let Some(co) = self.co.upgrade() else { return Ok(()) };
-        let counters: [(&str, &str, &AtomicU64); 9] = [
+        let counters: [(&str, &str, &AtomicU64); 10] = [
             (
                 "moonraft_coordinator_sync_pushes",
                 "Metadata pushes (UMCTL SETCLUSTER) acknowledged by proxies.",
@@ -65,10 +67,43 @@ impl Collector for CoordinatorCollector {
                 "Times the watch stream was opened (the first time included).",
                 &co.watch_reconnects,
             ),
+            (
+                "moonraft_coordinator_migrations_committed",
+                "Finished slot migrations this coordinator committed at the brokers.",
+                &co.migrations_committed,
+            ),
         ];
         for (name, help, v) in counters {
             counter(&mut e, name, help, v.load(Ordering::Relaxed))?;
         }
+        {
+            let mut family = e.encode_descriptor(
+                "moonraft_coordinator_proxy_probe_failures",
+                "Health probes that found a proxy down, per proxy this coordinator follows now.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (proxy, n) in co.probe_failures_by_proxy() {
+                ConstCounter::new(n).encode(family.encode_family(&[("proxy", proxy.as_str())])?)?;
+            }
+        }
+        {
+            let mut family = e.encode_descriptor(
+                "moonraft_coordinator_broker_calls",
+                "Calls to the brokers, by call and result (ok, or the gRPC code of the final failure).",
+                None,
+                MetricType::Counter,
+            )?;
+            for ((call, result), n) in co.brokers.call_counts() {
+                ConstCounter::new(n).encode(family.encode_family(&[("call", call), ("result", result.as_str())])?)?;
+            }
+        }
+        co.sync_seconds.encode(e.encode_descriptor(
+            "moonraft_coordinator_sync_push_duration_seconds",
+            "From a sync request (a change event, a committed migration, a new proxy) to the proxy's acknowledgement of the push that followed.",
+            None,
+            MetricType::Histogram,
+        )?)?;
         let (followed, reached) = co.agent_counts();
         gauge(
             &mut e,

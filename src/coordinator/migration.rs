@@ -103,6 +103,7 @@ async fn commit_finished(co: Arc<Coordinator>, address: String) {
         });
         match r.await {
             Ok(_) => {
+                co.migrations_committed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 info!(cluster = %task.cluster, ranges = ?task.ranges, src = %task.meta.src_proxy_address, dst = %task.meta.dst_proxy_address, "migration committed")
             }
             Err(s) if s.code() == tonic::Code::NotFound => {}
@@ -123,7 +124,8 @@ pub async fn migration_loop(co: Arc<Coordinator>) {
         let proxies = co.live_proxies();
         let mut polls = tokio::task::JoinSet::new();
         for p in proxies {
-            polls.spawn(commit_finished(co.clone(), p));
+            let span = tracing::info_span!("commit", proxy = %p);
+            polls.spawn(tracing::Instrument::instrument(commit_finished(co.clone(), p), span));
         }
         while polls.join_next().await.is_some() {}
     }

@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 /// The timing keys that `CONFIG SET` may change at runtime.
 #[derive(Debug, Clone)]
@@ -100,6 +100,11 @@ pub struct Coordinator {
     pub failover_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Probes that found a proxy down (not counting probes this coordinator could not make).
     pub probe_failures: AtomicU64,
+    /// From a sync request (a change event, a finished migration, a new proxy) to the proxy's
+    /// acknowledgement of the push that followed it.
+    pub sync_seconds: moonraft_proxy::latency::LatencyHistogram,
+    /// Migrations this coordinator committed at the brokers.
+    pub migrations_committed: AtomicU64,
     /// Watch stream events received, and how often the stream had to be opened again.
     pub watch_events: AtomicU64,
     pub watch_reconnects: AtomicU64,
@@ -123,6 +128,10 @@ struct AgentState {
     resolved: ResolvedAddress,
     /// When the current run of failed probes began (`None` while the proxy answers).
     failing_since: Mutex<Option<std::time::Instant>>,
+    /// Probes of this proxy that found it down.
+    probe_failures: AtomicU64,
+    /// When the oldest sync request not yet acknowledged by the proxy was made.
+    sync_requested: Mutex<Option<std::time::Instant>>,
     /// Epoch of the last view fetched from the broker: what `UMCTL HEALTH` expects.
     expected_epoch: AtomicU64,
     nodes: Mutex<Vec<String>>,
@@ -160,6 +169,17 @@ impl Coordinator {
     }
 
     /// Proxies this coordinator follows, and how many of them answer its probes.
+    /// Each followed proxy and how many probes found it down, sorted by address.
+    pub fn probe_failures_by_proxy(&self) -> Vec<(String, u64)> {
+        let agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<_> = agents
+            .values()
+            .map(|a| (a.state.address.clone(), a.state.probe_failures.load(Ordering::Relaxed)))
+            .collect();
+        all.sort();
+        all
+    }
+
     pub fn agent_counts(&self) -> (usize, usize) {
         let agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
         let reached = agents.values().filter(|a| a.state.reach.load(Ordering::Relaxed) == REACH_YES).count();
@@ -190,7 +210,7 @@ impl Coordinator {
         let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(a) = agents.get(address) {
             a.state.failed.store(failed, Ordering::Relaxed);
-            a.state.sync.send_modify(|v| *v += 1);
+            a.state.request_sync();
             return true;
         }
         let (tx, rx) = watch::channel(1u64);
@@ -203,11 +223,13 @@ impl Coordinator {
             expected_epoch: AtomicU64::new(0),
             nodes: Mutex::new(Vec::new()),
             failing_since: Mutex::new(None),
+            probe_failures: AtomicU64::new(0),
+            sync_requested: Mutex::new(Some(std::time::Instant::now())),
             sync: tx,
         });
         let tasks = [
-            tokio::spawn(sync_task(self.clone(), state.clone(), rx)),
-            tokio::spawn(probe_task(self.clone(), state.clone())),
+            tokio::spawn(sync_task(self.clone(), state.clone(), rx).instrument(info_span!("sync", proxy = %address))),
+            tokio::spawn(probe_task(self.clone(), state.clone()).instrument(info_span!("probe", proxy = %address))),
         ];
         agents.insert(address.to_owned(), Agent { state, tasks });
         false
@@ -244,7 +266,7 @@ impl Coordinator {
         let agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
         match agents.get(address) {
             Some(a) => {
-                a.state.sync.send_modify(|v| *v += 1);
+                a.state.request_sync();
                 true
             }
             None => false,
@@ -276,6 +298,14 @@ enum Synced {
     Done,
     /// The broker no longer knows the proxy.
     Gone,
+}
+
+impl AgentState {
+    /// Wakes the sync task; the push that follows is timed from the oldest request it serves.
+    fn request_sync(&self) {
+        self.sync_requested.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(std::time::Instant::now);
+        self.sync.send_modify(|v| *v += 1);
+    }
 }
 
 /// Whether a reply to SETREPL/SETCLUSTER counts as success (`OLD_EPOCH`: it has it already).
@@ -321,6 +351,9 @@ async fn sync_once(co: &Coordinator, agent: &AgentState, conn: &mut Option<Proxy
     }
     push_ok(&reply).map_err(|e| format!("SETCLUSTER: {e}"))?;
     co.pushes.fetch_add(1, Ordering::Relaxed);
+    if let Some(requested) = agent.sync_requested.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        co.sync_seconds.observe(requested.elapsed());
+    }
     debug!(proxy = %agent.address, epoch = view.epoch, "metadata pushed");
     Ok(Synced::Done)
 }
@@ -384,7 +417,7 @@ async fn probe_once(
             Some(e) if e.starts_with("STALE_EPOCH") => {
                 // Its Redis nodes answered (checked before the epoch); the metadata push
                 // lags: not a failure, and the sync is asked to catch up.
-                agent.sync.send_modify(|v| *v += 1);
+                agent.request_sync();
                 Probe::Healthy
             }
             // Any other answer (even an error from a proxy without HEALTH) means the proxy
@@ -435,6 +468,7 @@ async fn probe_task(co: Arc<Coordinator>, agent: Arc<AgentState>) {
             Probe::Down(_) => {
                 agent.reach.store(REACH_NO, Ordering::Relaxed);
                 co.probe_failures.fetch_add(1, Ordering::Relaxed);
+                agent.probe_failures.fetch_add(1, Ordering::Relaxed);
                 agent
                     .failing_since
                     .lock()
@@ -769,6 +803,8 @@ pub async fn run(mut config: CoordinatorConfig) -> anyhow::Result<()> {
             0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0,
         ]),
         probe_failures: AtomicU64::new(0),
+        sync_seconds: Default::default(),
+        migrations_committed: AtomicU64::new(0),
         watch_events: AtomicU64::new(0),
         watch_reconnects: AtomicU64::new(0),
     });

@@ -26,6 +26,17 @@ pub struct SlotRange {
     pub end: u16,
 }
 
+/// `start-end` (or `start` for one slot), as in `CLUSTER NODES`.
+impl std::fmt::Display for SlotRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.start == self.end {
+            write!(f, "{}", self.start)
+        } else {
+            write!(f, "{}-{}", self.start, self.end)
+        }
+    }
+}
+
 impl From<(u16, u16)> for SlotRange {
     fn from((start, end): (u16, u16)) -> Self {
         SlotRange { start, end }
@@ -378,7 +389,36 @@ mod tests {
             slots_of(cluster_slots(&table, "a:1", true).unwrap()),
             vec![(0, 0, vec![1]), (8192, 8192, vec![2]), (1, 8191, vec![1, 2]), (8193, 16383, vec![2, 1])]
         );
-        let Frame::Array(shards) = cluster_shards(&table, "a:1", true).unwrap() else { panic!() };
+        let local = LocalHealth { offset: 42, online: false };
+        let Frame::Array(shards) = cluster_shards(&table, "a:1", true, local).unwrap() else { panic!() };
         assert_eq!(shards.len(), 4, "a replica-less shard and a shard with a replica per proxy");
+        // This proxy's entry says what its nodes said; the other proxy's is online at 0.
+        let entries: Vec<(String, i64, String)> = shards
+            .iter()
+            .flat_map(|s| {
+                let Frame::Map(fields) = s else { panic!() };
+                let Frame::Array(nodes) = &fields[1].1 else { panic!() };
+                nodes.clone()
+            })
+            .map(|n| {
+                let Frame::Map(f) = n else { panic!() };
+                let field = |k: &str| f.iter().find(|(name, _)| *name == Frame::bulk_str(k)).map(|(_, v)| v.clone());
+                let port = match field("port") {
+                    Some(Frame::Integer(p)) => p,
+                    _ => panic!(),
+                };
+                let offset = match field("replication-offset") {
+                    Some(Frame::Integer(o)) => o,
+                    _ => panic!(),
+                };
+                let health = match field("health") {
+                    Some(Frame::Bulk(h)) => String::from_utf8_lossy(&h).into_owned(),
+                    _ => panic!(),
+                };
+                (format!("{port}"), offset, health)
+            })
+            .collect();
+        assert!(entries.iter().filter(|e| e.0 == "1").all(|e| e.1 == 42 && e.2 == "failed"), "{entries:?}");
+        assert!(entries.iter().filter(|e| e.0 == "2").all(|e| e.1 == 0 && e.2 == "online"), "{entries:?}");
     }
 }

@@ -159,9 +159,24 @@ pub fn cluster_slots(table: &ClusterTable, announce: &str, with_replicas: bool) 
     Ok(Frame::Array(items))
 }
 
+/// What `CLUSTER SHARDS` says of the proxy answering it: the largest `master_repl_offset` of
+/// its Redis nodes, and `online` if every one of them answered (`failed` otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalHealth {
+    pub offset: i64,
+    pub online: bool,
+}
+
 /// `CLUSTER SHARDS` reply in the Redis 7 shape: one shard per serving proxy and set of replica
-/// proxies (listed as for `cluster_slots`), its master first.
-pub fn cluster_shards(table: &ClusterTable, announce: &str, with_replicas: bool) -> Result<Frame, String> {
+/// proxies (listed as for `cluster_slots`), its master first. The answering proxy's entry
+/// carries `local`; the others say offset 0 (a proxy does not see other proxies' nodes) and
+/// `online` (they are in the metadata, which the coordinators keep free of failed proxies).
+pub fn cluster_shards(
+    table: &ClusterTable,
+    announce: &str,
+    with_replicas: bool,
+    local: LocalHealth,
+) -> Result<Frame, String> {
     let mut groups: Vec<(String, Vec<String>, Vec<SlotRange>)> = Vec::new();
     if table.has_cluster() {
         for (range, owner, replicas) in shown_ranges(table, announce, with_replicas) {
@@ -176,14 +191,15 @@ pub fn cluster_shards(table: &ClusterTable, announce: &str, with_replicas: bool)
     }
     let node = |addr: &str, role: &str| -> Result<Frame, String> {
         let (host, port) = split_address(addr)?;
+        let (offset, online) = if addr == announce { (local.offset, local.online) } else { (0, true) };
         Ok(Frame::Map(vec![
             (Frame::bulk_str("id"), Frame::bulk_str(&node_id(&table.meta.name, addr))),
             (Frame::bulk_str("port"), Frame::Integer(port)),
             (Frame::bulk_str("ip"), Frame::bulk_str(host)),
             (Frame::bulk_str("endpoint"), Frame::bulk_str(host)),
             (Frame::bulk_str("role"), Frame::bulk_str(role)),
-            (Frame::bulk_str("replication-offset"), Frame::Integer(0)),
-            (Frame::bulk_str("health"), Frame::bulk_str("online")),
+            (Frame::bulk_str("replication-offset"), Frame::Integer(offset)),
+            (Frame::bulk_str("health"), Frame::bulk_str(if online { "online" } else { "failed" })),
         ]))
     };
     let mut shards = Vec::new();

@@ -1,9 +1,9 @@
 //! Commands about the proxy and the cluster rather than about keys: `CLUSTER`, `CONFIG`,
 //! `CLIENT`, `COMMAND` and `INFO`.
 
-use super::{err, no_admin, ok, Pending, Session, VERSION};
+use super::{err, no_admin, ok, Pending, Session};
 use crate::clients::KillFilter;
-use crate::cluster::{cluster_info, cluster_nodes, cluster_shards, cluster_slots};
+use crate::cluster::{cluster_info, cluster_nodes, cluster_shards, cluster_slots, LocalHealth};
 use crate::command;
 use crate::resp::{self, Frame, Request};
 use crate::slot::{key_slot, node_id};
@@ -184,10 +184,17 @@ impl Session {
                 Ok(f) => Pending::Ready(f.to_bytes(self.proto)),
                 Err(e) => err(&e),
             },
-            b"shards" => match cluster_shards(table, announce, self.readonly) {
-                Ok(f) => Pending::Ready(f.to_bytes(self.proto)),
-                Err(e) => err(&e),
-            },
+            b"shards" => {
+                let (state, readonly, proto) = (self.state.clone(), self.readonly, self.proto);
+                Pending::Task(Box::pin(async move {
+                    let installed = state.installed.load_full();
+                    let local = local_health(&state, &installed.table.nodes).await;
+                    match cluster_shards(&installed.table, &state.announce, readonly, local) {
+                        Ok(f) => f.to_bytes(proto),
+                        Err(e) => resp::error(&e),
+                    }
+                }))
+            }
             b"info" => Pending::Ready(text(cluster_info(table))),
             b"myid" => Pending::Ready(resp::bulk(node_id(&table.meta.name, announce).as_bytes())),
             b"keyslot" => match args.get(2) {
@@ -317,11 +324,12 @@ impl Session {
 
     pub(super) fn info(&self) -> String {
         let s = &self.state;
+        let version = crate::build_version();
         let installed = s.installed.load();
         format!(
-            "version:{VERSION}\r\n\r\n# Stats\r\n\
+            "version:{version}\r\n\r\n# Stats\r\n\
              total_connections_received:{}\r\ntotal_commands_processed:{}\r\n\r\n\
-             # Server\r\nredis_version:{}\r\nmoonraft_version:{VERSION}\r\nredis_mode:cluster\r\n\r\n\
+             # Server\r\nredis_version:{}\r\nmoonraft_version:{version}\r\nredis_mode:cluster\r\n\r\n\
              # Clients\r\nconnected_clients:{}\r\n\r\n\
              # Cluster\r\ncluster_enabled:1\r\ncluster_name:{}\r\nepoch:{}\r\n",
             s.total_connections.load(Ordering::Relaxed),
@@ -387,3 +395,25 @@ const READABLE_NODE_CONFIG: &[&str] = &[
     "slowlog-max-len",
     "latency-tracking",
 ];
+
+/// Asks each of this proxy's Redis nodes for `INFO replication` (1 s each at most) for the
+/// proxy's own `CLUSTER SHARDS` entry.
+async fn local_health(state: &crate::state::ProxyState, nodes: &[String]) -> LocalHealth {
+    let req = Request::from_strs(&["INFO", "replication"]);
+    let mut health = LocalHealth { offset: 0, online: true };
+    for node in nodes {
+        let pool = state.registry.pool(node, 2);
+        let reply = tokio::time::timeout(std::time::Duration::from_secs(1), pool.call(&req)).await;
+        let offset = match &reply {
+            Ok(Ok(info)) if info.first() == Some(&b'$') => String::from_utf8_lossy(info)
+                .lines()
+                .find_map(|l| l.trim_end().strip_prefix("master_repl_offset:").and_then(|v| v.parse::<i64>().ok())),
+            _ => None,
+        };
+        match offset {
+            Some(o) => health.offset = health.offset.max(o),
+            None => health.online = false,
+        }
+    }
+    health
+}

@@ -29,7 +29,7 @@ use writer::write_loop;
 
 use crate::backend::ReplyResult;
 use crate::clients::{ClientInfo, LastCommand};
-use crate::command;
+use crate::command::{self, CommandSpec};
 use crate::metrics::Meter;
 use crate::resp::{self, Frame, Request, RequestParser};
 use crate::slowlog::Sample;
@@ -54,7 +54,6 @@ const MAX_PENDING_REPLIES: usize = 1024;
 const START_BUFFER: usize = 4 * 1024;
 /// Read and write buffers bigger than this are replaced by small ones once empty.
 const MAX_IDLE_BUFFER: usize = 64 * 1024;
-const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 type ReplyFuture = Pin<Box<dyn Future<Output = Bytes> + Send>>;
 
@@ -249,8 +248,9 @@ impl Session {
                             shown = LastCommand::of(&req.args);
                             info.set_last_command(&shown);
                         }
-                        let meter = state.metrics.meter(req.name(), Instant::now());
-                        let pending = self.handle(req).await;
+                        let spec = command::lookup(req.name());
+                        let meter = state.metrics.meter(spec, req.name(), Instant::now());
+                        let pending = self.handle(req, spec).await;
                         self.mirror();
                         let close = matches!(pending, Pending::Close(_));
                         if tx.send((pending, meter)).await.is_err() || close {
@@ -271,7 +271,7 @@ impl Session {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        let meter = state.metrics.meter(b"", Instant::now());
+                        let meter = state.metrics.meter(None, b"", Instant::now());
                         let _ = tx.send((Pending::Close(resp::error(&format!("ERR {e}"))), meter)).await;
                         return;
                     }
@@ -321,7 +321,8 @@ impl Session {
         info.shard_channels.store(shard, Ordering::Relaxed);
     }
 
-    async fn handle(&mut self, req: Request) -> Pending {
+    /// Answers one command; `spec` is its entry in the command table, if it has one.
+    async fn handle(&mut self, req: Request, spec: Option<&'static CommandSpec>) -> Pending {
         self.state.total_commands.fetch_add(1, Ordering::Relaxed);
         let asking = std::mem::take(&mut self.asking);
         if self.proto == 2 && self.subs.active() && !pubsub::allowed_when_subscribed(req.name()) {
@@ -333,7 +334,7 @@ impl Session {
         if self.queues(&req) {
             return self.queue(req);
         }
-        if let Some(spec) = command::lookup(req.name()) {
+        if let Some(spec) = spec {
             let redirect = self.state.config.active_redirection;
             return self.data_command(spec, req, asking, redirect).await;
         }
