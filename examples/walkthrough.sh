@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The walkthrough of ../shared/spec/walkthrough.md against `moonraft demo` (start it first:
+# undermoon's walkthrough against `moonraft demo` (start it first:
 # ./scripts/demo.sh --fresh). Each step prints what it does and checks the result; the
 # script stops at the first difference. Needs curl, jq and redis-cli.
 #

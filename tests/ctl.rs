@@ -6,52 +6,8 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::Duration;
-
-struct Ctl {
-    brokers: String,
-}
-
-impl Ctl {
-    fn run(&self, args: &[&str]) -> Output {
-        // A run may meet an election right after start-up: retry RETRY answers briefly.
-        for _ in 0..50 {
-            let out = Command::new(BIN)
-                .arg("ctl")
-                .arg("--broker")
-                .arg(&self.brokers)
-                .args(args)
-                .stdin(Stdio::null())
-                .output()
-                .expect("run moonraft ctl");
-            if !String::from_utf8_lossy(&out.stderr).contains("error: RETRY") {
-                return out;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("ctl {args:?}: still RETRY");
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(out.status.success(), "ctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).expect("utf8")
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        serde_json::from_str(&self.ok(&all)).expect("ctl --json prints JSON")
-    }
-
-    /// Exit code and stderr of a failing run.
-    fn fails(&self, args: &[&str]) -> (i32, String) {
-        let out = self.run(args);
-        assert!(!out.status.success(), "ctl {args:?} should fail: {}", String::from_utf8_lossy(&out.stdout));
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
 
 /// A follower's gRPC address (so every call is forwarded to the leader).
 fn follower(group: &BrokerGroup) -> String {

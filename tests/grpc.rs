@@ -1,6 +1,6 @@
 //! gRPC `BrokerApi`/`RaftAdmin` conformance against a real 3-member group: every RPC, its
 //! success shape and the documented errors with the status-code mapping of `raft-broker.md`
-//! §8.1. Calls rotate over all members, so followers forward to the leader. The answers must
+//! `docs/api.md#grpc-rpcs`. Calls rotate over all members, so followers forward to the leader. The answers must
 //! match what `/api/v3` says about the same state.
 
 mod common;
@@ -232,7 +232,7 @@ fn grpc_api_conformance_three_members() {
         let no_tag = pb::SlotRange { range_list: migrating.range_list.clone(), tag: None };
         let commit = pb::CommitMigrationRequest { cluster_name: "c".into(), slot_range: Some(no_tag) };
         assert_error(call!(m, api.commit_migration(commit)).unwrap_err(), Code::InvalidArgument, "INVALID_REQUEST");
-        // http-api.md §5.10 checks free chunks before running migrations.
+        // Expanding checks for free chunks before planning migrations.
         assert_error(call!(m, api.shrink_slots(nn("c", 4))).unwrap_err(), Code::FailedPrecondition, "FREE_NODE_FOUND");
         assert_error(
             call!(m, api.delete_free_nodes(cn("c"))).unwrap_err(),

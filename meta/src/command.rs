@@ -1,4 +1,4 @@
-//! Raft log commands (`raft-broker.md` §4.2) and their deterministic application.
+//! Raft log commands (`docs/architecture.md#how-an-api-call-flows-brokers`) and their deterministic application.
 //!
 //! A command carries everything that could differ between members (the leader's clock, the
 //! default cluster config), so applying the same log gives byte-identical stores everywhere.
@@ -222,7 +222,7 @@ impl Store {
         cluster_nodes(c).into_iter().skip(chunks.start * 4).take(chunks.len() * 4).collect()
     }
 
-    /// `auto` steps 1–3 (`http-api.md` §5.12).
+    /// The steps of `auto` (`docs/allocation.md#scale-in-the-shrink-plan`).
     fn auto_phase1(&mut self, name: &str, node_number: u64) -> Result<AutoStep, MetaError> {
         let cluster = self.clusters.get(name);
         if !crate::store::valid_cluster_name(name) {

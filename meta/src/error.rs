@@ -1,4 +1,4 @@
-//! Error codes of the `/api/v3` surface (`http-api.md` §3).
+//! Error codes of the `/api/v3` surface (`docs/api.md#error-codes`).
 
 /// A refused operation. `code()` is the JSON `error` value, `status()` the HTTP status.
 /// Serializable because it is part of a Raft command's deterministic result.

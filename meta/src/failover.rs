@@ -1,5 +1,5 @@
-//! Failover inside the chunk model (`chunk-allocation.md` §10, `http-api.md` §4.7) and the
-//! resource check of §12.
+//! Failover inside the chunk model (`docs/failover.md#what-changes-in-the-metadata-storefailover`)
+//! and the check of which hosts could not be replaced.
 
 use crate::error::MetaError;
 use crate::store::{RolePosition, Store};
@@ -60,7 +60,7 @@ impl Store {
     }
 
     /// The survivor takes both masters; migrations touching the moved part get a new epoch
-    /// (§10.1). No change (and no epoch bump) if the survivor already holds both.
+    /// (`docs/failover.md`). No change (and no epoch bump) if the survivor already holds both.
     fn takeover(&mut self, cluster_name: &str, chunk_index: usize, pos: usize) {
         let Some(cluster) = self.clusters.get(cluster_name) else { return };
         let (new_role, moved_part) =
@@ -93,7 +93,7 @@ impl Store {
         cluster.epoch = epoch;
     }
 
-    /// §10.2 with the improvement of weak point 12: never the failed proxy's host and never
+    /// The replacement (`docs/compatibility.md#replacement-host`): never the failed proxy's host and never
     /// the survivor's host, so the two halves of a chunk stay on different hosts. Fewest links
     /// to the failed host first, then most free proxies, then the smallest host name; on that
     /// host the smallest address.

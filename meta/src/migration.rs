@@ -1,5 +1,4 @@
-//! Scale out / scale in as slot migration tasks (`chunk-allocation.md` §7–9, `migration.md`
-//! §1–2): expand, shrink, commit, and the exposure limit applied when serving metadata.
+//! Scale out / scale in as slot migration tasks (`docs/allocation.md`): expand, shrink, commit, and the exposure limit applied when serving metadata.
 
 use crate::error::MetaError;
 use crate::slots::{compact, count, target, Range};
@@ -46,7 +45,7 @@ pub struct PlannedTask {
     pub ranges: Vec<Range>,
 }
 
-/// The expand plan (§7.2): slots are taken from the *end* of the source masters' ranges.
+/// The expand plan (`docs/allocation.md#scale-out-the-expand-plan`): slots are taken from the *end* of the source masters' ranges.
 pub fn plan_expand(cluster: &ClusterStore) -> Result<Vec<PlannedTask>, MetaError> {
     let chunks = cluster.chunks.len();
     let dst_chunks = cluster.chunks.iter().rev().take_while(|c| c.is_free()).count();
@@ -94,7 +93,7 @@ pub fn plan_expand(cluster: &ClusterStore) -> Result<Vec<PlannedTask>, MetaError
     Ok(tasks)
 }
 
-/// The shrink plan (§8): every slot of chunks `n/4…` goes to the first `n/4` chunks, taken
+/// The shrink plan (`docs/allocation.md#scale-in-the-shrink-plan`): every slot of chunks `n/4…` goes to the first `n/4` chunks, taken
 /// from the *front* of the source ranges.
 pub fn plan_shrink(cluster: &ClusterStore, new_node_number: usize) -> Vec<PlannedTask> {
     let keep = new_node_number / 4;
@@ -282,7 +281,7 @@ pub fn subtract(a: &[Range], b: &[Range]) -> Vec<Range> {
     compact(out)
 }
 
-/// The view proxies are given (`migration.md` §2): at most `limit` tasks exposed (0 = all),
+/// The view proxies are given (`docs/allocation.md#what-proxies-see-of-a-plan`): at most `limit` tasks exposed (0 = all),
 /// one per source master; the others look like stable slots of their source.
 pub fn exposed(cluster: &ClusterStore, limit: usize) -> ClusterStore {
     let mut view = cluster.clone();

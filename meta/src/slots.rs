@@ -1,4 +1,4 @@
-//! Slot range arithmetic: compaction, counting, and the even split of `chunk-allocation.md` §6.
+//! Slot range arithmetic: compaction, counting, and the even split (`docs/allocation.md#slots-on-creation`).
 
 use serde::{Deserialize, Serialize};
 
@@ -75,7 +75,7 @@ pub fn target(masters: u32, k: u32) -> u32 {
     avg + u32::from(k < rem)
 }
 
-/// The contiguous range of every master on creation (§6).
+/// The contiguous range of every master on creation.
 pub fn split_even(masters: u32) -> Vec<Range> {
     let mut out = Vec::with_capacity(masters as usize);
     let mut start = 0u32;

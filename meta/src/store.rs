@@ -1,8 +1,8 @@
-//! The metadata store (`http-api.md` §7 is its JSON form) and the operations that change it.
+//! The metadata store (`GET /api/v3/metadata` is its JSON form) and the operations that change it.
 //!
 //! Every operation validates before it mutates, so a refused request leaves the store exactly
-//! as it was (undermoon weak point 6), and breaks ties by the fixed rules of
-//! `chunk-allocation.md` §13 so that all Raft members compute the same result.
+//! as it was (`docs/compatibility.md#no-partial-mutation`), and breaks ties by the fixed rules of
+//! `docs/allocation.md` so that all Raft members compute the same result.
 
 use crate::error::MetaError;
 use crate::slots::{compact, split_even, Range};
@@ -61,7 +61,7 @@ pub enum RolePosition {
 }
 
 impl RolePosition {
-    /// Node index (0..4) of the master of `part` (`chunk-allocation.md` §1 table).
+    /// Node index (0..4) of the master of `part` (`docs/allocation.md#chunks`).
     pub fn master_of_part(self, part: usize) -> usize {
         match (self, part == 0) {
             (RolePosition::Normal, true) | (RolePosition::FirstChunkMaster, true) => 0,
@@ -94,7 +94,7 @@ pub struct MigrationEntry {
     pub meta: MigrationMetaStore,
 }
 
-/// Resolved migration meta (`http-api.md` §2.1).
+/// Resolved migration meta (the proxies and nodes of both ends, as the API shows them).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MigrationMeta {
     pub epoch: u64,
@@ -260,7 +260,7 @@ impl Store {
         self.clusters.get(name).ok_or(MetaError::ClusterNotFound)
     }
 
-    /// Free: in no cluster, not failed, no failure record (`chunk-allocation.md` §3).
+    /// Free: in no cluster, not failed, no failure record (`docs/allocation.md#free-proxies`).
     pub fn is_free(&self, proxy: &ProxyResource) -> bool {
         proxy.cluster.is_none()
             && !self.failed_proxies.contains(&proxy.proxy_address)
@@ -286,7 +286,7 @@ impl Store {
         links
     }
 
-    /// Picks `proxies_needed / 2` (first, second) proxy pairs (`chunk-allocation.md` §4).
+    /// Picks `proxies_needed / 2` (first, second) proxy pairs (`docs/allocation.md#allocating-proxies-for-a-new-cluster-or-a-scale-out`).
     pub fn allocate(&self, proxies_needed: usize) -> Result<Vec<(String, String)>, MetaError> {
         let mut free = self.free_by_host();
         // Trim the dominant host (smallest name among the largest groups) until no host
@@ -339,7 +339,7 @@ impl Store {
         Ok(pairs)
     }
 
-    /// Ordered mode (`chunk-allocation.md` §5): the free proxies with the lowest indices,
+    /// Ordered mode (`docs/allocation.md`): the free proxies with the lowest indices,
     /// which must be exactly `first_index..first_index + n`, paired consecutively.
     fn allocate_ordered(&self, proxies_needed: usize, first_index: u64) -> Result<Vec<(String, String)>, MetaError> {
         let mut free: Vec<&ProxyResource> = self.all_proxies.values().filter(|p| self.is_free(p)).collect();
@@ -392,7 +392,7 @@ impl Store {
         }
     }
 
-    /// `POST /proxies/meta` (`http-api.md` §5.15). `Err(AlreadyExisted)` still clears the
+    /// `POST /proxies/meta`. `Err(AlreadyExisted)` still clears the
     /// failed state of a known proxy: that is how a recovered proxy returns to the pool.
     pub fn register_proxy(&mut self, req: RegisterProxy) -> Result<(), MetaError> {
         if !valid_proxy_address(&req.proxy_address) {
@@ -435,7 +435,7 @@ impl Store {
         Ok(())
     }
 
-    /// `POST /clusters/meta/{name}` (`http-api.md` §5.5).
+    /// `POST /clusters/meta/{name}`.
     pub fn create_cluster(&mut self, name: &str, node_number: u64, config: ClusterConfig) -> Result<(), MetaError> {
         if self.enable_ordered_proxy && !self.clusters.is_empty() {
             return Err(MetaError::OneClusterAlreadyExisted);

@@ -1,5 +1,5 @@
 //! The JSON views served to coordinators and operators, derived from the chunk model
-//! (`chunk-allocation.md` §2, `http-api.md` §2).
+//! (`docs/allocation.md#chunks`).
 
 use crate::migration::exposed;
 use crate::store::{ClusterConfig, ClusterStore, MigrationMeta, MigrationMetaStore, SlotRange, SlotTag, Store};
@@ -82,7 +82,7 @@ fn resolve(cluster: &ClusterStore, m: &MigrationMetaStore) -> Option<MigrationMe
     Some(MigrationMeta { epoch: m.epoch, src_proxy_address, src_node_address, dst_proxy_address, dst_node_address })
 }
 
-/// The nodes of a cluster, chunk by chunk, 4 per chunk (`chunk-allocation.md` §2.1).
+/// The nodes of a cluster, chunk by chunk, 4 per chunk (`docs/allocation.md#chunks`).
 pub fn cluster_nodes(cluster: &ClusterStore) -> Vec<Node> {
     let mut nodes = Vec::with_capacity(cluster.chunks.len() * 4);
     for chunk in &cluster.chunks {
@@ -141,7 +141,7 @@ pub fn cluster_info(store: &Store, name: &str, migration_limit: usize) -> Option
     })
 }
 
-/// `GET /proxies/meta/{address}` (`chunk-allocation.md` §2.2).
+/// `GET /proxies/meta/{address}`: what coordinators push to the proxy.
 pub fn proxy(store: &Store, address: &str, migration_limit: usize) -> Option<Proxy> {
     let p = store.all_proxies.get(address)?;
     let in_cluster = p.cluster.as_ref().and_then(|name| store.clusters.get(name)).map(|c| exposed(c, migration_limit));

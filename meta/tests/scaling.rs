@@ -1,5 +1,5 @@
 //! Expand, shrink, commit, exposure limit and failover, checked against the spec's worked
-//! examples (`chunk-allocation.md` §7, §8, §10) and by property tests.
+//! examples (`docs/allocation.md`, `docs/failover.md`) and by property tests.
 
 use moonraft_meta::migration::{plan_expand, plan_shrink, PlannedTask};
 use moonraft_meta::slots::{Range, SLOTS};
@@ -237,7 +237,7 @@ fn failover_promotes_and_replaces() {
 
 #[test]
 fn failover_without_replacement_keeps_the_promotion() {
-    // 2 hosts only: the only free proxies would be on the survivor's host (weak point 12)
+    // 2 hosts only: the only free proxies would be on the survivor's host (`docs/compatibility.md#replacement-host`)
     let mut s = pool(2, 2);
     s.create_cluster("c", 4, ClusterConfig::default()).unwrap();
     let failed = s.clusters["c"].chunks[0].proxy_addresses[1].clone();

@@ -4,7 +4,7 @@
 //! writes everything that is queued in one `write` (coalescing many clients' commands into one
 //! syscall for us and one read for Redis), and matches replies to commands in FIFO order.
 //! Commands that were written when a connection breaks are failed, never re-sent: Redis may
-//! already have executed them (undermoon weak point 36). Commands still queued go to the next
+//! already have executed them (`docs/compatibility.md#no-resend`). Commands still queued go to the next
 //! connection. While a node cannot be reached, its commands fail at once and other nodes are
 //! unaffected; reconnects back off from 100 ms to 2 s.
 
@@ -144,7 +144,7 @@ impl NodePool {
 }
 
 /// Pools are shared between routing snapshots by (address, protocol) and freed when no
-/// snapshot uses them any more (undermoon never cleaned them up, weak point 34).
+/// snapshot uses them any more (`docs/compatibility.md#pool-cleanup`).
 pub struct BackendRegistry {
     settings: BackendSettings,
     conns_per_node: usize,

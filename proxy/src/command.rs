@@ -1,7 +1,7 @@
 //! The command table: which data commands the proxy forwards, their arity and where their keys
 //! are. Commands that are neither here nor handled by the proxy itself are rejected, because
-//! routing them by a guessed key would return partial or wrong results (undermoon weak point
-//! 18); multi-key commands must have all keys in one slot (weak point 19).
+//! routing them by a guessed key would return partial or wrong results (`docs/compatibility.md#unroutable-commands`);
+//! multi-key commands must have all keys in one slot.
 
 use crate::resp::parse_int;
 use bytes::Bytes;

@@ -1,4 +1,4 @@
-//! Proxy configuration (`proxy.md` §1). Values are set by key from strings so the binary can
+//! Proxy configuration (undermoon's keys plus ours; README, "`moonraft proxy`"). Values are set by key from strings so the binary can
 //! layer a TOML file, `MOONRAFT_<KEY>` variables and `--<key-with-dashes>` flags over the
 //! defaults; an invalid value is reported with its key.
 

@@ -1,12 +1,12 @@
-//! Online slot migration, data path (`migration.md` §5).
+//! Online slot migration, data path (`docs/migration.md`).
 //!
 //! Source (migrating task): PreCheck (the destination has the metadata) → PreBlocking (only
 //! the migrating slots answer TRYAGAIN — not the whole node — and the commands already sent
 //! for them drain) → PreSwitch (the destination takes over) → Scanning (copy every key:
 //! SCAN, PTTL+DUMP, RESTORE, DEL, pipelined per batch) → FinalSwitch → SwitchCommitted.
 //! If the drain does not finish within `max_blocking_time`, the slots are released and the
-//! task goes back to PreCheck (undermoon switched anyway, weak point 25). There is no forced
-//! commit: the task commits only when the scan has moved every key (weak point 26).
+//! task goes back to PreCheck (`docs/compatibility.md#no-forced-switch`). There is no forced
+//! commit: the task commits only when the scan has moved every key.
 //!
 //! Destination (importing task) between PreSwitch and SwitchCommitted: a command whose key is
 //! not in the destination node yet first asks the source proxy to move it (`UMSYNC <key>`),

@@ -1,4 +1,4 @@
-//! Replication control (`UMCTL SETREPL`, `proxy.md` §9.2, §11.2): the proxy keeps its Redis
+//! Replication control (`UMCTL SETREPL`, `docs/protocol.md#setrepl`): the proxy keeps its Redis
 //! nodes in the roles the coordinator asked for by re-sending `REPLICAOF` periodically.
 
 use crate::backend::{connect, read_reply};

@@ -152,7 +152,7 @@ impl ProxyState {
         self.installed.load().table.epoch
     }
 
-    /// Applies `UMCTL SETCLUSTER` (`proxy.md` §9.1). The target check replaces undermoon's
+    /// Applies `UMCTL SETCLUSTER` (`docs/protocol.md#setcluster`). The target check replaces undermoon's
     /// announce-host check (nodes may live on other hosts, see decisions.md).
     pub fn set_cluster(&self, cmd: SetCluster) -> Result<(), MetaError> {
         if let Some(target) = &cmd.flags.target {
@@ -179,7 +179,7 @@ impl ProxyState {
         Ok(())
     }
 
-    /// Applies `UMCTL SETREPL` (`proxy.md` §9.2).
+    /// Applies `UMCTL SETREPL` (`docs/protocol.md#setrepl`).
     pub fn set_repl(&self, cmd: SetRepl) -> Result<(), MetaError> {
         if let Some(target) = &cmd.flags.target {
             if target != &self.announce {

@@ -1,4 +1,4 @@
-//! `UMCTL` control commands (`proxy.md` §9), sent by coordinators and peer proxies.
+//! `UMCTL` control commands (`docs/protocol.md`), sent by coordinators and peer proxies.
 
 use crate::cluster::{MigrationMeta, RangeTag, SetCluster, SlotRange, TaskState};
 use crate::replication::{Role, SetRepl};
@@ -295,7 +295,7 @@ fn parse_switch(args: &[Bytes]) -> Result<SwitchArgs, &'static str> {
     Ok(SwitchArgs { version, cluster, migrating, ranges, meta })
 }
 
-/// Destination side of the switch hand-shake (`migration.md` §5.1).
+/// Destination side of the switch hand-shake (`docs/migration.md`).
 fn switch(state: &ProxyState, args: &[Bytes], to: TaskState) -> Bytes {
     let a = match parse_switch(args) {
         Ok(a) => a,

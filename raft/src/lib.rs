@@ -1,5 +1,5 @@
 //! moonraft's replicated metadata log: openraft types, and its log storage and state machine
-//! on RocksDB (`raft-broker.md` §4, §7).
+//! on RocksDB (`docs/architecture.md#how-an-api-call-flows-brokers`).
 
 pub mod network;
 pub mod storage;

@@ -1,6 +1,6 @@
 //! openraft log storage and state machine on RocksDB.
 //!
-//! Layout (`raft-broker.md` §7): column family `logs` (key = index, 8-byte big-endian; value =
+//! Layout: column family `logs` (key = index, 8-byte big-endian; value =
 //! JSON entry), `meta` (vote, last purged log id, committed), `sm` (the current snapshot).
 //! Log appends, vote changes and snapshots are written with `sync`, so nothing is
 //! acknowledged to openraft (and so to a client) before it is on disk. The state machine

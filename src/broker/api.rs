@@ -149,7 +149,7 @@ pub async fn delete_cluster(b: &Broker, name: String) -> Result<(), ApiError> {
     b.write(Command::RemoveCluster { name }).await.map(|_| ())
 }
 
-/// Runs a scaling command under the scale lock (`http-api.md` §8).
+/// Runs a scaling command under the scale lock: one scaling operation at a time per group, on the leader.
 async fn scaling(b: &Broker, cmd: Command) -> Result<CommandOutput, ApiError> {
     let Ok(_guard) = b.scale_lock.try_lock() else {
         return Err(ApiError::Meta(MetaError::NodeNumberChanging));
@@ -184,7 +184,7 @@ pub async fn expand(b: &Broker, name: String) -> Result<(), ApiError> {
     scaling(b, Command::ExpandSlots { name }).await.map(|_| ())
 }
 
-/// `POST /clusters/migrations/auto/{name}/{n}` (`http-api.md` §5.12): one retry-friendly call
+/// `POST /clusters/migrations/auto/{name}/{n}` (`docs/allocation.md#scale-in-the-shrink-plan`): one retry-friendly call
 /// to resize a cluster. Holds the scale lock for the whole call; the wait for proxies is
 /// bounded (`auto_sync_timeout_ms`).
 pub async fn auto_scale(b: &Broker, name: String, node_number: u64) -> Result<(), ApiError> {
@@ -363,7 +363,7 @@ pub async fn force_epoch(b: &Broker, new_epoch: u64) -> Result<(), ApiError> {
     b.write(Command::ForceEpoch { new_epoch }).await.map(|_| ())
 }
 
-/// `PUT /epoch/recovery` (`http-api.md` §5.19): ask every registered proxy for its epoch and
+/// `PUT /epoch/recovery` (`docs/operations.md#back-up-and-restore-the-metadata`): ask every registered proxy for its epoch and
 /// jump past the largest one. Returns the proxies that could not be asked.
 pub async fn recover_epoch(b: &Broker) -> Result<Vec<String>, ApiError> {
     let proxies = proxy_addresses(b).await?;

@@ -1,4 +1,4 @@
-//! Broker configuration (`raft-broker.md` §3), set key by key from strings like the proxy's.
+//! Broker configuration (README, "`moonraft broker`"), set key by key from strings like the proxy's.
 
 use moonraft_meta::store::ClusterConfig;
 use moonraft_proxy::config::boolean;
@@ -91,8 +91,8 @@ pub struct BrokerConfig {
     pub cluster_defaults: BTreeMap<String, String>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
-    /// How long `auto` waits for proxies to reach the new epoch (undermoon waited forever,
-    /// weak point 17).
+    /// How long `auto` waits for proxies to reach the new epoch (undermoon waited forever:
+    /// `docs/compatibility.md#bounded-auto-wait`).
     pub auto_sync_timeout_ms: u64,
     /// Mixed into the group id derived at initialisation; give groups that are re-created on
     /// the same addresses distinct names so that leftover data dirs are recognised as foreign.

@@ -1,4 +1,4 @@
-//! The public gRPC surface (`raft-broker.md` §8.1, §8.3): `BrokerApi` and `RaftAdmin`, thin
+//! The public gRPC surface (`docs/api.md#grpc-rpcs`): `BrokerApi` and `RaftAdmin`, thin
 //! adapters over `api.rs`, plus the `Watch` stream of committed changes.
 //!
 //! A follower forwards each call, unchanged, to the same service on the leader (marked with
@@ -26,7 +26,7 @@ pub const FORWARDED: &str = "x-moonraft-forwarded";
 /// Trailer with the `/api/v3` JSON error body.
 pub const ERROR_TRAILER: &str = "x-moonraft-error";
 
-/// `ApiError` → gRPC status with the mapping of `raft-broker.md` §8.1.
+/// `ApiError` → gRPC status with the mapping of `docs/api.md#grpc-rpcs`.
 pub fn status_of(e: &ApiError) -> Status {
     let code = match (e, e.status()) {
         (ApiError::Retry | ApiError::RetryUnknown | ApiError::ProxyNotSync, _) => Code::Unavailable,

@@ -136,7 +136,7 @@ fn json_ok<T: Serialize>(v: &T) -> Response {
     axum::Json(v).into_response()
 }
 
-/// JSON, gzip-compressed only when the client accepts it (`http-api.md` §1).
+/// JSON, gzip-compressed only when the client accepts it (as undermoon's mem-broker does).
 fn json_maybe_gzip<T: Serialize>(headers: &HeaderMap, v: &T) -> Response {
     let accepts_gzip = headers
         .get(header::ACCEPT_ENCODING)

@@ -23,7 +23,7 @@ fn fatal(f: openraft::error::Fatal<NodeId>) -> ApiError {
     }
 }
 
-/// Errors of the `/api/v3` surface beyond the model's own (`raft-broker.md` §5.3).
+/// Errors of the `/api/v3` surface beyond the model's own (`docs/api.md#error-codes`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -97,7 +97,7 @@ pub struct Broker {
     pub config: BrokerConfig,
     pub raft: Raft,
     pub sm: StateMachine,
-    /// The scale lock of `http-api.md` §8; held on the leader only.
+    /// One scaling operation at a time (expand, shrink, auto); held on the leader only.
     pub scale_lock: tokio::sync::Mutex<()>,
     /// gRPC channels to the leader for forwarding, by raft address (they reconnect by
     /// themselves, so one per address is enough).

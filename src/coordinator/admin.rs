@@ -1,4 +1,4 @@
-//! The coordinator's admin port (`failover-and-coordinator.md` §8): a small RESP server.
+//! The coordinator's admin port (`docs/operations.md` uses it): a small RESP server.
 //! `CONFIG GET/SET` of the broker list, the reporter id and the runtime timing keys,
 //! `UMCTL DEBUG FUTURE`, `INFO`, `PING`. Idle connections close after 300 s. With
 //! `admin_password` set, everything but `PING`, `AUTH` and `QUIT` needs `AUTH <admin_password>`

@@ -15,7 +15,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-/// Per-call bound on broker requests (undermoon set none, weak point 16).
+/// Per-call bound on broker requests (`docs/compatibility.md#bounded-broker-calls`).
 const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A `BrokerApi` client that sends the coordinator's token with every call.

@@ -1,11 +1,11 @@
-//! Coordinator configuration (`failover-and-coordinator.md` §1 plus moonraft's timing keys),
+//! Coordinator configuration (undermoon's keys plus moonraft's timing keys; `docs/failover.md` explains them),
 //! set key by key from strings like the proxy's and the broker's.
 
 use moonraft_proxy::config::{boolean, check_address};
 
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
-    /// Admin port (Redis protocol, §8).
+    /// Admin port (Redis protocol: `CONFIG GET/SET`, `INFO`, `UMCTL DEBUG FUTURE`).
     pub address: String,
     /// Where `GET /metrics` (Prometheus) is served; empty: not served.
     pub metrics_address: String,

@@ -1,4 +1,4 @@
-//! Migration completion (`migration.md` §3): poll every proxy's `UMCTL INFOMGR`, commit each
+//! Migration completion (`docs/migration.md`): poll every proxy's `UMCTL INFOMGR`, commit each
 //! finished task at the brokers (404 = already committed) and push the destination's and the
 //! source's new metadata at once.
 

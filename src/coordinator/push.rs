@@ -1,4 +1,4 @@
-//! What a coordinator pushes to a proxy (`failover-and-coordinator.md` §4): `UMCTL SETREPL`
+//! What a coordinator pushes to a proxy (`docs/protocol.md#umctl-what-coordinators-send-a-proxy`): `UMCTL SETREPL`
 //! and `UMCTL SETCLUSTER` built from the broker's view of that proxy. Pure: unit tested
 //! against the spec's examples.
 
@@ -130,7 +130,7 @@ pub fn setcluster(p: &pb::Proxy) -> Vec<String> {
     out
 }
 
-/// `UMCTL SETCLUSTER v2 <epoch> COMPRESS <payload>` (`proxy.md` §9.1, for large clusters):
+/// `UMCTL SETCLUSTER v2 <epoch> COMPRESS <payload>` (`docs/protocol.md#setcluster`, for large clusters):
 /// the same metadata as `setcluster`, as base64 of gzipped JSON. Built by parsing the plain
 /// form with the proxy's own parser and encoding that, so both forms always say the same.
 pub fn setcluster_compressed(p: &pb::Proxy) -> Vec<String> {
@@ -190,7 +190,7 @@ mod tests {
         }
     }
 
-    /// The spec's examples (`proxy.md` §9.1, §9.2).
+    /// The examples of `docs/protocol.md` (SETCLUSTER, SETREPL).
     #[test]
     fn builds_the_spec_examples() {
         let p = pb::Proxy {

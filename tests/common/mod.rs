@@ -999,3 +999,48 @@ pub fn pulled_in_log(log: &str) -> u64 {
         .filter_map(|l| l.split("pulled=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
         .sum()
 }
+
+/// `moonraft ctl --broker <brokers> …`, retrying a `RETRY` answer (an election) briefly.
+pub struct Ctl {
+    pub brokers: String,
+}
+
+impl Ctl {
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        // A run may meet an election right after start-up: retry RETRY answers briefly.
+        for _ in 0..50 {
+            let out = Command::new(BIN)
+                .arg("ctl")
+                .arg("--broker")
+                .arg(&self.brokers)
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run moonraft ctl");
+            if !String::from_utf8_lossy(&out.stderr).contains("error: RETRY") {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("ctl {args:?}: still RETRY");
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "ctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf8")
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&all)).expect("ctl --json prints JSON")
+    }
+
+    /// Exit code and stderr of a failing run.
+    pub fn fails(&self, args: &[&str]) -> (i32, String) {
+        let out = self.run(args);
+        assert!(!out.status.success(), "ctl {args:?} should fail: {}", String::from_utf8_lossy(&out.stdout));
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
