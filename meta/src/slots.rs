@@ -1,55 +1,10 @@
 //! Slot range arithmetic: compaction, counting, and the even split (`docs/allocation.md#slots-on-creation`).
 
-use serde::{Deserialize, Serialize};
+/// Hash slots, as `u32` for the arithmetic here.
+pub const SLOTS: u32 = moonraft_wire::SLOT_COUNT as u32;
 
-pub const SLOTS: u32 = 16384;
-
-/// Inclusive range, JSON `[start, end]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(from = "(u16, u16)", into = "(u16, u16)")]
-pub struct Range {
-    pub start: u16,
-    pub end: u16,
-}
-
-impl From<(u16, u16)> for Range {
-    fn from((start, end): (u16, u16)) -> Self {
-        Range { start, end }
-    }
-}
-
-impl From<Range> for (u16, u16) {
-    fn from(r: Range) -> Self {
-        (r.start, r.end)
-    }
-}
-
-/// OpenAPI: `[start, end]`, two slot numbers (serde writes the pair, not the struct).
-impl utoipa::PartialSchema for Range {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
-        let slot =
-            ObjectBuilder::new().schema_type(SchemaType::Type(Type::Integer)).minimum(Some(0)).maximum(Some(SLOTS - 1));
-        ArrayBuilder::new()
-            .items(slot)
-            .min_items(Some(2))
-            .max_items(Some(2))
-            .description(Some("An inclusive slot range [start, end]"))
-            .into()
-    }
-}
-
-impl utoipa::ToSchema for Range {}
-
-impl Range {
-    /// 0 for an inverted range (only a document from outside can hold one; `validate` refuses it).
-    pub fn len(&self) -> u32 {
-        (self.end as u32 + 1).saturating_sub(self.start as u32)
-    }
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-}
+/// Inclusive range, JSON `[start, end]` (shared with the proxies).
+pub use moonraft_wire::Range;
 
 /// Sorted, non-overlapping, adjacent ranges merged.
 pub fn compact(mut ranges: Vec<Range>) -> Vec<Range> {

@@ -16,42 +16,8 @@ pub const META_VERSION: &str = "mem-broker-0.2";
 /// store's `epoch + 1` can never overflow.
 pub const MAX_EPOCH: u64 = (1 << 53) - 1;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum CompressionStrategy {
-    Disabled,
-    SetGetOnly,
-    AllowAll,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct MigrationConfig {
-    pub max_migration_time: u64,
-    pub max_blocking_time: u64,
-    pub scan_interval: u64,
-    pub scan_count: u64,
-}
-
-impl Default for MigrationConfig {
-    fn default() -> Self {
-        MigrationConfig { max_migration_time: 10800, max_blocking_time: 10000, scan_interval: 500, scan_count: 16 }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ClusterConfig {
-    pub compression_strategy: CompressionStrategy,
-    pub migration_config: MigrationConfig,
-}
-
-impl Default for ClusterConfig {
-    fn default() -> Self {
-        ClusterConfig {
-            compression_strategy: CompressionStrategy::Disabled,
-            migration_config: MigrationConfig::default(),
-        }
-    }
-}
+/// The cluster config and the migration metadata are the proxies' too: one definition.
+pub use moonraft_wire::{valid_cluster_name, ClusterConfig, CompressionStrategy, MigrationConfig, MigrationMeta};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum RolePosition {
@@ -92,16 +58,6 @@ pub struct MigrationEntry {
     pub range_list: Vec<Range>,
     pub is_migrating: bool,
     pub meta: MigrationMetaStore,
-}
-
-/// Resolved migration meta (the proxies and nodes of both ends, as the API shows them).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct MigrationMeta {
-    pub epoch: u64,
-    pub src_proxy_address: String,
-    pub src_node_address: String,
-    pub dst_proxy_address: String,
-    pub dst_node_address: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -226,13 +182,6 @@ pub struct RegisterProxy {
     pub host: Option<String>,
     #[serde(default)]
     pub index: Option<u64>,
-}
-
-/// Cluster names: 1–31 bytes of `[A-Za-z0-9@_-]`.
-pub fn valid_cluster_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 31
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'@' || b == b'-' || b == b'_')
 }
 
 /// Proxy addresses are `host:port` with exactly one `:`.

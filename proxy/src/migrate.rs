@@ -26,6 +26,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{info, warn, Instrument};
 
+/// The version tag of the switch hand-shake (`UMCTL PRECHECK/PRESWITCH/FINALSWITCH`), checked
+/// by the destination.
+pub const MGR_VERSION: &str = "mgr-0.2";
+
 /// Starts a driver for every migrating task of the installed table that has none yet.
 pub fn start_tasks(state: &Arc<ProxyState>) {
     let installed = state.installed.load();
@@ -52,7 +56,7 @@ fn alive(state: &ProxyState, task: &MigrationTask) -> bool {
 }
 
 fn switch_args(cmd: &str, cluster: &str, task: &MigrationTask) -> Request {
-    let mut args: Vec<String> = vec!["UMCTL".into(), cmd.into(), crate::umctl::MGR_VERSION.into(), cluster.into()];
+    let mut args: Vec<String> = vec!["UMCTL".into(), cmd.into(), MGR_VERSION.into(), cluster.into()];
     args.push("MIGRATING".into());
     args.push(task.ranges.len().to_string());
     args.extend(task.ranges.iter().map(|r| format!("{}-{}", r.start, r.end)));
@@ -108,7 +112,7 @@ async fn run_source(state: Arc<ProxyState>, cluster: String, task: MigrationTask
     let sh = task.shared.clone();
     let dst_proxy = state.registry.peer_pool(&task.meta.dst_proxy_address);
     let config = state.installed.load().table.meta.config.clone();
-    let max_blocking = Duration::from_millis(config.migration_max_blocking_time.max(1));
+    let max_blocking = Duration::from_millis(config.migration_config.max_blocking_time.max(1));
     info!(cluster = %cluster, ranges = %task.ranges_tokens(), dst = %task.meta.dst_proxy_address, "migration started");
     // PreCheck → PreBlocking → PreSwitch, retried from PreCheck if the drain times out.
     loop {
@@ -558,7 +562,7 @@ async fn scan(state: &ProxyState, cluster: &str, task: &MigrationTask, config: &
     let dst = state.registry.private_pool(&task.meta.dst_node_address, 1);
     // The spec's default (16) makes a large copy crawl; a batch of a few hundred keys keeps
     // Redis responsive (each SCAN/DUMP is short) while amortising round trips.
-    let count = config.migration_scan_count.max(512).to_string();
+    let count = config.migration_config.scan_count.max(512).to_string();
     // Progress: an estimate of the keys to move, from the node's key count and our share of
     // its slots (keys spread evenly over slots).
     if let Ok(Frame::Integer(n)) = call(&src, &Request::from_strs(&["DBSIZE"])).await {

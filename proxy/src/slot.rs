@@ -1,6 +1,6 @@
 //! Hash slots (CRC16/XMODEM over the hash tag, as Redis Cluster) and node ids.
 
-pub const SLOT_COUNT: usize = 16384;
+pub use moonraft_wire::SLOT_COUNT;
 
 /// The bytes that are hashed for `key`: the text between the first `{` and the next `}` when
 /// it is non-empty, else the whole key.

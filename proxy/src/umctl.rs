@@ -8,8 +8,6 @@ use crate::state::{MetaError, ProxyState};
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
 
-pub const MGR_VERSION: &str = "mgr-0.2";
-
 fn lines(items: Vec<String>) -> Frame {
     Frame::Array(items.into_iter().map(|s| Frame::Bulk(Bytes::from(s))).collect())
 }
@@ -302,7 +300,7 @@ fn switch(state: &ProxyState, args: &[Bytes], to: TaskState) -> Bytes {
         Err(e) => return resp::error(e),
     };
     let _ = a.migrating; // the tag is converted to IMPORTING before the lookup
-    if a.version != MGR_VERSION {
+    if a.version != crate::migrate::MGR_VERSION {
         return resp::error("switch failed: IncompatibleVersion");
     }
     let installed = state.installed.load();

@@ -1,20 +1,15 @@
-//! The broker's gRPC server (`RaftInternal`: Raft RPCs and request forwarding) and the
-//! forwarding client used by followers.
+//! The broker's internal gRPC server (`RaftInternal`): Raft RPCs between members, and the
+//! leader's side of forwarding (a follower's HTTP request, run through the same router). The
+//! follower's side is `http::forward`.
 
 use super::http::execute_forwarded;
 use super::service::Broker;
-use axum::body::Body;
-use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
-use axum::response::Response;
+use axum::http::Method;
 use axum::Router;
-use moonraft_proto::raft::raft_internal_client::RaftInternalClient;
 use moonraft_proto::raft::raft_internal_server::RaftInternal;
 use moonraft_proto::raft::{ForwardRequest, ForwardResponse, Header, RaftMessage};
 use moonraft_raft::network::{serve_raft_rpc, GROUP_HEADER};
-use moonraft_raft::BrokerNode;
 use std::sync::Arc;
-use std::time::Duration;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
 pub struct RaftService {
@@ -69,47 +64,4 @@ impl RaftInternal for RaftService {
             .map_err(|e| Status::internal(format!("reading the response: {e}")))?;
         Ok(GrpcResponse::new(ForwardResponse { status, headers, body: body.to_vec() }))
     }
-}
-
-/// A (lazily connecting, self-reconnecting) channel to the leader's gRPC address, one per
-/// address.
-pub fn leader_channel(broker: &Broker, leader: &BrokerNode) -> Result<tonic::transport::Channel, String> {
-    let mut channels = broker.forward_channels.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(c) = channels.get(&leader.raft_address) {
-        return Ok(c.clone());
-    }
-    let c = broker.config.client_tls.endpoint(&leader.raft_address, Duration::from_secs(1))?.connect_lazy();
-    channels.insert(leader.raft_address.clone(), c.clone());
-    Ok(c)
-}
-
-/// Sends an HTTP request to the leader over gRPC and rebuilds its response.
-pub async fn forward(broker: &Broker, leader: &BrokerNode, req: Request) -> Result<Response, String> {
-    let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, broker.config.max_body_bytes).await.map_err(|e| e.to_string())?;
-    let headers = parts
-        .headers
-        .iter()
-        .filter(|(n, _)| *n != axum::http::header::HOST && *n != axum::http::header::CONTENT_LENGTH)
-        .map(|(n, v)| Header { name: n.as_str().to_owned(), value: v.as_bytes().to_vec() })
-        .collect();
-    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
-    let msg = ForwardRequest { method: parts.method.as_str().to_owned(), path_and_query, headers, body: body.to_vec() };
-    let timeout = broker.config.forward_wait(super::config::ForwardedCall::of_path(parts.uri.path()));
-    let channel = leader_channel(broker, leader)?;
-    let mut client = RaftInternalClient::new(channel).max_decoding_message_size(usize::MAX);
-    let mut request = tonic::Request::new(msg);
-    request.set_timeout(timeout);
-    crate::auth::BearerToken::new(broker.config.credentials.group_secret())?.apply(&mut request);
-    let reply = client.forward(request).await.map_err(|e| e.to_string())?.into_inner();
-    let mut resp = Response::new(Body::from(reply.body));
-    *resp.status_mut() = StatusCode::from_u16(reply.status as u16).map_err(|e| e.to_string())?;
-    for h in reply.headers {
-        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_bytes(&h.value)) {
-            if n != axum::http::header::CONTENT_LENGTH && n != axum::http::header::TRANSFER_ENCODING {
-                resp.headers_mut().insert(n, v);
-            }
-        }
-    }
-    Ok(resp)
 }

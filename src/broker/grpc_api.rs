@@ -71,7 +71,7 @@ impl GrpcApi {
             return Err(err(ApiError::Retry));
         }
         let Some((_, leader)) = b.leader() else { return Err(err(ApiError::Retry)) };
-        super::grpc::leader_channel(b, &leader).map(Some).map_err(|_| err(ApiError::Retry))
+        b.leader_channel(&leader).map(Some).map_err(|_| err(ApiError::Retry))
     }
 
     /// `method`: the RPC's name, for how long the leader may take (`BrokerConfig::forward_wait`).

@@ -6,7 +6,7 @@ use super::openapi::*;
 use super::service::{ApiError, Broker};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -14,6 +14,9 @@ use axum::Router;
 use moonraft_meta::store::{RegisterProxy, SlotRange};
 use moonraft_meta::view::Node;
 use moonraft_meta::Store;
+use moonraft_proto::raft::raft_internal_client::RaftInternalClient;
+use moonraft_proto::raft::{ForwardRequest, Header};
+use moonraft_raft::BrokerNode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -680,7 +683,7 @@ async fn forward_to_leader(State(b): Shared, req: Request, next: Next) -> Respon
     let Some((_, leader)) = b.leader() else {
         return error_response(&ApiError::Retry, None);
     };
-    let forwarded = super::grpc::forward(&b, &leader, req).await;
+    let forwarded = forward(&b, &leader, req).await;
     b.metrics.forwarded(super::metrics::Surface::Http, forwarded.is_ok());
     match forwarded {
         Ok(resp) => resp,
@@ -713,4 +716,35 @@ pub async fn execute_forwarded(
         Ok(r) => r,
         Err(never) => match never {},
     }
+}
+
+/// Sends an HTTP request to the leader over gRPC and rebuilds its response.
+pub async fn forward(broker: &Broker, leader: &BrokerNode, req: Request) -> Result<Response, String> {
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, broker.config.max_body_bytes).await.map_err(|e| e.to_string())?;
+    let headers = parts
+        .headers
+        .iter()
+        .filter(|(n, _)| *n != axum::http::header::HOST && *n != axum::http::header::CONTENT_LENGTH)
+        .map(|(n, v)| Header { name: n.as_str().to_owned(), value: v.as_bytes().to_vec() })
+        .collect();
+    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    let msg = ForwardRequest { method: parts.method.as_str().to_owned(), path_and_query, headers, body: body.to_vec() };
+    let timeout = broker.config.forward_wait(super::config::ForwardedCall::of_path(parts.uri.path()));
+    let channel = broker.leader_channel(leader)?;
+    let mut client = RaftInternalClient::new(channel).max_decoding_message_size(usize::MAX);
+    let mut request = tonic::Request::new(msg);
+    request.set_timeout(timeout);
+    crate::auth::BearerToken::new(broker.config.credentials.group_secret())?.apply(&mut request);
+    let reply = client.forward(request).await.map_err(|e| e.to_string())?.into_inner();
+    let mut resp = Response::new(Body::from(reply.body));
+    *resp.status_mut() = StatusCode::from_u16(reply.status as u16).map_err(|e| e.to_string())?;
+    for h in reply.headers {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_bytes(&h.value)) {
+            if n != axum::http::header::CONTENT_LENGTH && n != axum::http::header::TRANSFER_ENCODING {
+                resp.headers_mut().insert(n, v);
+            }
+        }
+    }
+    Ok(resp)
 }

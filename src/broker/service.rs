@@ -136,6 +136,18 @@ impl Broker {
         self.raft.metrics().borrow().membership_config.membership().nodes().next().is_some()
     }
 
+    /// A (lazily connecting, self-reconnecting) channel to the leader's gRPC address, one per
+    /// address.
+    pub fn leader_channel(&self, leader: &BrokerNode) -> Result<tonic::transport::Channel, String> {
+        let mut channels = self.forward_channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = channels.get(&leader.raft_address) {
+            return Ok(c.clone());
+        }
+        let c = self.config.client_tls.endpoint(&leader.raft_address, Duration::from_secs(1))?.connect_lazy();
+        channels.insert(leader.raft_address.clone(), c.clone());
+        Ok(c)
+    }
+
     fn proposal_timeout(&self) -> Duration {
         Duration::from_millis(self.config.proposal_timeout_ms)
     }

@@ -2,6 +2,7 @@
 //! and `UMCTL SETCLUSTER` built from the broker's view of that proxy. Pure: unit tested
 //! against the spec's examples.
 
+use moonraft_meta::store::{ClusterConfig, CompressionStrategy, MigrationConfig};
 use moonraft_proto::broker as pb;
 
 fn range_list(out: &mut Vec<String>, r: &pb::SlotRange) {
@@ -103,30 +104,25 @@ pub fn setcluster(p: &pb::Proxy) -> Vec<String> {
             out.extend(r.range_list.iter().map(|x| format!("{}-{}", x.start, x.end)));
         }
     }
-    let config = p
-        .cluster_config
-        .clone()
-        .unwrap_or_else(|| pb::ClusterConfig { compression_strategy: "disabled".into(), migration_config: None });
-    let m = config.migration_config.unwrap_or(pb::MigrationConfig {
-        max_migration_time: 10800,
-        max_blocking_time: 10000,
-        scan_interval: 500,
-        scan_count: 16,
-    });
-    let strategy = if config.compression_strategy.is_empty() { "disabled".into() } else { config.compression_strategy };
-    out.extend([
-        "CONFIG".into(),
-        "compression_strategy".into(),
-        strategy,
-        "migration_max_migration_time".into(),
-        m.max_migration_time.to_string(),
-        "migration_max_blocking_time".into(),
-        m.max_blocking_time.to_string(),
-        "migration_scan_interval".into(),
-        m.scan_interval.to_string(),
-        "migration_scan_count".into(),
-        m.scan_count.to_string(),
-    ]);
+    // Missing or unreadable parts take the defaults every side shares.
+    let mut config = ClusterConfig::default();
+    if let Some(c) = &p.cluster_config {
+        if let Some(s) = CompressionStrategy::parse(&c.compression_strategy) {
+            config.compression_strategy = s;
+        }
+        if let Some(m) = &c.migration_config {
+            config.migration_config = MigrationConfig {
+                max_migration_time: m.max_migration_time,
+                max_blocking_time: m.max_blocking_time,
+                scan_interval: m.scan_interval,
+                scan_count: m.scan_count,
+            };
+        }
+    }
+    out.push("CONFIG".into());
+    for (key, value) in config.fields() {
+        out.extend([key.to_owned(), value]);
+    }
     out
 }
 

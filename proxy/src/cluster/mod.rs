@@ -14,73 +14,11 @@ pub use output::*;
 pub use setcluster::*;
 pub use table::*;
 
-use crate::resp::parse_u64;
-use crate::slot::SLOT_COUNT;
 use serde::{Deserialize, Serialize};
 
-/// Inclusive slot range. JSON form is `[start, end]` as in the broker API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(from = "(u16, u16)", into = "(u16, u16)")]
-pub struct SlotRange {
-    pub start: u16,
-    pub end: u16,
-}
-
-/// `start-end` (or `start` for one slot), as in `CLUSTER NODES`.
-impl std::fmt::Display for SlotRange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.start == self.end {
-            write!(f, "{}", self.start)
-        } else {
-            write!(f, "{}-{}", self.start, self.end)
-        }
-    }
-}
-
-impl From<(u16, u16)> for SlotRange {
-    fn from((start, end): (u16, u16)) -> Self {
-        SlotRange { start, end }
-    }
-}
-impl From<SlotRange> for (u16, u16) {
-    fn from(r: SlotRange) -> Self {
-        (r.start, r.end)
-    }
-}
-
-impl SlotRange {
-    pub fn contains(&self, slot: u16) -> bool {
-        self.start <= slot && slot <= self.end
-    }
-    fn parse(s: &[u8]) -> Option<SlotRange> {
-        let dash = s.iter().position(|&b| b == b'-')?;
-        let start = parse_u64(&s[..dash])?;
-        let end = parse_u64(&s[dash + 1..])?;
-        if start > end || end >= SLOT_COUNT as u64 {
-            return None;
-        }
-        Some(SlotRange { start: start as u16, end: end as u16 })
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct MigrationMeta {
-    pub epoch: u64,
-    pub src_proxy_address: String,
-    pub src_node_address: String,
-    pub dst_proxy_address: String,
-    pub dst_node_address: String,
-}
-
-impl MigrationMeta {
-    /// The five-token wire form used by SETCLUSTER, INFOMGR and the switch commands.
-    pub fn to_tokens(&self) -> String {
-        format!(
-            "{} {} {} {} {}",
-            self.epoch, self.src_proxy_address, self.src_node_address, self.dst_proxy_address, self.dst_node_address
-        )
-    }
-}
+/// The types the brokers use too (one definition: `moonraft-wire`). A slot range is an
+/// inclusive `[start, end]`.
+pub use moonraft_wire::{ClusterConfig, CompressionStrategy, MigrationConfig, MigrationMeta, Range as SlotRange};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum RangeTag {
@@ -102,75 +40,6 @@ pub struct ReplicaEntry {
     pub proxy: String,
     pub node: String,
     pub ranges: Vec<SlotRange>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CompressionStrategy {
-    Disabled,
-    SetGetOnly,
-    AllowAll,
-}
-
-impl CompressionStrategy {
-    fn parse(s: &str) -> Option<Self> {
-        match s {
-            "disabled" => Some(Self::Disabled),
-            "set_get_only" => Some(Self::SetGetOnly),
-            "allow_all" => Some(Self::AllowAll),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterConfig {
-    pub compression_strategy: CompressionStrategy,
-    pub migration_max_migration_time: u64,
-    pub migration_max_blocking_time: u64,
-    pub migration_scan_interval: u64,
-    pub migration_scan_count: u64,
-}
-
-impl Default for ClusterConfig {
-    fn default() -> Self {
-        ClusterConfig {
-            compression_strategy: CompressionStrategy::Disabled,
-            migration_max_migration_time: 10800,
-            migration_max_blocking_time: 10000,
-            migration_scan_interval: 500,
-            migration_scan_count: 16,
-        }
-    }
-}
-
-impl ClusterConfig {
-    fn set(&mut self, field: &str, value: &str) -> bool {
-        let num = || value.parse::<u64>().ok();
-        match field {
-            "compression_strategy" => match CompressionStrategy::parse(value) {
-                Some(s) => self.compression_strategy = s,
-                None => return false,
-            },
-            "migration_max_migration_time" => match num() {
-                Some(v) => self.migration_max_migration_time = v,
-                None => return false,
-            },
-            "migration_max_blocking_time" => match num() {
-                Some(v) => self.migration_max_blocking_time = v,
-                None => return false,
-            },
-            "migration_scan_interval" => match num() {
-                Some(v) => self.migration_scan_interval = v,
-                None => return false,
-            },
-            "migration_scan_count" => match num() {
-                Some(v) if v > 0 => self.migration_scan_count = v,
-                _ => return false,
-            },
-            _ => return false,
-        }
-        true
-    }
 }
 
 /// What a SETCLUSTER carries.
@@ -371,7 +240,7 @@ mod tests {
                 ranges: vec![(8192, 9000).into(), (9001, 16383).into()]
             }
         );
-        assert_eq!(sc.meta.config.migration_scan_count, 16);
+        assert_eq!(sc.meta.config.migration_config.scan_count, 16);
         // The compressed form carries it too, and undermoon's (without it) still parses.
         let compressed = encode_compressed(&sc.meta);
         let args = vec![Bytes::from("v2"), Bytes::from("3"), Bytes::from("COMPRESS"), Bytes::from(compressed)];

@@ -1,9 +1,7 @@
 //! The SETCLUSTER wire format: plain tokens (`v2 <epoch> <flags> <name> <node> <n> <ranges>… PEER … REPLICA … CONFIG …`)
 //! and the compressed JSON form, parsed and written.
 
-use super::{
-    ClusterConfig, ClusterMeta, CompressionStrategy, MigrationMeta, RangeEntry, RangeTag, ReplicaEntry, SlotRange,
-};
+use super::{ClusterConfig, ClusterMeta, MigrationMeta, RangeEntry, RangeTag, ReplicaEntry, SlotRange};
 use crate::resp::parse_u64;
 use crate::slot::SLOT_COUNT;
 use base64::Engine;
@@ -108,9 +106,10 @@ impl std::fmt::Display for ParseErrorKind {
     }
 }
 
-/// Cluster names: empty (no cluster) or 1–31 characters of `[A-Za-z0-9@_-]`.
-pub fn valid_cluster_name(name: &str) -> bool {
-    name.len() < 32 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'@' || b == b'-' || b == b'_')
+/// A cluster name as a proxy accepts it: a valid cluster name, or empty — the push a free
+/// proxy (in no cluster) gets.
+pub fn valid_pushed_cluster_name(name: &str) -> bool {
+    name.is_empty() || moonraft_wire::valid_cluster_name(name)
 }
 
 fn utf8(b: &[u8]) -> Result<String, ParseErrorKind> {
@@ -144,7 +143,7 @@ impl SetCluster {
             return Ok(SetCluster { epoch, flags, meta, config_ignored });
         }
         let name = utf8(&args[3])?;
-        if !valid_cluster_name(&name) {
+        if !valid_pushed_cluster_name(&name) {
             return Err(ParseErrorKind::InvalidClusterName);
         }
         let mut it = Tokens { args: &args[4..], pos: 0 };
@@ -171,7 +170,7 @@ impl SetCluster {
                         break;
                     };
                     let (f, v) = (String::from_utf8_lossy(field), String::from_utf8_lossy(value));
-                    if !config.set(&f, &v) {
+                    if !config.set_field(&f, &v) {
                         config_invalid = true;
                     }
                 }
@@ -201,7 +200,7 @@ impl SetCluster {
             return Err(ParseErrorKind::InvalidArgs);
         }
         let meta: JsonClusterMeta = serde_json::from_slice(&json).map_err(|_| ParseErrorKind::InvalidArgs)?;
-        if !valid_cluster_name(&meta.cluster_name) {
+        if !valid_pushed_cluster_name(&meta.cluster_name) {
             return Err(ParseErrorKind::InvalidClusterName);
         }
         let conv = |m: BTreeMap<String, Vec<JsonRange>>| -> Result<Vec<(String, RangeEntry)>, ParseErrorKind> {
@@ -232,7 +231,7 @@ impl SetCluster {
         let c = &meta.cluster_config;
         let mut ok = true;
         if let Some(s) = &c.compression_strategy {
-            ok &= config.set("compression_strategy", s);
+            ok &= config.set_field("compression_strategy", s);
         }
         let m = &c.migration_config;
         for (field, v) in [
@@ -242,7 +241,7 @@ impl SetCluster {
             ("migration_scan_count", m.scan_count),
         ] {
             if let Some(v) = v {
-                ok &= config.set(field, &v.to_string());
+                ok &= config.set_field(field, &v.to_string());
             }
         }
         let mut ignored = false;
@@ -282,23 +281,19 @@ pub fn encode_compressed(meta: &ClusterMeta) -> String {
         }
         m
     };
-    let strategy = match meta.config.compression_strategy {
-        CompressionStrategy::Disabled => "disabled",
-        CompressionStrategy::SetGetOnly => "set_get_only",
-        CompressionStrategy::AllowAll => "allow_all",
-    };
+    let m = &meta.config.migration_config;
     let json = JsonClusterMeta {
         cluster_name: meta.name.clone(),
         local: conv(&meta.local),
         peer: conv(&meta.peers),
         replica: meta.replicas.clone(),
         cluster_config: JsonClusterConfig {
-            compression_strategy: Some(strategy.into()),
+            compression_strategy: Some(meta.config.compression_strategy.as_str().into()),
             migration_config: JsonMigrationConfig {
-                max_migration_time: Some(meta.config.migration_max_migration_time),
-                max_blocking_time: Some(meta.config.migration_max_blocking_time),
-                scan_interval: Some(meta.config.migration_scan_interval),
-                scan_count: Some(meta.config.migration_scan_count),
+                max_migration_time: Some(m.max_migration_time),
+                max_blocking_time: Some(m.max_blocking_time),
+                scan_interval: Some(m.scan_interval),
+                scan_count: Some(m.scan_count),
             },
         },
     };
