@@ -14,6 +14,18 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_moonraft");
 
+/// The binary brokers, proxies and coordinators are started from: `BIN`, unless a test set
+/// another (`tests/upgrade.rs` starts a cluster on an older build).
+static PROGRAM: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+pub fn set_program(path: &str) {
+    *PROGRAM.lock().unwrap_or_else(|e| e.into_inner()) = Some(path.to_owned());
+}
+
+pub fn program() -> String {
+    PROGRAM.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_else(|| BIN.to_owned())
+}
+
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     l.local_addr().expect("local addr").port()
@@ -151,7 +163,7 @@ impl Proxy {
     pub fn start_on(port: u16, extra: &[&str]) -> Option<Proxy> {
         let dir = TempDir::new("proxy");
         let log = dir.0.join("proxy.log");
-        let child = Command::new(BIN)
+        let child = Command::new(program())
             .arg("proxy")
             .args(["--address", &format!("127.0.0.1:{port}")])
             .args(extra)
@@ -565,7 +577,7 @@ impl BrokerProc {
     }
 
     pub fn spawn(&mut self) {
-        let child = Command::new(BIN)
+        let child = Command::new(program())
             .arg("broker")
             .args(&self.args)
             .env_remove("RUST_LOG")
@@ -718,10 +730,10 @@ impl Coordinator {
             let mut cmd = match wrapper.split_first() {
                 Some((first, rest)) => {
                     let mut c = Command::new(first);
-                    c.args(rest).arg(BIN);
+                    c.args(rest).arg(program());
                     c
                 }
-                None => Command::new(BIN),
+                None => Command::new(program()),
             };
             let child = cmd
                 .arg("coordinator")

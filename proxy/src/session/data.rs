@@ -98,6 +98,11 @@ impl Session {
                 Route::NotCovered => return err(&format!("CLUSTERDOWN Hash slot not served: slot not covered {slot}")),
                 Route::NoCluster => {
                     let default = &self.state.config.default_redirection_address;
+                    // Just started, no metadata yet: a retryable answer, so a restart in a
+                    // rolling upgrade does not surface errors (`docs/compatibility.md#starting-proxy`).
+                    if default.is_empty() && installed.table.epoch == 0 {
+                        return err("CLUSTERDOWN this proxy has no metadata yet (it just started; coordinators push it shortly)");
+                    }
                     if default.is_empty() {
                         return err("ERR_CLUSTER_NOT_FOUND");
                     }
