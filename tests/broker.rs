@@ -436,7 +436,10 @@ fn a_minority_refuses_writes_and_linearizable_reads() {
     }
     let alone = group.members[0].http.clone();
     // wait until it has noticed (a lone former leader keeps its role until its lease runs out)
-    std::thread::sleep(Duration::from_millis(1500));
+    let stepped_down = eventually(Duration::from_secs(10), || {
+        http(&alone, "GET", "/api/v3/raft/status", None).is_ok_and(|r| r.json()["state"] != "Leader")
+    });
+    assert!(stepped_down, "the lone member still thinks it leads");
     let body = json!({"proxy_address": "q:6000", "nodes": ["q:7000", "q:7001"]}).to_string();
     for _ in 0..3 {
         let w = http(&alone, "POST", "/api/v3/proxies/meta", Some(&body)).unwrap();
@@ -564,8 +567,12 @@ fn auto_scales_out_after_proxies_sync_and_gives_up_when_they_do_not() {
     let caller = std::thread::spawn(move || {
         http(&target, "POST", "/api/v3/clusters/migrations/auto/c/8", None).expect("auto call")
     });
-    // play the coordinator: every proxy gets a newer epoch
-    std::thread::sleep(Duration::from_millis(300));
+    // play the coordinator once the call has added the nodes: every proxy gets a newer epoch
+    let added = eventually(Duration::from_secs(10), || {
+        http(&api.addrs[0], "GET", "/api/v3/clusters/meta/c", None)
+            .is_ok_and(|r| r.json()["cluster"]["nodes"].as_array().is_some_and(|n| n.len() == 8))
+    });
+    assert!(added, "the auto call did not add the nodes");
     for a in &addrs {
         let port: u16 = a.rsplit(':').next().unwrap().parse().unwrap();
         assert_eq!(Conn::connect(port).cmd(&["UMCTL", "SETCLUSTER", "v2", "1000", "NOFLAG", ""]), simple("OK"));

@@ -248,7 +248,7 @@ fn a_parked_blpop_does_not_hold_up_an_expand() {
     let mut parked = Conn::connect(port);
     parked.set_timeout(Duration::from_secs(120));
     parked.send(&["BLPOP", &key, "0"]);
-    std::thread::sleep(Duration::from_millis(200));
+    assert!(wait_blocked(port, "blpop"), "the BLPOP is not parked");
     let started = std::time::Instant::now();
     assert_eq!(s.brokers.call("POST", "/clusters/migrations/auto/c/8", None).status, 200);
     let done = eventually(Duration::from_secs(60), || {

@@ -49,7 +49,13 @@ fn ctl_drives_a_live_group_over_grpc() {
             .output()
             .expect("watch")
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // The member counts the open stream (`moonraft_broker_watch_subscribers`) once it is up.
+    let member = group.members[0].http.clone();
+    let subscribed = eventually(Duration::from_secs(10), || {
+        http(&member, "GET", "/metrics", None)
+            .is_ok_and(|r| String::from_utf8_lossy(&r.body).lines().any(|l| l == "moonraft_broker_watch_subscribers 1"))
+    });
+    assert!(subscribed, "the watch stream did not open");
 
     // Create a cluster and look at it.
     ctl.ok(&["cluster", "create", "shop", "4"]);

@@ -112,6 +112,11 @@ fn start_writer(entry: Vec<u16>) -> Writer {
 }
 
 impl Writer {
+    /// Waits (at most 20 s) until the writer has `n` acknowledged keys.
+    fn wait_acked(&self, n: usize) -> bool {
+        eventually(Duration::from_secs(20), || self.acked.lock().unwrap().len() >= n)
+    }
+
     fn finish(&mut self) -> HashMap<String, String> {
         self.stop.store(true, Ordering::Relaxed);
         let n = self.thread.take().map(|t| t.join().expect("writer")).unwrap_or(0);
@@ -146,7 +151,7 @@ fn scale_out_and_in_under_writes_loses_nothing() {
 
     // Scale out to 8 while writing.
     let mut writer = start_writer(entry_points(&s));
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(writer.wait_acked(20), "the writer made no progress");
     assert_eq!(s.brokers.call("PATCH", "/clusters/nodes/c", Some(r#"{"node_number": 4}"#)).status, 200);
     assert_eq!(s.brokers.call("POST", "/clusters/migrations/expand/c", None).status, 200);
     // Progress is part of the cluster info while the migration runs.
@@ -176,7 +181,7 @@ fn scale_out_and_in_under_writes_loses_nothing() {
 
     // And back to 4.
     let mut writer = start_writer(entry_points(&s));
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(writer.wait_acked(20), "the writer made no progress");
     assert_eq!(s.brokers.call("POST", "/clusters/migrations/shrink/c/4", None).status, 200);
     wait_migrated(&s, 4);
     let r = s.brokers.call("DELETE", "/clusters/free_nodes/c", None);

@@ -290,7 +290,7 @@ fn blpop_is_woken_by_a_push() {
     let mut waiter = env.proxy.conn();
     let started = Instant::now();
     waiter.send(&["BLPOP", "queue", "0"]);
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(wait_blocked(env.proxy.port, "blpop"), "the BLPOP is not parked");
     // other clients are not stalled by the blocked one
     let mut other = env.proxy.conn();
     assert_eq!(other.cmd(&["SET", "x", "1"]), simple("OK"));
@@ -507,11 +507,12 @@ fn no_resend_after_broken_backend_connection() {
     // Redis may or may not have executed the first INCR; the proxy did not send it again.
     let v = eventually(Duration::from_secs(5), || matches!(c.cmd(&["GET", key]), Frame::Bulk(_)));
     assert!(v);
-    std::thread::sleep(Duration::from_millis(300));
-    match c.cmd(&["GET", key]) {
-        Frame::Bulk(b) => assert!(&b[..] == b"0" || &b[..] == b"1", "INCR applied twice: {b:?}"),
-        other => panic!("{other:?}"),
-    }
+    // And it stays so: no re-sent INCR arrives later.
+    let once = always(
+        Duration::from_millis(300),
+        || matches!(c.cmd(&["GET", key]), Frame::Bulk(b) if &b[..] == b"0" || &b[..] == b"1"),
+    );
+    assert!(once, "INCR applied twice: {:?}", c.cmd(&["GET", key]));
 }
 
 #[test]
@@ -716,6 +717,7 @@ fn a_late_health_probe_does_not_renew_the_lease() {
     // counted from that stamp, the lease is already over.
     let fenced = |c: &mut Conn| matches!(c.cmd(&["SET", "a", "3"]), Frame::Error(e) if e.starts_with("CLUSTERDOWN"));
     assert!(eventually(Duration::from_secs(5), || fenced(&mut c)));
+    // Not a wait for a condition: the stamp must be older than the lease when it comes back.
     std::thread::sleep(Duration::from_millis(50));
     stamp(c.cmd(&["UMCTL", "HEALTH", "300", "1", "STAMP", &second]));
     assert!(error_text(&c.cmd(&["SET", "a", "4"])).starts_with("CLUSTERDOWN"), "a late probe renewed the lease");

@@ -1056,3 +1056,20 @@ impl Ctl {
         (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }
+
+/// Waits (at most 10 s) until the proxy on `port` lists a client blocked in `command`
+/// (`CLIENT LIST`: `flags` with `b`, `cmd=<command>`).
+pub fn wait_blocked(port: u16, command: &str) -> bool {
+    let wanted = format!("cmd={command}");
+    eventually(Duration::from_secs(10), || {
+        let mut c = match Conn::try_connect(port) {
+            Ok(c) => c,
+            Err(_) => return false,
+        };
+        let Ok(Frame::Bulk(list)) = c.try_cmd(&["CLIENT", "LIST"]) else { return false };
+        String::from_utf8_lossy(&list).lines().any(|l| {
+            l.split(' ').any(|f| f == wanted)
+                && l.split(' ').any(|f| f.strip_prefix("flags=").is_some_and(|flags| flags.contains('b')))
+        })
+    })
+}
