@@ -508,7 +508,9 @@ impl Frame {
                 *pos += len as usize + 2;
                 match kind {
                     b'!' => Frame::Error(String::from_utf8_lossy(&data).into_owned()),
-                    b'=' if data.len() >= 4 => {
+                    // `=<len>\r\n<3-letter format>:<text>`; anything else is kept as plain bytes
+                    // (a lossy format would change the frame's length when written again).
+                    b'=' if data.len() >= 4 && data[..3].iter().all(u8::is_ascii_alphanumeric) && data[3] == b':' => {
                         Frame::Verbatim(String::from_utf8_lossy(&data[..3]).into_owned(), data.slice(4..))
                     }
                     _ => Frame::Bulk(data),
@@ -609,7 +611,7 @@ impl Frame {
             }
             Frame::Verbatim(fmt, data) => {
                 if resp3 {
-                    write_header(buf, b'=', (data.len() + 4) as i64);
+                    write_header(buf, b'=', (fmt.len() + 1 + data.len()) as i64);
                     buf.put_slice(fmt.as_bytes());
                     buf.put_u8(b':');
                     buf.put_slice(data);
@@ -800,6 +802,29 @@ mod tests {
             out.push(r.args.iter().map(|a| a.to_vec()).collect());
         }
         Ok(out)
+    }
+
+    /// Found by `scripts/fuzz.sh`: a verbatim string whose "format" is not three ASCII letters
+    /// and a colon used to be re-written with a wrong length.
+    #[test]
+    fn verbatim_strings_write_back_as_they_parse() {
+        for input in [&b"=7\r\n7\xff\xff\xff\xff\x176\r\n"[..], b"=9\r\ntxt:hello\r\n", b"=2\r\nab\r\n"] {
+            let (frame, len) = Frame::parse(input).unwrap().unwrap();
+            assert_eq!(len, input.len());
+            for proto in [2u8, 3] {
+                let bytes = frame.to_bytes(proto);
+                let (again, n) = Frame::parse(&bytes).unwrap().unwrap();
+                assert_eq!(n, bytes.len());
+                // RESP2 has no verbatim strings: the text goes as a bulk string.
+                if proto == 3 {
+                    assert_eq!(again, frame, "{}", String::from_utf8_lossy(&bytes));
+                }
+            }
+        }
+        assert_eq!(
+            Frame::parse(b"=9\r\ntxt:hello\r\n").unwrap().unwrap().0,
+            Frame::Verbatim("txt".into(), Bytes::from_static(b"hello"))
+        );
     }
 
     #[test]
