@@ -185,6 +185,15 @@ fn broker_metrics_show_the_raft_state_and_the_store_on_every_member() {
     let after = scrape_all(&group);
     let on_leader = &after.iter().find(|(id, _)| *id == leader).expect("the leader").1;
     let before_leader = &before.iter().find(|(id, _)| *id == leader).expect("the leader").1;
+    // The leader knows what a majority has: at least what it applied, on all three members.
+    let committed = value(on_leader, "moonraft_broker_raft_committed_index", &[]);
+    assert!(
+        committed >= value(on_leader, "moonraft_broker_raft_applied_index", &[]) && committed > 0.0,
+        "{on_leader:?}"
+    );
+    for id in ["1", "2", "3"] {
+        assert!(value(on_leader, "moonraft_broker_raft_matched_index", &[("node", id)]) > 0.0, "node {id}");
+    }
     // The two registrations were proposed on the leader, each committed and timed.
     let proposals = "moonraft_broker_proposal_duration_seconds_count";
     assert!(value(on_leader, proposals, &[]) - value(before_leader, proposals, &[]) >= 2.0);

@@ -9,6 +9,7 @@ use moonraft_proxy::metrics::{counter, gauge};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
@@ -257,6 +258,39 @@ impl Collector for BrokerCollector {
             "Voters in the membership this member uses.",
             m.membership_config.membership().voter_ids().count() as i64,
         )?;
+        // On the leader: what each member has of the log, and so what a majority has (the
+        // commit index; openraft does not report it, and followers do not know it).
+        if let Some(replication) = &m.replication {
+            let matched = |id: &u64| -> i64 {
+                if *id == b.node_id() {
+                    as_i64(m.last_log_index)
+                } else {
+                    as_i64(replication.get(id).copied().flatten().map(|l| l.index))
+                }
+            };
+            let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+            let mut indexes: Vec<i64> = voters.iter().map(matched).collect();
+            indexes.sort_unstable_by(|a, b| b.cmp(a));
+            if let Some(committed) = indexes.get(voters.len() / 2) {
+                gauge(
+                    &mut e,
+                    "moonraft_broker_raft_committed_index",
+                    "On the leader: the highest log index a majority of the voters has.",
+                    *committed,
+                )?;
+            }
+            let mut family = e.encode_descriptor(
+                "moonraft_broker_raft_matched_index",
+                "On the leader: the last log index each member is known to have (replication lag).",
+                None,
+                MetricType::Gauge,
+            )?;
+            let ids: std::collections::BTreeSet<u64> = replication.keys().copied().chain([b.node_id()]).collect();
+            for id in ids {
+                let node = id.to_string();
+                ConstGauge::new(matched(&id)).encode(family.encode_family(&[("node", node.as_str())])?)?;
+            }
+        }
         if let Some(ms) = m.millis_since_quorum_ack {
             gauge(
                 &mut e,
