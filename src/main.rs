@@ -117,7 +117,7 @@ fn proxy(args: &[String]) -> Result<()> {
         };
         let started = move |state: &std::sync::Arc<moonraft_proxy::state::ProxyState>| {
             if let Some(listener) = metrics {
-                let registry = moonraft_proxy::metrics::registry(state);
+                let registry = moonraft_proxy::exposition::registry(state);
                 metrics_http::spawn(listener, std::sync::Arc::new(move || moonraft_proxy::metrics::render(&registry)));
             }
         };

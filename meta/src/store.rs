@@ -638,19 +638,6 @@ impl Store {
         Ok(())
     }
 
-    /// `PUT /metadata`: replaces the store as a whole.
-    pub fn restore(&mut self, new: Store) -> Result<(), MetaError> {
-        if new.version != META_VERSION {
-            return Err(MetaError::InvalidMetaVersion);
-        }
-        if new.global_epoch < self.global_epoch {
-            return Err(MetaError::EpochSmallerThanCurrent);
-        }
-        crate::validate::validate(&new).map_err(|message| MetaError::InvalidMetadata { message })?;
-        *self = new;
-        Ok(())
-    }
-
     /// The chunk containing `proxy` in `cluster`, and the proxy's position (0 or 1) in it.
     pub fn find_chunk(&self, cluster: &str, proxy: &str) -> Option<(usize, usize)> {
         self.clusters

@@ -5,6 +5,7 @@
 //! make later operations and views misbehave. The first broken rule is reported, naming the
 //! cluster, chunk and field.
 
+use crate::error::MetaError;
 use crate::slots::{Range, SLOTS};
 use crate::store::{valid_cluster_name, valid_proxy_address, Chunk, ClusterStore, Store, MAX_EPOCH, META_VERSION};
 use std::collections::BTreeMap;
@@ -152,4 +153,19 @@ fn count_owned(ranges: &[Range], owners: &mut [u8]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+impl Store {
+    /// `PUT /metadata`: replaces the store as a whole.
+    pub fn restore(&mut self, new: Store) -> Result<(), MetaError> {
+        if new.version != META_VERSION {
+            return Err(MetaError::InvalidMetaVersion);
+        }
+        if new.global_epoch < self.global_epoch {
+            return Err(MetaError::EpochSmallerThanCurrent);
+        }
+        validate(&new).map_err(|message| MetaError::InvalidMetadata { message })?;
+        *self = new;
+        Ok(())
+    }
 }

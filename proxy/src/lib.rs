@@ -6,6 +6,7 @@ pub mod clients;
 pub mod cluster;
 pub mod command;
 pub mod config;
+pub mod exposition;
 pub mod latency;
 pub mod lease;
 pub mod metrics;

@@ -597,7 +597,7 @@ impl pb::broker_api_server::BrokerApi for GrpcApi {
             })
         };
         let first = current(&b);
-        let subscription = super::metrics::WatchSubscription::new(b);
+        let subscription = WatchSubscription::new(b);
         tokio::spawn(async move {
             let b = subscription.broker();
             if tx.send(Ok(first)).await.is_err() {
@@ -667,5 +667,25 @@ impl pb::raft_admin_server::RaftAdmin for GrpcApi {
             ok(api::change_membership(&self.broker, req.voters, req.remove).await)?;
             pb::Empty {}
         })
+    }
+}
+
+/// Counts an open `Watch` stream for as long as it lives.
+struct WatchSubscription(Arc<Broker>);
+
+impl WatchSubscription {
+    fn new(broker: Arc<Broker>) -> Self {
+        broker.metrics.watch_subscribers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        WatchSubscription(broker)
+    }
+
+    fn broker(&self) -> &Broker {
+        &self.0
+    }
+}
+
+impl Drop for WatchSubscription {
+    fn drop(&mut self) {
+        self.0.metrics.watch_subscribers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -31,7 +31,7 @@ type Shared = State<Arc<Broker>>;
 pub fn router(broker: Arc<Broker>) -> Router {
     let limit = broker.config.max_body_bytes;
     let api = operations().route(OPENAPI_PATH, get(openapi_document));
-    let registry = Arc::new(super::metrics::registry(&broker));
+    let registry = Arc::new(super::exposition::registry(&broker));
     let metrics = get(move || {
         let registry = registry.clone();
         async move {

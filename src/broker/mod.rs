@@ -3,8 +3,10 @@
 
 pub mod api;
 pub mod config;
+pub mod exposition;
 pub mod grpc;
 pub mod grpc_api;
+pub mod grpc_layer;
 pub mod http;
 pub mod metrics;
 pub mod openapi;
@@ -158,7 +160,7 @@ pub async fn run(mut config: BrokerConfig) -> Result<()> {
         grpc_server = grpc_server.tls_config(id.grpc()).context("grpc tls")?;
     }
     let grpc = grpc_server
-        .add_service(metrics::Metered::new(
+        .add_service(grpc_layer::Metered::new(
             crate::auth::Guarded::new(
                 RaftInternalServer::new(grpc::RaftService { broker: broker.clone(), router: router.clone() })
                     .max_decoding_message_size(256 * 1024 * 1024)
@@ -167,7 +169,7 @@ pub async fn run(mut config: BrokerConfig) -> Result<()> {
             ),
             broker.clone(),
         ))
-        .add_service(metrics::Metered::new(
+        .add_service(grpc_layer::Metered::new(
             crate::auth::Guarded::new(
                 BrokerApiServer::new(grpc_api::GrpcApi { broker: broker.clone() })
                     .max_decoding_message_size(broker.config.max_body_bytes)
@@ -176,7 +178,7 @@ pub async fn run(mut config: BrokerConfig) -> Result<()> {
             ),
             broker.clone(),
         ))
-        .add_service(metrics::Metered::new(
+        .add_service(grpc_layer::Metered::new(
             crate::auth::Guarded::new(
                 RaftAdminServer::new(grpc_api::GrpcApi { broker: broker.clone() }),
                 credentials.clone(),
