@@ -6,8 +6,12 @@
 # haproxy/direct and proxy/haproxy. haproxy comes from Debian packages (installed if missing
 # and running as root; otherwise its column is skipped).
 # METRICS=1 adds a second proxy with /metrics on (commands counted and timed) to the same
-# rounds and prints the ratio metrics-on/metrics-off.
+# rounds and prints the ratio metrics-on/metrics-off: the ratio of the medians, and the median
+# (with its spread) of the ratios of each round, where the two proxies ran back to back in
+# alternating order — the paired figure the VM's drift disturbs least. METRICS_ONLY=1 runs just
+# those two proxies (no direct or haproxy runs), so more rounds fit.
 #   ROUNDS=3 REQUESTS=200000 PROXY_THREADS=1 METRICS=1 scripts/bench-proxy.sh
+#   ROUNDS=21 REQUESTS=100000 METRICS=1 METRICS_ONLY=1 scripts/bench-proxy.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -18,6 +22,16 @@ REQUESTS="${REQUESTS:-200000}"
 CLIENTS="${CLIENTS:-50}"
 PROXY_THREADS="${PROXY_THREADS:-1}"
 METRICS="${METRICS:-0}"
+METRICS_ONLY="${METRICS_ONLY:-0}"
+# PIN=1: proxies on the last core, redis-server and redis-benchmark on the others (less
+# scheduler noise between rounds on a small VM).
+PIN="${PIN:-0}"
+PIN_PROXY=(); PIN_REST=()
+if [ "$PIN" = 1 ] && command -v taskset >/dev/null 2>&1 && [ "$(nproc)" -ge 2 ]; then
+    last=$(($(nproc) - 1))
+    PIN_PROXY=(taskset -c "$last"); PIN_REST=(taskset -c "0-$((last - 1))")
+fi
+[ "$METRICS_ONLY" = 1 ] && METRICS=1
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 RPORT=$(free_port); PPORT=$(free_port); HPORT=$(free_port); MPORT=$(free_port); MHTTP=$(free_port)
 if ! command -v haproxy >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
@@ -29,13 +43,13 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$DIR"; }
 trap cleanup EXIT INT TERM
 
-redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$DIR" --logfile "$DIR/redis.log" &
+"${PIN_REST[@]}" redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$DIR" --logfile "$DIR/redis.log" &
 pids+=($!)
-"$MOONRAFT_BIN" proxy --address "127.0.0.1:$PPORT" --thread-number "$PROXY_THREADS" --log warn 2>"$DIR/proxy.log" &
+"${PIN_PROXY[@]}" "$MOONRAFT_BIN" proxy --address "127.0.0.1:$PPORT" --thread-number "$PROXY_THREADS" --log warn 2>"$DIR/proxy.log" &
 pids+=($!)
 MTARGET=""
 if [ "$METRICS" = 1 ]; then
-    "$MOONRAFT_BIN" proxy --address "127.0.0.1:$MPORT" --metrics-address "127.0.0.1:$MHTTP" \
+    "${PIN_PROXY[@]}" "$MOONRAFT_BIN" proxy --address "127.0.0.1:$MPORT" --metrics-address "127.0.0.1:$MHTTP" \
         --thread-number "$PROXY_THREADS" --log warn 2>"$DIR/proxy-metrics.log" &
     pids+=($!)
     MTARGET=metrics
@@ -73,18 +87,24 @@ fi
 
 # rps for one run: "<test> <rps> <p50 ms>" lines from redis-benchmark's CSV output
 run() { # port pipeline clients tests
-    timeout 300 redis-benchmark -p "$1" -P "$2" -c "$3" -n "$REQUESTS" -r 100000 -t "$4" --csv 2>/dev/null \
+    timeout 300 "${PIN_REST[@]}" redis-benchmark -p "$1" -P "$2" -c "$3" -n "$REQUESTS" -r 100000 -t "$4" --csv 2>/dev/null \
         | awk -F, 'NR>1 {gsub(/"/,""); print $1, $2, $5}'
 }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 declare -A res
+declare -A per_round
 for pipe in 1 16; do
     for round in $(seq "$ROUNDS"); do
-        for target in direct proxy ${HAPROXY:+haproxy} $MTARGET; do
+        # The two proxies run back to back, in alternating order.
+        pair="proxy $MTARGET"
+        [ $((round % 2)) = 0 ] && pair="$MTARGET proxy"
+        if [ "$METRICS_ONLY" = 1 ]; then targets="$pair"; else targets="direct ${HAPROXY:+haproxy} $pair"; fi
+        for target in $targets; do
             case $target in direct) port=$RPORT ;; proxy) port=$PPORT ;; haproxy) port=$HPORT ;; metrics) port=$MPORT ;; esac
             while read -r t rps p50; do
                 res["$t,$pipe,$target"]+="$rps "
+                per_round["$t,$pipe,$target,$round"]=$rps
             done < <(run "$port" "$pipe" "$CLIENTS" set,get)
         done
     done
@@ -93,6 +113,7 @@ lat() { timeout 120 redis-benchmark -p "$1" -c 1 -n 20000 -t get --csv 2>/dev/nu
 p50_direct=$(lat "$RPORT"); p50_proxy=$(lat "$PPORT"); p50_haproxy=-
 [ -n "$HAPROXY" ] && p50_haproxy=$(lat "$HPORT")
 
+if [ "$METRICS_ONLY" != 1 ]; then
 echo "moonraft proxy vs direct redis: redis-benchmark -c $CLIENTS -n $REQUESTS, median of $ROUNDS, proxy threads $PROXY_THREADS, $(nproc) cores"
 printf "%-6s %-4s %12s %12s %12s %13s %15s %15s\n" test -P direct_rps proxy_rps haproxy_rps proxy/direct haproxy/direct proxy/haproxy
 for pipe in 1 16; do
@@ -109,14 +130,20 @@ for pipe in 1 16; do
     done
 done
 echo "p50 latency, 1 client, GET: direct ${p50_direct} ms, proxy ${p50_proxy} ms, haproxy ${p50_haproxy} ms"
+fi
 if [ -n "$MTARGET" ]; then
-    echo "metrics on (a proxy with --metrics-address, every command counted and timed) vs off, same rounds:"
-    printf "%-6s %-4s %12s %12s %10s\n" test -P off_rps on_rps on/off
+    echo "metrics on (a proxy with --metrics-address, every command counted and timed) vs off, $ROUNDS rounds:"
+    printf "%-6s %-4s %12s %12s %10s %14s %22s\n" test -P off_rps on_rps on/off paired_on/off "paired quartiles, range"
     for pipe in 1 16; do
         for t in SET GET; do
             p=$(echo ${res["$t,$pipe,proxy"]} | tr ' ' '\n' | median)
             m=$(echo ${res["$t,$pipe,metrics"]} | tr ' ' '\n' | median)
-            printf "%-6s %-4s %12.0f %12.0f %10.3f\n" "$t" "$pipe" "$p" "$m" "$(echo "$m / $p" | bc -l)"
+            ratios=$(for round in $(seq "$ROUNDS"); do
+                echo "${per_round["$t,$pipe,metrics,$round"]} / ${per_round["$t,$pipe,proxy,$round"]}" | bc -l
+            done | sort -n)
+            stats=$(echo "$ratios" | awk '{a[NR]=$1} END {m=(NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2); q1=a[int((NR+3)/4)]; q3=a[int((3*NR+1)/4)]; printf "%.3f %.3f-%.3f, %.3f-%.3f", m, q1, q3, a[1], a[NR]}')
+            printf "%-6s %-4s %12.0f %12.0f %10.3f %14s %22s\n" "$t" "$pipe" "$p" "$m" "$(echo "$m / $p" | bc -l)" \
+                "${stats%% *}" "${stats#* }"
         done
     done
     echo "commands the metrics proxy counted: $(curl -s "127.0.0.1:$MHTTP/metrics" | awk '/^moonraft_proxy_commands_total/ {s += $NF} END {print s}')"
