@@ -38,7 +38,8 @@ struct CommandCounters {
 #[derive(Clone, Copy)]
 pub struct Meter {
     command: u16,
-    start: Instant,
+    /// `None` when metrics are off (nothing is timed).
+    start: Option<Instant>,
 }
 
 pub struct ProxyMetrics {
@@ -116,7 +117,7 @@ impl ProxyMetrics {
     /// command table when it has one (looked up once by the session for routing and metering).
     pub fn meter(&self, spec: Option<&'static CommandSpec>, name: &[u8], now: Instant) -> Meter {
         if !self.enabled {
-            return Meter { command: u16::MAX, start: now };
+            return Meter { command: u16::MAX, start: None };
         }
         let index = match spec.and_then(data_index) {
             Some(i) => i,
@@ -126,7 +127,23 @@ impl ProxyMetrics {
                 data + control.unwrap_or_else(|| control_commands().count())
             }
         };
-        Meter { command: index as u16, start: now }
+        Meter { command: index as u16, start: Some(now) }
+    }
+
+    /// `meter` at the current time; the clock is read only when metrics are on (the hot path
+    /// pays nothing otherwise).
+    pub fn start(&self, spec: Option<&'static CommandSpec>, name: &[u8]) -> Meter {
+        if !self.enabled {
+            return Meter { command: u16::MAX, start: None };
+        }
+        self.meter(spec, name, Instant::now())
+    }
+
+    /// `record` at the current time, reading the clock only for a metered command.
+    pub fn finish(&self, meter: Meter, reply: &[u8]) {
+        if meter.start.is_some() {
+            self.record(meter, reply, Instant::now());
+        }
     }
 
     /// Counts a command's reply: its result kind and how long the proxy took to answer it.
@@ -136,7 +153,9 @@ impl ProxyMetrics {
         }
         let Some(c) = self.commands.get(usize::from(meter.command)) else { return };
         c.results[classify(reply)].fetch_add(1, Ordering::Relaxed);
-        c.latency.observe(now.saturating_duration_since(meter.start));
+        if let Some(start) = meter.start {
+            c.latency.observe(now.saturating_duration_since(start));
+        }
     }
 
     /// Commands answered so far, whatever their result (for tests and INFO).

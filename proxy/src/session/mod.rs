@@ -41,7 +41,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -249,7 +249,7 @@ impl Session {
                             info.set_last_command(&shown);
                         }
                         let spec = command::lookup(req.name());
-                        let meter = state.metrics.meter(spec, req.name(), Instant::now());
+                        let meter = state.metrics.start(spec, req.name());
                         let pending = self.handle(req, spec).await;
                         self.mirror();
                         let close = matches!(pending, Pending::Close(_));
@@ -271,7 +271,7 @@ impl Session {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        let meter = state.metrics.meter(None, b"", Instant::now());
+                        let meter = state.metrics.start(None, b"");
                         let _ = tx.send((Pending::Close(resp::error(&format!("ERR {e}"))), meter)).await;
                         return;
                     }

@@ -128,7 +128,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                 }
             }
         };
-        state.metrics.record(meter, &reply, Instant::now());
+        state.metrics.finish(meter, &reply);
         if reply.len() >= 32 * 1024 {
             if flush(&mut wr, &mut out, &state.metrics).await.is_err() || wr.write_all(&reply).await.is_err() {
                 return;
