@@ -111,11 +111,9 @@ fn proxy(args: &[String]) -> Result<()> {
     moonraft_proxy::set_build_version(env!("MOONRAFT_BUILD_VERSION"));
     runtime.block_on(async move {
         let address = config.address.clone();
-        let metrics = match config.metrics_address.as_str() {
-            "" => None,
-            a => Some(metrics_http::bind(a).await?),
-        };
-        let started = move |state: &std::sync::Arc<moonraft_proxy::state::ProxyState>| {
+        // The proxy binds its /metrics port itself: a restart through the handover socket takes
+        // it over from the running process like the client port.
+        let started = move |state: &std::sync::Arc<moonraft_proxy::state::ProxyState>, metrics: Option<tokio::net::TcpListener>| {
             if let Some(listener) = metrics {
                 let registry = moonraft_proxy::exposition::registry(state);
                 metrics_http::spawn(listener, std::sync::Arc::new(move || moonraft_proxy::metrics::render(&registry)));

@@ -1,11 +1,15 @@
 //! A rolling upgrade as `docs/operations.md#rolling-upgrade` describes it: a running cluster
 //! (3 brokers, 2 coordinators, 4 proxies with their Redis nodes) is restarted one process at a
 //! time onto another build while a client keeps writing. No write is lost, and the only errors
-//! the client meets are the ones a cluster client retries.
+//! the client meets are redirections and `TRYAGAIN`, which a cluster client retries: proxies
+//! are restarted through their handover socket, so no connection is refused and no restarted
+//! proxy is ever without its metadata.
 //!
 //! Both builds are this one unless `MOONRAFT_OLD_BIN` names an older `moonraft` binary
 //! (`scripts/upgrade-test.sh <commit>` builds one and runs this test with it): the cluster then
-//! starts on the old build and every process is restarted onto this one.
+//! starts on the old build and every process is restarted onto this one. An old build without
+//! the handover socket has its proxies stopped and started instead; the client then also meets
+//! (and retries) `CLUSTERDOWN` and refused connections.
 
 mod common;
 
@@ -33,15 +37,24 @@ fn kind(error: &str) -> String {
     }
 }
 
-/// Errors a cluster client retries: redirections, a slot in transit or not served yet, and a
-/// proxy that is restarting (its port closed for a moment).
-fn retried_by_cluster_clients(kind: &str) -> bool {
-    matches!(kind, "MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN" | "CONNECTION")
+/// Errors the client retries: redirections and a slot in transit; with `stop_start` (an old
+/// build without the handover socket) also a proxy without metadata yet and a port closed
+/// for a moment.
+fn retried(kind: &str, stop_start: bool) -> bool {
+    matches!(kind, "MOVED" | "ASK" | "TRYAGAIN") || (stop_start && matches!(kind, "CLUSTERDOWN" | "CONNECTION"))
 }
 
-/// SETs `key` through the proxies, following redirections, retrying what cluster clients
-/// retry, for at most 20 s.
-fn write(entry: &[u16], key: &str, value: &str, writes: &Mutex<Writes>) {
+/// Whether `binary`'s proxy has a handover socket (builds before it do not).
+fn has_handover(binary: &str) -> bool {
+    std::process::Command::new(binary)
+        .args(["proxy", "--help"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--handover-socket"))
+}
+
+/// SETs `key` through the proxies, following redirections, retrying what `retried` allows,
+/// for at most 20 s.
+fn write(entry: &[u16], key: &str, value: &str, writes: &Mutex<Writes>, stop_start: bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut target: Option<u16> = None;
     let mut asking = false;
@@ -68,7 +81,7 @@ fn write(entry: &[u16], key: &str, value: &str, writes: &Mutex<Writes>) {
         let k = kind(&error);
         let mut w = writes.lock().unwrap_or_else(|e| e.into_inner());
         *w.retried.entry(k.clone()).or_default() += 1;
-        if !retried_by_cluster_clients(&k) {
+        if !retried(&k, stop_start) {
             w.failed.push(format!("{key}: {error}"));
             return;
         }
@@ -89,7 +102,11 @@ fn a_rolling_restart_onto_a_new_build_loses_no_write() {
     let new_build = BIN.to_owned();
     let old_build = std::env::var("MOONRAFT_OLD_BIN").unwrap_or_else(|_| new_build.clone());
     set_program(&old_build);
-    let mut s = Stack::start(4, 2, &[]);
+    let stop_start = !has_handover(&old_build);
+    let sockets = TempDir::new("upgrade");
+    let socket = sockets.0.join("proxy-{port}.sock").to_string_lossy().into_owned();
+    let handover: Vec<&str> = if stop_start { vec![] } else { vec!["--handover-socket", &socket] };
+    let mut s = Stack::start_with(4, 2, &StackFlags { proxy: &handover, ..StackFlags::default() });
     assert_eq!(s.brokers.call("POST", "/clusters/meta/c", Some(r#"{"node_number": 8}"#)).status, 200);
     let entry: Vec<u16> = s.hosts.iter().map(|h| h.proxy.port).collect();
     let served = eventually(Duration::from_secs(20), || {
@@ -107,7 +124,7 @@ fn a_rolling_restart_onto_a_new_build_loses_no_write() {
         std::thread::spawn(move || {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) && i < 100_000 {
-                write(&entry, &format!("key{i}"), &format!("value{i}"), &writes);
+                write(&entry, &format!("key{i}"), &format!("value{i}"), &writes, stop_start);
                 i += 1;
             }
         })
@@ -144,12 +161,22 @@ fn a_rolling_restart_onto_a_new_build_loses_no_write() {
         let before = acknowledged(&writes);
         assert!(progressed(before), "writes stalled after restarting coordinator {i}:\n{}", s.logs());
     }
-    // 3. Proxies, one at a time, each back on its own address well within the failure window.
+    // 3. Proxies, one at a time: the new process takes the port and the metadata over from the
+    //    running one, which drains and exits (an old build without the handover socket: stopped,
+    //    then started on its own address well within the failure window).
+    let new_flags: Vec<&str> = vec!["--handover-socket", &socket];
     for h in 0..s.hosts.len() {
         let port = s.hosts[h].proxy.port;
-        s.hosts[h].proxy.proc.kill();
-        let restarted = (0..50).find_map(|_| Proxy::start_on(port, &[]));
-        s.hosts[h].proxy = restarted.expect("the proxy restarts on its port");
+        if stop_start {
+            s.hosts[h].proxy.proc.kill();
+            let restarted = (0..50).find_map(|_| Proxy::start_on(port, &new_flags));
+            s.hosts[h].proxy = restarted.expect("the proxy restarts on its port");
+        } else {
+            let new = Proxy::start_on(port, &new_flags).expect("the new proxy takes over");
+            let mut old = std::mem::replace(&mut s.hosts[h].proxy, new);
+            let exited = eventually(Duration::from_secs(20), || !old.proc.is_running());
+            assert!(exited, "the old proxy on {port} did not drain and exit:\n{}", old.log_text());
+        }
         let before = acknowledged(&writes);
         assert!(progressed(before), "writes stalled after restarting proxy {port}:\n{}", s.logs());
     }
@@ -157,7 +184,14 @@ fn a_rolling_restart_onto_a_new_build_loses_no_write() {
     writer.join().expect("the writer");
 
     let w = writes.lock().unwrap_or_else(|e| e.into_inner());
-    assert!(w.failed.is_empty(), "writes the client could not complete: {:?} (retried: {:?})", w.failed, w.retried);
+    assert!(
+        w.failed.is_empty(),
+        "{} writes the client could not complete: {:?} (retried: {:?})\n{}",
+        w.failed.len(),
+        &w.failed[..w.failed.len().min(10)],
+        w.retried,
+        s.logs()
+    );
     // Nothing was failed over: every restart was shorter than the failure window.
     assert!(failed_set(&s.brokers).is_empty(), "a restart was taken for a failure:\n{}", s.logs());
     // Every acknowledged write is there, through any proxy.
@@ -177,9 +211,10 @@ fn a_rolling_restart_onto_a_new_build_loses_no_write() {
         &lost[..lost.len().min(10)]
     );
     println!(
-        "rolling restart ({} → {}): {} writes acknowledged, retried errors by kind: {:?}",
+        "rolling restart ({} → {}, proxies {}): {} writes acknowledged, retried errors by kind: {:?}",
         old_build,
         new_build,
+        if stop_start { "stopped and started" } else { "handed over" },
         w.acknowledged.len(),
         w.retried
     );

@@ -33,8 +33,14 @@ pub struct ClientInfo {
     pub admin: AtomicBool,
     /// Name, last command, `lib-name`, `lib-ver` (changed rarely: one lock is fine).
     pub text: Mutex<ClientText>,
-    /// Set by `CLIENT KILL`; the session closes the connection.
+    /// Wakes the session: to close (`CLIENT KILL`, see `killed`) or to look at the handover
+    /// phase again (`handover.rs`).
     pub kill: tokio::sync::Notify,
+    /// Set by `CLIENT KILL`: the session closes the connection when woken.
+    pub killed: AtomicBool,
+    /// Requests read whose replies are not written yet (a draining proxy closes only
+    /// connections that are owed nothing, `handover.rs`).
+    pub owed: AtomicUsize,
 }
 
 impl std::fmt::Debug for ClientInfo {
@@ -72,7 +78,15 @@ impl ClientInfo {
             admin: AtomicBool::new(false),
             text: Mutex::new(ClientText::default()),
             kill: tokio::sync::Notify::new(),
+            killed: AtomicBool::new(false),
+            owed: AtomicUsize::new(0),
         }
+    }
+
+    /// `CLIENT KILL`: the session closes the connection.
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::Relaxed);
+        self.kill.notify_one();
     }
 
     /// Marks the client active now.

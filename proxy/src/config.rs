@@ -54,6 +54,15 @@ pub struct ProxyConfig {
     /// `background.rs`): 19 lets the copy use only CPU that clients leave idle, 0 runs it with
     /// the same priority as client traffic.
     pub migration_copy_nice: i32,
+    /// A Unix socket through which a new proxy process takes over this one's port and state
+    /// (a restart that refuses no connection, see `handover.rs`); `None`: restarts close the port.
+    pub handover_socket: Option<String>,
+    /// Milliseconds a starting proxy waits for the running one to hand over (it refuses while
+    /// it is migrating slots).
+    pub handover_timeout: u64,
+    /// Milliseconds a proxy that handed over keeps serving its open connections; those still
+    /// busy then are closed.
+    pub drain_timeout: u64,
     /// Log filter (tracing `EnvFilter` syntax).
     pub log: String,
     /// `text` (the default) or `json`: one JSON object per log line, for log collectors.
@@ -115,6 +124,9 @@ impl Default for ProxyConfig {
             replication_interval: 5000,
             coordinator_lease: true,
             migration_copy_nice: 19,
+            handover_socket: None,
+            handover_timeout: 60_000,
+            drain_timeout: 10_000,
             log: "info".into(),
             log_format: "text".into(),
         }
@@ -153,6 +165,9 @@ pub const PROXY_KEYS: &[&str] = &[
     "replication_interval",
     "coordinator_lease",
     "migration_copy_nice",
+    "handover_socket",
+    "handover_timeout",
+    "drain_timeout",
     "log",
     "log_format",
 ];
@@ -252,6 +267,9 @@ impl ProxyConfig {
                 n @ 0..=19 => self.migration_copy_nice = n,
                 n => return Err(format!("expected a nice value from 0 to 19, got {n}")),
             },
+            "handover_socket" => self.handover_socket = non_empty(value),
+            "handover_timeout" => self.handover_timeout = number(value)?,
+            "drain_timeout" => self.drain_timeout = number(value)?,
             "log" => self.log = value.to_owned(),
             "log_format" => match value {
                 "text" | "json" => self.log_format = value.to_owned(),

@@ -33,6 +33,10 @@ use std::time::{Duration, Instant};
 #[derive(Default)]
 pub struct Lease {
     until_ms: AtomicU64,
+    /// The stamp id of the process this one took over from (`handover.rs`; 0: none), whose
+    /// stamps coordinators may still hand back, and the offset from its clock to this one's.
+    predecessor: AtomicU64,
+    predecessor_offset: std::sync::atomic::AtomicI64,
 }
 
 /// Bits of a stamp holding the clock reading (2^40 ms is about 34 years).
@@ -57,7 +61,7 @@ fn origin() -> Instant {
     *ORIGIN.get_or_init(Instant::now)
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     // +1 so that a lease granted at the origin is not mistaken for "never leased".
     origin().elapsed().as_millis() as u64 + 1
 }
@@ -78,12 +82,43 @@ impl Lease {
     /// running one). False, and nothing renewed, for a stamp this process did not issue.
     pub fn renew_from(&self, stamp: i64, duration: Duration) -> bool {
         let Ok(stamp) = u64::try_from(stamp) else { return false };
-        let at = stamp & ((1 << STAMP_CLOCK_BITS) - 1);
-        if stamp >> STAMP_CLOCK_BITS != process_id() || at == 0 || at > now_ms() {
+        let clock = (stamp & ((1 << STAMP_CLOCK_BITS) - 1)) as i64;
+        let issuer = stamp >> STAMP_CLOCK_BITS;
+        // On this process's clock; a predecessor's stamp may predate this process (negative).
+        let at = if issuer == process_id() {
+            clock
+        } else if issuer != 0 && issuer == self.predecessor.load(Ordering::Relaxed) {
+            clock + self.predecessor_offset.load(Ordering::Relaxed)
+        } else {
+            return false;
+        };
+        if clock == 0 || at > now_ms() as i64 {
             return false;
         }
-        self.until_ms.fetch_max(at + duration.as_millis() as u64, Ordering::Relaxed);
+        let until = at.saturating_add(duration.as_millis() as i64);
+        if until >= 1 {
+            self.until_ms.fetch_max(until as u64, Ordering::Relaxed);
+        }
         true
+    }
+
+    /// Takes over what is left of another process's lease (`handover.rs`): `remaining` and
+    /// `stamp` (its `stamp()`) as that process measured them at or after `asked_at` (this
+    /// process's `now_ms()`). The lease here ends no later than it did there, and that
+    /// process's stamps renew this lease (a coordinator's next probe hands one back): mapped
+    /// onto this clock as if issued no later than they were.
+    pub fn inherit(&self, remaining: Option<i64>, stamp: i64, asked_at: u64) {
+        if let Some(left) = remaining {
+            let until = (asked_at as i64).saturating_add(left).max(1) as u64;
+            self.until_ms.store(until, Ordering::Relaxed);
+        }
+        if let Ok(stamp) = u64::try_from(stamp) {
+            let clock = stamp & ((1 << STAMP_CLOCK_BITS) - 1);
+            // Its clock read `clock` after this one read `asked_at`: adding the difference
+            // places its times a little early here, never late.
+            self.predecessor_offset.store(asked_at as i64 - clock as i64, Ordering::Relaxed);
+            self.predecessor.store(stamp >> STAMP_CLOCK_BITS, Ordering::Relaxed);
+        }
     }
 
     /// True when a lease was granted and has run out.
@@ -131,6 +166,41 @@ mod tests {
         assert!(!l.expired());
         let left = l.remaining_ms().unwrap();
         assert!(left <= 5000 - 60, "counted from the stamp, not from now: {left}");
+    }
+
+    #[test]
+    fn a_predecessors_stamps_renew_no_further_than_they_would_have_there() {
+        let before = Lease::default();
+        before.renew(Duration::from_millis(750));
+        let issued = before.stamp();
+        std::thread::sleep(Duration::from_millis(40));
+        // The successor asks, then the predecessor answers with its lease and clock.
+        let after = Lease::default();
+        let asked_at = now_ms();
+        after.inherit(before.remaining_ms(), before.stamp(), asked_at);
+        let (was, is) = (before.until_ms.load(Ordering::Relaxed), after.until_ms.load(Ordering::Relaxed));
+        assert!(is <= was && is + 50 > was, "ends no later than there: {is} vs {was}");
+        // Same process here (tests share one id): use a foreign id as the predecessor's.
+        let foreign = |s: i64| s ^ (1 << STAMP_CLOCK_BITS);
+        let other = Lease::default();
+        other.inherit(None, foreign(before.stamp()), now_ms());
+        assert_eq!(other.remaining_ms(), None, "no lease was running");
+        assert!(other.renew_from(foreign(issued), Duration::from_millis(750)));
+        let granted = other.remaining_ms().unwrap();
+        assert!(granted <= 750 - 40, "counted from when the stamp was issued there: {granted}");
+        assert!(!other.renew_from(issued ^ (3 << STAMP_CLOCK_BITS), Duration::from_secs(5)), "a third process");
+
+        // A predecessor that ran long before this process started: its clock is far ahead.
+        let id = 0x2a_u64;
+        let old = |clock: u64| ((id << STAMP_CLOCK_BITS) | clock) as i64;
+        let fresh = Lease::default();
+        fresh.inherit(Some(700), old(1_000_000), now_ms());
+        assert!(fresh.renew_from(old(999_990), Duration::from_millis(750)), "issued 10 ms before the handover");
+        let left = fresh.remaining_ms().unwrap();
+        assert!(left > 600 && left <= 740, "{left}");
+        assert!(!fresh.renew_from(old(1_000_000 + 60_000), Duration::from_millis(750)), "a time not reached yet");
+        assert!(fresh.renew_from(old(1), Duration::from_millis(750)), "its own, long over");
+        assert!(fresh.remaining_ms().unwrap() > 600, "an old stamp shortens nothing");
     }
 
     #[test]

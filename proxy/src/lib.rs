@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod exposition;
+pub mod handover;
 pub mod latency;
 pub mod lease;
 pub mod metrics;
@@ -18,6 +19,7 @@ mod session;
 pub mod slot;
 pub mod slowlog;
 pub mod state;
+pub mod takeover;
 pub mod tls;
 pub mod umctl;
 

@@ -10,18 +10,42 @@ use tracing::{info, warn};
 /// Binds the listen address and serves clients until `UMCTL SHUTDOWN` (or the returned
 /// state's shutdown signal) stops it.
 pub async fn run(config: ProxyConfig) -> std::io::Result<()> {
-    run_with(config, |_| {}).await
+    run_with(config, |_, _| {}).await
 }
 
-/// Like `run`, calling `started` with the proxy's state once it listens (the binary starts its
-/// `/metrics` listener there).
-pub async fn run_with(config: ProxyConfig, started: impl FnOnce(&Arc<ProxyState>)) -> std::io::Result<()> {
+/// Like `run`, calling `started` with the proxy's state and its `/metrics` listening socket
+/// (when `metrics_address` is set) once it listens.
+///
+/// With `handover_socket` set and a proxy running there, its listening sockets and metadata
+/// are taken over instead of bound (`takeover.rs`).
+pub async fn run_with(
+    config: ProxyConfig,
+    started: impl FnOnce(&Arc<ProxyState>, Option<TcpListener>),
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
     let tls = config.tls_server().map_err(std::io::Error::other)?;
-    let listener = TcpListener::bind(&config.address).await?;
+    let (listeners, taken) = crate::takeover::acquire(&config).await?;
     let state = ProxyState::new(config);
-    started(&state);
-    info!(address = %state.config.address, announce = %state.announce, tls = tls.is_some(), "proxy listening");
-    serve_with(listener, state, tls).await
+    let mut sockets = vec![listeners.clients.as_raw_fd()];
+    sockets.extend(listeners.metrics.as_ref().map(|m| m.as_raw_fd()));
+    state.handover.set_sockets(sockets);
+    let handed_over = taken.is_some();
+    if let Some(path) = state.config.handover_socket.clone() {
+        crate::takeover::serve(state.clone(), path)?;
+    }
+    if let Some(taken) = taken {
+        crate::takeover::install(&state, taken)?;
+    }
+    started(&state, listeners.metrics);
+    info!(
+        address = %state.config.address,
+        announce = %state.announce,
+        tls = tls.is_some(),
+        handed_over,
+        epoch = state.epoch(),
+        "proxy listening"
+    );
+    serve_with(listeners.clients, state, tls).await
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<ProxyState>) -> std::io::Result<()> {
@@ -36,9 +60,13 @@ pub async fn serve_with(
 ) -> std::io::Result<()> {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut shutdown = state.shutdown.subscribe();
+    // Off while the listening socket is being handed to a successor, and after (`takeover.rs`).
+    let mut accepting = state.handover.accepting();
     loop {
+        let open = *accepting.borrow_and_update();
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            _ = accepting.changed() => {}
+            accepted = listener.accept(), if open => match accepted {
                 Ok((stream, _)) => match &acceptor {
                     None => {
                         tokio::spawn(serve_client(state.clone(), stream));

@@ -88,6 +88,8 @@ pub struct ProxyState {
     pub clients: crate::clients::Clients,
     /// The write lease granted by coordinators.
     pub lease: crate::lease::Lease,
+    /// Handing the port over to a successor process, or having taken it over (`handover.rs`).
+    pub handover: crate::handover::Handover,
     /// Pools kept for the nodes `UMCTL HEALTH` pings (replicas have no other pool); replaced
     /// by each probe's node list, so it stays as small as that list.
     pub health_pools: Mutex<std::collections::HashMap<String, Arc<crate::backend::NodePool>>>,
@@ -144,6 +146,7 @@ impl ProxyState {
             started: std::time::Instant::now(),
             redis_version: Mutex::new(None),
             lease: crate::lease::Lease::default(),
+            handover: crate::handover::Handover::default(),
             health_pools: Mutex::new(std::collections::HashMap::new()),
         })
     }

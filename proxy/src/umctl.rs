@@ -27,8 +27,14 @@ pub fn handle(state: &ProxyState, args: &[Bytes], proto: u8) -> Bytes {
             Ok(cmd) => {
                 let ignored = cmd.config_ignored;
                 match state.set_cluster(cmd) {
-                    Ok(()) if ignored => resp::simple("WARNING: ignored invalid config"),
-                    Ok(()) => Bytes::from_static(resp::OK),
+                    Ok(()) => {
+                        // What a successor process starts from (`handover.rs`).
+                        state.handover.record_setcluster(rest);
+                        match ignored {
+                            true => resp::simple("WARNING: ignored invalid config"),
+                            false => Bytes::from_static(resp::OK),
+                        }
+                    }
                     Err(e) => meta_error(e),
                 }
             }
@@ -36,7 +42,10 @@ pub fn handle(state: &ProxyState, args: &[Bytes], proto: u8) -> Bytes {
         "SETREPL" => match SetRepl::parse(rest) {
             None => resp::error("Invalid arguments"),
             Some(cmd) => match state.set_repl(cmd) {
-                Ok(()) => Bytes::from_static(resp::OK),
+                Ok(()) => {
+                    state.handover.record_setrepl(rest);
+                    Bytes::from_static(resp::OK)
+                }
                 Err(e) => meta_error(e),
             },
         },
@@ -387,7 +396,9 @@ pub async fn health(state: std::sync::Arc<ProxyState>, args: Vec<Bytes>) -> Byte
         return resp::error(&format!("STALE_EPOCH {mine}"));
     }
     if let Some(stamp) = stamp.filter(|_| lease_ms > 0 && state.config.coordinator_lease) {
-        state.lease.renew_from(stamp, std::time::Duration::from_millis(lease_ms));
+        if !state.lease.renew_from(stamp, std::time::Duration::from_millis(lease_ms)) {
+            tracing::debug!(stamp, left_ms = ?state.lease.remaining_ms(), "a coordinator handed back a stamp this process did not issue; the lease is renewed from its next probe");
+        }
     }
     resp::integer(state.lease.stamp())
 }

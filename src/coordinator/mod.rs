@@ -403,15 +403,25 @@ async fn probe_once(
     stamp: &mut Option<i64>,
 ) -> Probe {
     *stamp = None;
-    if conn.is_none() {
-        match ProxyConn::connect_via(&agent.address, &agent.resolved, t.probe_timeout, &t.proxy_login).await {
-            Ok(c) => *conn = Some(c),
-            Err(ConnectError::Local(e)) => return Probe::Local(e),
-            Err(ConnectError::Proxy(e)) => return Probe::Down(format!("proxy: {e}")),
+    // A kept connection that broke (not one that timed out) is tried once more on a new one:
+    // a proxy closes idle connections when it hands its port to a new process (`takeover.rs`
+    // in the proxy crate), and that is no failure of the proxy.
+    let mut reused = conn.is_some();
+    let reply = loop {
+        if conn.is_none() {
+            match ProxyConn::connect_via(&agent.address, &agent.resolved, t.probe_timeout, &t.proxy_login).await {
+                Ok(c) => *conn = Some(c),
+                Err(ConnectError::Local(e)) => return Probe::Local(e),
+                Err(ConnectError::Proxy(e)) => return Probe::Down(format!("proxy: {e}")),
+            }
         }
-    }
-    let Some(c) = conn.as_mut() else { return Probe::Local("no connection".into()) };
-    match c.call(args, t.probe_timeout).await {
+        let Some(c) = conn.as_mut() else { return Probe::Local("no connection".into()) };
+        match c.call(args, t.probe_timeout).await {
+            Err(e) if e != "timeout" && std::mem::take(&mut reused) => *conn = None,
+            reply => break reply,
+        }
+    };
+    match reply {
         Ok(reply) => match error_text(&reply) {
             Some(e) if e.starts_with("ERR_NODE_DOWN") => Probe::Down(format!("redis node down: {e}")),
             Some(e) if e.starts_with("STALE_EPOCH") => {

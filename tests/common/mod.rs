@@ -159,14 +159,14 @@ pub struct Proxy {
 
 impl Proxy {
     /// Starts a proxy on `port` (e.g. one registered with the brokers before it runs); `None`
-    /// if it does not answer.
+    /// if it does not answer. `{port}` in `extra` stands for the port (a per-proxy path).
     pub fn start_on(port: u16, extra: &[&str]) -> Option<Proxy> {
         let dir = TempDir::new("proxy");
         let log = dir.0.join("proxy.log");
         let child = Command::new(program())
             .arg("proxy")
             .args(["--address", &format!("127.0.0.1:{port}")])
-            .args(extra)
+            .args(extra.iter().map(|a| a.replace("{port}", &port.to_string())))
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))

@@ -65,7 +65,7 @@ impl Session {
                 let addr = String::from_utf8_lossy(&args[2]);
                 match self.state.clients.all().into_iter().find(|c| c.addr == addr) {
                     Some(c) => {
-                        c.kill.notify_one();
+                        c.kill();
                         ok()
                     }
                     None => err("ERR No such client"),
@@ -75,7 +75,7 @@ impl Session {
                 Ok(filter) => {
                     let mut killed = 0;
                     for c in self.state.clients.all().iter().filter(|c| filter.matches(c, self.id)) {
-                        c.kill.notify_one();
+                        c.kill();
                         killed += 1;
                     }
                     Pending::Ready(resp::integer(killed))

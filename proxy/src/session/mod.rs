@@ -30,6 +30,7 @@ use writer::write_loop;
 use crate::backend::ReplyResult;
 use crate::clients::{ClientInfo, LastCommand};
 use crate::command::{self, CommandSpec};
+use crate::handover::{Phase, DRAIN_QUIET};
 use crate::metrics::Meter;
 use crate::resp::{self, Frame, Request, RequestParser};
 use crate::slowlog::Sample;
@@ -141,6 +142,16 @@ struct Session {
     last_write: LastWrite,
 }
 
+/// Until `CLIENT KILL`, or a handover that closes every connection (`handover.rs`).
+async fn killed_or_stopping(info: &ClientInfo, state: &ProxyState) {
+    loop {
+        info.kill.notified().await;
+        if info.killed.load(Ordering::Relaxed) || state.handover.phase() == Phase::Stopping {
+            return;
+        }
+    }
+}
+
 struct ClientGuard(Arc<ProxyState>, u64);
 impl Drop for ClientGuard {
     fn drop(&mut self) {
@@ -202,7 +213,7 @@ where
     let (tx, rx) = mpsc::channel(MAX_PENDING_REPLIES);
     let (closing_tx, closing_rx) = watch::channel(false);
     let (pushes, pushes_rx) = mpsc::channel(MAX_PENDING_PUSHES);
-    let writer = tokio::spawn(write_loop(wr, rx, pushes_rx, closing_rx, state.clone()));
+    let writer = tokio::spawn(write_loop(wr, rx, pushes_rx, closing_rx, state.clone(), info.clone()));
     let mut session = Session {
         authenticated: state.config.password.is_none(),
         admin: state.config.admin_password.is_none(),
@@ -253,6 +264,7 @@ impl Session {
                         let pending = self.handle(req, spec).await;
                         self.mirror();
                         let close = matches!(pending, Pending::Close(_));
+                        info.owed.fetch_add(1, Ordering::Relaxed);
                         if tx.send((pending, meter)).await.is_err() || close {
                             return;
                         }
@@ -261,7 +273,7 @@ impl Session {
                             let limit = cfg.client_query_buffer_limit;
                             let unblocked = tokio::select! {
                                 go_on = wait_unblocked(&mut rd, &mut buf, done, limit) => go_on,
-                                _ = info.kill.notified() => false,
+                                _ = killed_or_stopping(&info, &state) => false,
                             };
                             info.blocked.store(false, Ordering::Relaxed);
                             if !unblocked {
@@ -284,16 +296,35 @@ impl Session {
             } else if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(16 * 1024);
             }
+            // A proxy that handed its port over closes each connection once it is quiet: nothing
+            // half-read, no reply owed, no transaction, no subscription (`handover.rs`).
+            let quiet = match state.handover.phase() {
+                Phase::Serving => false,
+                Phase::Draining => {
+                    buf.is_empty()
+                        && info.owed.load(Ordering::Relaxed) == 0
+                        && self.multi.is_none()
+                        && self.watching.is_none()
+                        && !self.subs.active()
+                }
+                Phase::Stopping => return,
+            };
+            let wait = if quiet { Some(DRAIN_QUIET) } else { idle };
             let read = async {
-                match idle {
+                match wait {
                     None => Some(rd.read_buf(&mut buf).await),
                     Some(t) => tokio::time::timeout(t, rd.read_buf(&mut buf)).await.ok(),
                 }
             };
             let read = tokio::select! {
                 r = read => r,
-                // `CLIENT KILL`
-                _ = info.kill.notified() => return,
+                _ = info.kill.notified() => {
+                    if info.killed.load(Ordering::Relaxed) || state.handover.phase() == Phase::Stopping {
+                        return;
+                    }
+                    // The handover phase changed: look again.
+                    continue;
+                }
             };
             match read {
                 Some(Ok(0)) | Some(Err(_)) => return,
@@ -301,6 +332,7 @@ impl Session {
                     state.metrics.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                     info.touch()
                 }
+                None if quiet => return,
                 // Like Redis's `timeout`: a subscriber waiting for messages is not idle.
                 None if tx.capacity() == MAX_PENDING_REPLIES && !self.subs.active() => return,
                 None => {}
@@ -414,6 +446,23 @@ impl Session {
             }
             "umctl" if args.get(1).is_some_and(|a| a.eq_ignore_ascii_case(b"resetnodes")) => {
                 Pending::Task(Box::pin(umctl::reset_nodes(self.state.clone())))
+            }
+            "umctl"
+                if self.state.handover.has_predecessor()
+                    && args.get(1).is_some_and(|a| a.eq_ignore_ascii_case(b"setcluster") || a.eq_ignore_ascii_case(b"setrepl")) =>
+            {
+                // A metadata change while the process this one took over from still drains: it
+                // stops first, so no connection is served under older metadata (`handover.rs`).
+                let (state, proto, args) = (self.state.clone(), self.proto, args.to_vec());
+                Pending::Task(Box::pin(async move {
+                    if let Err(e) = state.handover.retire_predecessor().await {
+                        return resp::error(&format!("ERR {e}"));
+                    }
+                    let reply = umctl::handle(&state, &args[1..], proto);
+                    crate::migrate::start_tasks(&state);
+                    crate::state::learn_redis_version(&state);
+                    reply
+                }))
             }
             "umctl" => {
                 let reply = umctl::handle(&self.state, &args[1..], self.proto);

@@ -65,6 +65,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     mut pushes: mpsc::Receiver<PushItem>,
     mut closing: watch::Receiver<bool>,
     state: Arc<ProxyState>,
+    info: Arc<crate::clients::ClientInfo>,
 ) {
     let mut out = BytesMut::with_capacity(super::START_BUFFER);
     loop {
@@ -129,6 +130,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
             }
         };
         state.metrics.finish(meter, &reply);
+        info.owed.fetch_sub(1, Ordering::Relaxed);
         if reply.len() >= 32 * 1024 {
             if flush(&mut wr, &mut out, &state.metrics).await.is_err() || wr.write_all(&reply).await.is_err() {
                 return;
