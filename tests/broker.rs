@@ -435,9 +435,12 @@ fn a_minority_refuses_writes_and_linearizable_reads() {
         m.proc.kill();
     }
     let alone = group.members[0].http.clone();
-    // wait until it has noticed (a lone former leader keeps its role until its lease runs out)
-    // (a fixed wait: a lone leader need not step down at all, so there is no state to wait for)
-    std::thread::sleep(Duration::from_millis(1500));
+    // A lone former leader may still answer reads while its leader lease (800 ms) runs: wait,
+    // bounded, until it refuses one; from then on every write and read must be refused.
+    let refuses_reads = eventually(Duration::from_secs(10), || {
+        http(&alone, "GET", "/api/v3/proxies/addresses", None).is_ok_and(|r| r.status == 409)
+    });
+    assert!(refuses_reads, "a lone member kept answering linearizable reads:\n{}", group.logs());
     let body = json!({"proxy_address": "q:6000", "nodes": ["q:7000", "q:7001"]}).to_string();
     for _ in 0..3 {
         let w = http(&alone, "POST", "/api/v3/proxies/meta", Some(&body)).unwrap();
