@@ -95,6 +95,29 @@ fn plain(log: String) -> String {
     out
 }
 
+/// Runs `moonraft proxy <args>` that is expected to give up: whether it exited within 20 s (it
+/// is killed otherwise) and what it wrote to stderr.
+fn run_proxy(args: &[&str]) -> (bool, String) {
+    let mut child = Command::new(BIN)
+        .arg("proxy")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn moonraft proxy");
+    let exited = eventually(Duration::from_secs(20), || matches!(child.try_wait(), Ok(Some(_))));
+    if !exited {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    (exited, stderr)
+}
+
 fn socket_in(dir: &TempDir) -> String {
     dir.0.join("proxy.sock").to_string_lossy().into_owned()
 }
@@ -154,6 +177,10 @@ fn a_metadata_change_waits_until_the_old_process_has_stopped() {
 
     let new = Proxy::start_on(port, &flags).expect("the new process takes over");
     assert!(old.proc.is_running(), "the old process keeps draining its open transaction");
+    // A third process must wait: the second one still has a predecessor that drains.
+    let addr = new.addr();
+    let (exited, said) = run_proxy(&["--address", &addr, "--handover-socket", &socket, "--handover-timeout", "600"]);
+    assert!(exited && said.contains("still taking over"), "{said}");
     // New connections reach the new process, which serves the same metadata.
     let mut c = new.conn();
     assert_eq!(c.cmd(&["UMCTL", "GETEPOCH"]), moonraft_proxy::resp::Frame::Integer(1));
@@ -179,23 +206,8 @@ fn a_successor_that_cannot_serve_leaves_the_old_process_serving() {
     let env = SingleProxy::start(&["--handover-socket", &socket]);
     // Another address than the running proxy's: it takes the sockets, refuses them and exits.
     let other = format!("127.0.0.1:{}", free_port());
-    let mut child = Command::new(BIN)
-        .args(["proxy", "--address", &other, "--handover-socket", &socket])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn moonraft proxy");
-    let exited = eventually(Duration::from_secs(20), || matches!(child.try_wait(), Ok(Some(_))));
-    if !exited {
-        let _ = child.kill();
-    }
-    let _ = child.wait();
-    assert!(exited, "the mismatched successor did not exit");
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut stderr);
-    }
+    let (exited, stderr) = run_proxy(&["--address", &other, "--handover-socket", &socket]);
+    assert!(exited, "the mismatched successor did not exit: {stderr}");
     assert!(stderr.contains("not on this one's address"), "{stderr}");
     // The old process serves again: new connections, same metadata, and it can hand over later.
     let mut c = Conn::connect(env.proxy.port);

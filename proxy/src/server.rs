@@ -30,11 +30,11 @@ pub async fn run_with(
     sockets.extend(listeners.metrics.as_ref().map(|m| m.as_raw_fd()));
     state.handover.set_sockets(sockets);
     let handed_over = taken.is_some();
-    if let Some(path) = state.config.handover_socket.clone() {
-        crate::takeover::serve(state.clone(), path)?;
-    }
     if let Some(taken) = taken {
         crate::takeover::install(&state, taken)?;
+    }
+    if let Some(path) = state.config.handover_socket.clone() {
+        crate::takeover::serve(state.clone(), path)?;
     }
     started(&state, listeners.metrics);
     info!(

@@ -4,9 +4,9 @@
 //! connect gets the listening socket). A proxy started later with the same `handover_socket`
 //! finds it there and takes over instead of binding:
 //!
-//! 1. new → old: `MOONRAFT-HANDOVER 1`. While it is migrating slots the old one answers
-//!    `E<reason>` (a migration's per-key state lives in the process) and the new one asks
-//!    again until `handover_timeout`.
+//! 1. new → old: `MOONRAFT-HANDOVER 1`. While it is migrating slots (a migration's per-key
+//!    state lives in the process), or its own predecessor still drains, the old one answers
+//!    `E<reason>` and the new one asks again until `handover_timeout`.
 //! 2. The old one stops accepting (new connections wait in the kernel's queue) and sends `F`
 //!    with its listening sockets attached (SCM_RIGHTS: client port, then `/metrics` if any),
 //!    then `<length>\n` and the JSON `Transfer`: its address, the arguments of its last
@@ -219,7 +219,7 @@ pub async fn acquire(config: &ProxyConfig) -> std::io::Result<(Listeners, Option
 }
 
 /// Step 3: installs what was taken over (the same way `UMCTL` would), tells the old process
-/// and keeps the link to it. Call with the runtime running, after `serve` took the socket's
+/// and keeps the link to it. Call with the runtime running, before `serve` takes the socket's
 /// path and before accepting connections. An error: the old process is not draining (it may be
 /// serving again), so this one must not serve.
 pub fn install(state: &Arc<ProxyState>, taken: TakenOver) -> std::io::Result<()> {
@@ -311,6 +311,11 @@ async fn hand_over(state: &Arc<ProxyState>, stream: tokio::net::UnixStream) -> O
         if !st.installed.load().table.tasks.is_empty() {
             (&stream).write_all(b"Ethis proxy is migrating slots; it hands over once the migration is done\n")?;
             return Err(std::io::Error::other("asked to hand over while migrating"));
+        }
+        if st.handover.has_predecessor() {
+            // Its own predecessor would not hear of a later successor's metadata changes.
+            (&stream).write_all(b"Ethis proxy is still taking over from the previous process, which drains\n")?;
+            return Err(std::io::Error::other("asked to hand over while the previous process drains"));
         }
         st.handover.set_accepting(false);
         let fds = st.handover.sockets();
