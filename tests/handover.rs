@@ -215,3 +215,38 @@ fn a_successor_that_cannot_serve_leaves_the_old_process_serving() {
     assert_eq!(c.cmd(&["UMCTL", "GETEPOCH"]), moonraft_proxy::resp::Frame::Integer(1));
     assert!(env.proxy.log_text().contains("no handover"), "{}", env.proxy.log_text());
 }
+
+#[test]
+fn a_connection_used_now_and_then_is_closed_between_its_commands() {
+    let dir = TempDir::new("handover");
+    let socket = socket_in(&dir);
+    // A drain timeout far beyond the test: the old process must find this connection quiet.
+    let flags = ["--handover-socket", socket.as_str(), "--drain-timeout", "60000"];
+    let SingleProxy { proxy: mut old, a: _a, b: _b } = SingleProxy::start(&flags);
+    let port = old.port;
+    // Like a coordinator's probe connection: a command every 150 ms on one connection.
+    let stop = Arc::new(AtomicBool::new(false));
+    let pings = Arc::new(Mutex::new(0u32));
+    let pinger = {
+        let (stop, pings) = (stop.clone(), pings.clone());
+        std::thread::spawn(move || {
+            let Ok(mut c) = Conn::try_connect(port) else { return };
+            c.set_timeout(Duration::from_secs(5));
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match c.try_cmd(&["PING"]) {
+                    Ok(f) if f == simple("PONG") => *pings.lock().unwrap_or_else(|e| e.into_inner()) += 1,
+                    // Closed between two commands: a client reconnects (here: stops).
+                    _ => return,
+                }
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        })
+    };
+    assert!(eventually(Duration::from_secs(5), || *pings.lock().unwrap_or_else(|e| e.into_inner()) >= 2));
+    let _new = Proxy::start_on(port, &flags).expect("the new process takes over");
+    let exited = eventually(Duration::from_secs(5), || !old.proc.is_running());
+    stop.store(true, Ordering::Relaxed);
+    let _ = pinger.join();
+    assert!(exited, "the old process kept a connection that was quiet between commands:\n{}", old.log_text());
+}

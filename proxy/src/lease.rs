@@ -37,6 +37,8 @@ pub struct Lease {
     /// stamps coordinators may still hand back, and the offset from its clock to this one's.
     predecessor: AtomicU64,
     predecessor_offset: std::sync::atomic::AtomicI64,
+    /// The current expiry has been logged (once per lapse).
+    lapse_logged: std::sync::atomic::AtomicBool,
 }
 
 /// Bits of a stamp holding the clock reading (2^40 ms is about 34 years).
@@ -71,6 +73,7 @@ impl Lease {
     pub fn renew(&self, duration: Duration) {
         let until = now_ms() + duration.as_millis() as u64;
         self.until_ms.fetch_max(until, Ordering::Relaxed);
+        self.lapse_logged.store(false, Ordering::Relaxed);
     }
 
     /// The current time as a stamp to hand to a coordinator (positive, fits in an `i64`).
@@ -98,6 +101,7 @@ impl Lease {
         let until = at.saturating_add(duration.as_millis() as i64);
         if until >= 1 {
             self.until_ms.fetch_max(until as u64, Ordering::Relaxed);
+            self.lapse_logged.store(false, Ordering::Relaxed);
         }
         true
     }
@@ -124,7 +128,14 @@ impl Lease {
     /// True when a lease was granted and has run out.
     pub fn expired(&self) -> bool {
         let until = self.until_ms.load(Ordering::Relaxed);
-        until != 0 && now_ms() > until
+        let expired = until != 0 && now_ms() > until;
+        if expired && !self.lapse_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                over_ms = now_ms().saturating_sub(until),
+                "the coordinator lease ran out: data commands get CLUSTERDOWN until a coordinator renews it"
+            );
+        }
+        expired
     }
 
     /// Milliseconds left (negative: expired); `None` if never leased.

@@ -130,7 +130,11 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
             }
         };
         state.metrics.finish(meter, &reply);
-        info.owed.fetch_sub(1, Ordering::Relaxed);
+        if info.owed.fetch_sub(1, Ordering::Relaxed) == 1 && state.handover.phase() != crate::handover::Phase::Serving {
+            // Owed nothing now: the reader, parked on a read, looks again whether the
+            // connection is quiet (a draining proxy closes it then, `handover.rs`).
+            info.kill.notify_one();
+        }
         if reply.len() >= 32 * 1024 {
             if flush(&mut wr, &mut out, &state.metrics).await.is_err() || wr.write_all(&reply).await.is_err() {
                 return;
