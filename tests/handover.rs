@@ -77,24 +77,6 @@ impl Drop for Writer {
     }
 }
 
-/// A log without its colour codes.
-fn plain(log: String) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// Runs `moonraft proxy <args>` that is expected to give up: whether it exited within 20 s (it
 /// is killed otherwise) and what it wrote to stderr.
 fn run_proxy(args: &[&str]) -> (bool, String) {
@@ -131,13 +113,13 @@ fn a_new_process_takes_over_the_port_and_the_metadata_without_refusing_a_connect
     let metrics = format!("127.0.0.1:{}", free_port());
     let flags = ["--handover-socket", socket.as_str(), "--metrics-address", metrics.as_str()];
     let SingleProxy { proxy: mut old, a, b } = SingleProxy::start(&flags);
-    assert!(plain(old.log_text()).contains("handed_over=false"), "{}", old.log_text());
+    assert!(without_colours(&old.log_text()).contains("handed_over=false"), "{}", old.log_text());
     let port = old.port;
 
     let writer = Writer::start(port);
     assert!(writer.progressed(50), "no writes before the restart");
     let new = Proxy::start_on(port, &flags).expect("the new process takes over");
-    assert!(plain(new.log_text()).contains("handed_over=true epoch=1"), "{}", new.log_text());
+    assert!(without_colours(&new.log_text()).contains("handed_over=true epoch=1"), "{}", new.log_text());
     assert!(
         eventually(Duration::from_secs(15), || !old.proc.is_running()),
         "the old process did not drain and exit:\n{}",

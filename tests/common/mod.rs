@@ -990,8 +990,8 @@ pub fn pipe_load(s: &Stack, range: std::ops::Range<usize>) {
     }
 }
 
-/// The sum of `pulled=N` over a proxy log's "migration finished" lines (colour codes removed).
-pub fn pulled_in_log(log: &str) -> u64 {
+/// A log without its colour codes.
+pub fn without_colours(log: &str) -> String {
     let mut plain = String::with_capacity(log.len());
     let mut chars = log.chars();
     while let Some(c) = chars.next() {
@@ -1006,6 +1006,11 @@ pub fn pulled_in_log(log: &str) -> u64 {
         }
     }
     plain
+}
+
+/// The sum of `pulled=N` over a proxy log's "migration finished" lines (colour codes removed).
+pub fn pulled_in_log(log: &str) -> u64 {
+    without_colours(log)
         .lines()
         .filter(|l| l.contains("migration finished"))
         .filter_map(|l| l.split("pulled=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
