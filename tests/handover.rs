@@ -196,6 +196,11 @@ fn a_successor_that_cannot_serve_leaves_the_old_process_serving() {
     assert_eq!(c.cmd(&["SET", "a", "1"]), simple("OK"));
     assert_eq!(c.cmd(&["UMCTL", "GETEPOCH"]), moonraft_proxy::resp::Frame::Integer(1));
     assert!(env.proxy.log_text().contains("no handover"), "{}", env.proxy.log_text());
+    // It takes metadata changes again (a handover closes them while it takes its snapshot).
+    let all = env.a.addr();
+    let r = c.cmd(&["UMCTL", "SETCLUSTER", "v2", "2", "NOFLAG", "test", &all, "1", "0-16383"]);
+    assert_eq!(r, simple("OK"));
+    assert_eq!(c.cmd(&["UMCTL", "GETEPOCH"]), moonraft_proxy::resp::Frame::Integer(2));
 }
 
 #[test]

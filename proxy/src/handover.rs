@@ -56,6 +56,9 @@ pub struct Handover {
     last_setcluster: Mutex<Option<Vec<Bytes>>>,
     last_setrepl: Mutex<Option<Vec<Bytes>>>,
     predecessor: Mutex<Option<Predecessor>>,
+    /// True once this process has started handing its metadata over: from then on it accepts
+    /// no metadata change (the successor would not get it). Held while one is applied.
+    metadata_closed: Mutex<bool>,
 }
 
 impl Default for Handover {
@@ -67,6 +70,7 @@ impl Default for Handover {
             last_setcluster: Mutex::new(None),
             last_setrepl: Mutex::new(None),
             predecessor: Mutex::new(None),
+            metadata_closed: Mutex::new(false),
         }
     }
 }
@@ -100,6 +104,12 @@ impl Handover {
 
     pub fn sockets(&self) -> Vec<RawFd> {
         self.sockets.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The gate of metadata changes: `UMCTL SETCLUSTER`/`SETREPL` hold it while they apply and
+    /// refuse when it is closed (`true`); a handover closes it before taking its snapshot.
+    pub fn metadata_gate(&self) -> std::sync::MutexGuard<'_, bool> {
+        self.metadata_closed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Remembers the arguments of the last accepted `UMCTL SETCLUSTER` (after the sub-command).

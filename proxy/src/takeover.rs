@@ -7,7 +7,8 @@
 //! 1. new → old: `MOONRAFT-HANDOVER 1`. While it is migrating slots (a migration's per-key
 //!    state lives in the process), or its own predecessor still drains, the old one answers
 //!    `E<reason>` and the new one asks again until `handover_timeout`.
-//! 2. The old one stops accepting (new connections wait in the kernel's queue) and sends `F`
+//! 2. The old one stops accepting (new connections wait in the kernel's queue) and metadata
+//!    changes (`Handover::metadata_gate`: the snapshot must be the last one), and sends `F`
 //!    with its listening sockets attached (SCM_RIGHTS: client port, then `/metrics` if any),
 //!    then `<length>\n` and the JSON `Transfer`: its address, the arguments of its last
 //!    accepted `SETCLUSTER`/`SETREPL`, and what is left of its write lease.
@@ -318,6 +319,8 @@ async fn hand_over(state: &Arc<ProxyState>, stream: tokio::net::UnixStream) -> O
             return Err(std::io::Error::other("asked to hand over while the previous process drains"));
         }
         st.handover.set_accepting(false);
+        // No metadata change from here on, so the snapshot below is the last one accepted.
+        *st.handover.metadata_gate() = true;
         let fds = st.handover.sockets();
         let to_vecs = |args: Option<Vec<Bytes>>| args.map(|a| a.into_iter().map(|b| b.to_vec()).collect());
         let transfer = Transfer {
@@ -349,15 +352,21 @@ async fn hand_over(state: &Arc<ProxyState>, stream: tokio::net::UnixStream) -> O
         }
         Ok(Err(e)) => {
             info!("no handover: {e}");
-            state.handover.set_accepting(true);
+            resume(state);
             Outcome::NotHandedOver
         }
         Err(e) => {
             warn!("no handover: {e}");
-            state.handover.set_accepting(true);
+            resume(state);
             Outcome::NotHandedOver
         }
     }
+}
+
+/// Accepts connections and metadata changes again (no successor took over, or it went away).
+fn resume(state: &ProxyState) {
+    *state.handover.metadata_gate() = false;
+    state.handover.set_accepting(true);
 }
 
 /// Makes every session look at the phase again (a blocked one only when stopping: it is not
@@ -392,7 +401,7 @@ async fn drain(state: &Arc<ProxyState>, link: UnixStream) -> bool {
             _ => {
                 warn!("the new proxy process went away while this one was draining; serving again");
                 state.handover.set_phase(Phase::Serving);
-                state.handover.set_accepting(true);
+                resume(state);
                 true
             }
         },

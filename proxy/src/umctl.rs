@@ -21,7 +21,22 @@ pub fn handle(state: &ProxyState, args: &[Bytes], proto: u8) -> Bytes {
         return resp::error("Invalid sub command");
     };
     let rest = &args[1..];
-    match sub.to_ascii_uppercase().as_str() {
+    let sub = sub.to_ascii_uppercase();
+    // Held while a metadata change applies, so that a handover's snapshot has every change this
+    // process accepted (`handover.rs`).
+    let _gate = match sub.as_str() {
+        "SETCLUSTER" | "SETREPL" => {
+            let gate = state.handover.metadata_gate();
+            if *gate {
+                return resp::error(
+                    "ERR this proxy is handing its port over to a new process; retry (the new process takes it)",
+                );
+            }
+            Some(gate)
+        }
+        _ => None,
+    };
+    match sub.as_str() {
         "SETCLUSTER" => match SetCluster::parse(rest) {
             Err(kind) => resp::error(&format!("Failed to parse args: {kind}")),
             Ok(cmd) => {
