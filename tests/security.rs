@@ -569,16 +569,28 @@ fn proxies_serve_tls_and_migrate_over_tls() {
     }
     drop(input);
     assert!(writer.wait().unwrap().success());
-    // redis-cli -c also prints a "-> Redirected to slot …" line when it follows a MOVED.
-    let replies: Vec<String> =
-        replies.join().unwrap().into_iter().filter(|l| !l.starts_with("-> Redirected")).collect();
+    // redis-cli -c also prints a "-> Redirected to slot …" line when it follows a MOVED, and an
+    // empty line after an error reply.
+    let replies: Vec<String> = replies
+        .join()
+        .unwrap()
+        .into_iter()
+        .filter(|l| !l.starts_with("-> Redirected") && !l.is_empty())
+        .collect();
     assert_eq!(
         replies.len(),
         sent,
         "one reply per write; not OK: {:?}",
         replies.iter().filter(|r| *r != "OK").collect::<Vec<_>>()
     );
-    assert!(replies.iter().all(|r| r == "OK"), "{:?}", replies.iter().find(|r| *r != "OK"));
+    // A write that lands in the moment its slot switches gets TRYAGAIN (`docs/migration.md`):
+    // a cluster client retries it, redis-cli prints it; it changed nothing (same value). Rare.
+    let retry = replies.iter().filter(|r| r.starts_with("TRYAGAIN")).count();
+    assert!(
+        replies.iter().all(|r| r == "OK" || r.starts_with("TRYAGAIN")) && retry * 100 <= sent,
+        "{retry} TRYAGAIN of {sent}; other: {:?}",
+        replies.iter().find(|r| *r != "OK" && !r.starts_with("TRYAGAIN"))
+    );
     let pulled: u64 = s.hosts.iter().map(|h| pulled_in_log(&h.proxy.log_text())).sum();
     assert!(pulled > 0, "no key was pulled between proxies ({sent} writes during the migration):\n{}", s.logs());
     for i in [0, 1, 777, 4242, KEYS - 1] {
