@@ -571,12 +571,8 @@ fn proxies_serve_tls_and_migrate_over_tls() {
     assert!(writer.wait().unwrap().success());
     // redis-cli -c also prints a "-> Redirected to slot …" line when it follows a MOVED, and an
     // empty line after an error reply.
-    let replies: Vec<String> = replies
-        .join()
-        .unwrap()
-        .into_iter()
-        .filter(|l| !l.starts_with("-> Redirected") && !l.is_empty())
-        .collect();
+    let replies: Vec<String> =
+        replies.join().unwrap().into_iter().filter(|l| !l.starts_with("-> Redirected") && !l.is_empty()).collect();
     assert_eq!(
         replies.len(),
         sent,
