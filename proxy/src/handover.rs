@@ -52,7 +52,7 @@ pub struct Handover {
     /// False while a successor is being handed the listening socket, and while draining.
     accepting: watch::Sender<bool>,
     /// The client port's and the `/metrics` port's listening sockets, once serving.
-    sockets: Mutex<Vec<RawFd>>,
+    sockets: std::sync::OnceLock<Vec<RawFd>>,
     last_setcluster: Mutex<Option<Vec<Bytes>>>,
     last_setrepl: Mutex<Option<Vec<Bytes>>>,
     predecessor: Mutex<Option<Predecessor>>,
@@ -66,7 +66,7 @@ impl Default for Handover {
         Handover {
             phase: AtomicU8::new(Phase::Serving as u8),
             accepting: watch::channel(true).0,
-            sockets: Mutex::new(Vec::new()),
+            sockets: std::sync::OnceLock::new(),
             last_setcluster: Mutex::new(None),
             last_setrepl: Mutex::new(None),
             predecessor: Mutex::new(None),
@@ -97,13 +97,13 @@ impl Handover {
         self.accepting.send_replace(on);
     }
 
-    /// Records the listening sockets a successor is to be given (client port first).
+    /// Records the listening sockets a successor is to be given (client port first; once).
     pub fn set_sockets(&self, fds: Vec<RawFd>) {
-        *self.sockets.lock().unwrap_or_else(|e| e.into_inner()) = fds;
+        let _ = self.sockets.set(fds);
     }
 
     pub fn sockets(&self) -> Vec<RawFd> {
-        self.sockets.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.sockets.get().cloned().unwrap_or_default()
     }
 
     /// The gate of metadata changes: `UMCTL SETCLUSTER`/`SETREPL` hold it while they apply and

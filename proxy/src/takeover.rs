@@ -229,15 +229,13 @@ pub fn install(state: &Arc<ProxyState>, taken: TakenOver) -> std::io::Result<()>
         let Some(args) = args else { return };
         let mut full = vec![Bytes::from_static(sub)];
         full.extend(args.into_iter().map(Bytes::from));
-        let reply = crate::umctl::handle(state, &full, 2);
+        let reply = crate::umctl::handle_and_start(state, &full, 2);
         if !reply.starts_with(b"+") {
             warn!(reply = %String::from_utf8_lossy(&reply).trim_end(), "the metadata handed over was refused");
         }
     };
     replay(b"SETREPL", transfer.setrepl);
     replay(b"SETCLUSTER", transfer.setcluster);
-    crate::migrate::start_tasks(state);
-    crate::state::learn_redis_version(state);
     state.lease.inherit(transfer.lease_remaining_ms, transfer.lease_stamp, asked_at);
     (&link).write_all(b"ACCEPTING\n")?;
     state.handover.watch_predecessor(link);

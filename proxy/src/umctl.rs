@@ -12,6 +12,18 @@ fn lines(items: Vec<String>) -> Frame {
     Frame::Array(items.into_iter().map(|s| Frame::Bulk(Bytes::from(s))).collect())
 }
 
+/// `handle`, then what an accepted `SETCLUSTER` starts: the drivers of its migrating ranges
+/// and learning the nodes' Redis version. Every way metadata arrives (a client's `UMCTL`, a
+/// handover) goes through here.
+pub fn handle_and_start(state: &std::sync::Arc<ProxyState>, args: &[Bytes], proto: u8) -> Bytes {
+    let reply = handle(state, args, proto);
+    if args.first().is_some_and(|a| a.eq_ignore_ascii_case(b"setcluster")) {
+        crate::migrate::start_tasks(state);
+        crate::state::learn_redis_version(state);
+    }
+    reply
+}
+
 /// Handles `UMCTL <args…>`; `args` excludes `UMCTL` itself. `proto` is the client's protocol.
 pub fn handle(state: &ProxyState, args: &[Bytes], proto: u8) -> Bytes {
     let Some(sub) = args.first() else {

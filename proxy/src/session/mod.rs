@@ -458,20 +458,10 @@ impl Session {
                     if let Err(e) = state.handover.retire_predecessor().await {
                         return resp::error(&format!("ERR {e}"));
                     }
-                    let reply = umctl::handle(&state, &args[1..], proto);
-                    crate::migrate::start_tasks(&state);
-                    crate::state::learn_redis_version(&state);
-                    reply
+                    umctl::handle_and_start(&state, &args[1..], proto)
                 }))
             }
-            "umctl" => {
-                let reply = umctl::handle(&self.state, &args[1..], self.proto);
-                if args.get(1).is_some_and(|a| a.eq_ignore_ascii_case(b"setcluster")) {
-                    crate::migrate::start_tasks(&self.state);
-                    crate::state::learn_redis_version(&self.state);
-                }
-                Pending::Ready(reply)
-            }
+            "umctl" => Pending::Ready(umctl::handle_and_start(&self.state, &args[1..], self.proto)),
             "umread" if args.len() >= 3 => {
                 Pending::Task(Box::pin(crate::migrate::umread(self.state.clone(), args[1..].to_vec())))
             }
