@@ -236,8 +236,8 @@ fn broker_metrics_show_the_raft_state_and_the_store_on_every_member() {
 
 #[test]
 fn coordinator_metrics_count_pushes_and_a_failover_with_its_duration() {
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let mut s = Stack::start(3, 1, &["--metrics-address", &metrics]);
+    let mut s = Stack::start(3, 1, &["--metrics-address", "127.0.0.1:{free_port}"]);
+    let metrics = s.coordinators[0].metrics.clone().expect("its metrics address");
     assert_eq!(s.brokers.call("POST", "/clusters/meta/c", Some(r#"{"node_number": 4}"#)).status, 200);
     let before = scrape(&metrics);
     let followed = eventually(Duration::from_secs(10), || {
@@ -316,8 +316,8 @@ fn the_grafana_dashboard_queries_only_metrics_that_exist() {
     let proxy_metrics = format!("127.0.0.1:{}", free_port());
     let proxy = SingleProxy::start(&["--metrics-address", &proxy_metrics]);
     assert_eq!(proxy.proxy.conn().cmd(&["SET", "a", "1"]), simple("OK"));
-    let coordinator_metrics = format!("127.0.0.1:{}", free_port());
-    let stack = Stack::start(1, 1, &["--metrics-address", &coordinator_metrics]);
+    let stack = Stack::start(1, 1, &["--metrics-address", "127.0.0.1:{free_port}"]);
+    let coordinator_metrics = stack.coordinators[0].metrics.clone().expect("its metrics address");
     let mut scraped: Vec<Value> = scrape(&proxy_metrics);
     scraped.extend(scrape(&coordinator_metrics));
     scraped.extend(scrape(&stack.brokers.members[0].http));

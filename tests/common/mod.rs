@@ -707,10 +707,14 @@ pub struct Coordinator {
     pub proc: Proc,
     pub admin: u16,
     pub log: PathBuf,
+    /// Its `--metrics-address`, as started (`{free_port}` resolved).
+    pub metrics: Option<String>,
 }
 
 impl Coordinator {
     /// Starts a coordinator; retried on fresh ports if its admin port was taken meanwhile.
+    /// `{free_port}` in `extra` stands for a port picked afresh on each try (a port chosen once
+    /// may be taken by another test before the coordinator binds it).
     pub fn start(brokers: &str, dir: &std::path::Path, id: &str, extra: &[&str]) -> Coordinator {
         Coordinator::start_wrapped(&[], brokers, dir, id, extra)
     }
@@ -727,6 +731,8 @@ impl Coordinator {
         let log = dir.join(format!("coordinator-{id}.log"));
         for _ in 0..5 {
             let admin = free_port();
+            let extra: Vec<String> = extra.iter().map(|a| a.replace("{free_port}", &free_port().to_string())).collect();
+            let metrics = extra.iter().position(|a| a == "--metrics-address").and_then(|i| extra.get(i + 1)).cloned();
             let mut cmd = match wrapper.split_first() {
                 Some((first, rest)) => {
                     let mut c = Command::new(first);
@@ -746,7 +752,7 @@ impl Coordinator {
                 .expect("spawn moonraft coordinator");
             let mut proc = Proc { child: Some(child) };
             if wait_ping(admin, &mut proc) {
-                return Coordinator { proc, admin, log };
+                return Coordinator { proc, admin, log, metrics };
             }
         }
         panic!("coordinator did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
