@@ -526,7 +526,9 @@ fn proxies_serve_tls_and_migrate_over_tls() {
         &StackFlags {
             broker: &["--proxy-tls-ca", &c.ca],
             proxy: &proxy,
-            coordinator: &["--proxy-tls-ca", &c.ca],
+            // A lease and failure window that a loaded CI machine's late probes do not outrun:
+            // this test is about TLS and migration, not about fencing (tests/detection.rs).
+            coordinator: &["--proxy-tls-ca", &c.ca, "--failure-window-ms", "5000", "--proxy-lease-ms", "3000"],
             ..StackFlags::default()
         },
     );
